@@ -1,0 +1,115 @@
+//! The `switchyard` binary: `serve`, `plugin check`, `plugin test`.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use switchyard_host::config::Config;
+use switchyard_host::plugin::{CompileCache, EngineSettings, PluginEngine, PluginSet};
+
+#[derive(Parser)]
+#[command(name = "switchyard", version, about = "A WebAssembly-extensible real-time event router")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// The config file.
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+    },
+    /// Work with plugin components.
+    Plugin {
+        #[command(subcommand)]
+        command: PluginCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum PluginCommand {
+    /// Check a component: interfaces, imports, limits.
+    Check {
+        /// The `.wasm` file.
+        file: PathBuf,
+    },
+    /// Run a component on an event as the host would; print the decisions as JSON.
+    Test {
+        /// The `.wasm` file.
+        file: PathBuf,
+        /// The event: `{"topic": ..., "data": ..., "event"?, "headers"?, "sender"?, "to_users"?}`.
+        #[arg(long)]
+        event: PathBuf,
+        /// The subject as a JWT claim set: `{"sub": ..., "roles"?: [...], ...}`.
+        #[arg(long)]
+        subject: Option<PathBuf>,
+        /// The plugin's config table (TOML).
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Serve { config } => serve(&config),
+        Command::Plugin { command: PluginCommand::Check { file } } => {
+            println!("{}", switchyard_host::cli::check(&file)?);
+            Ok(())
+        }
+        Command::Plugin {
+            command: PluginCommand::Test { file, event, subject, config },
+        } => {
+            let out = switchyard_host::cli::test(&file, &event, subject.as_deref(), config.as_deref())?;
+            println!("{}", serde_json::to_string_pretty(&out)?);
+            Ok(())
+        }
+    }
+}
+
+fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    let engine = PluginEngine::new(EngineSettings {
+        pool_instances: config.runtime.pool_instances,
+        max_memory_mb: config.runtime.max_memory_mb,
+        ..EngineSettings::default()
+    })?;
+    let cache = CompileCache::new(&config.runtime.cache_dir);
+    // Plugins load before the async runtime starts: their calls are synchronous.
+    let plugins = PluginSet::load(&engine, Some(&cache), &config.plugins, config.runtime.instances_per_plugin)
+        .context("loading plugins")?;
+    let names: Vec<&str> = plugins.plugins().map(|(p, _)| p.name()).collect();
+    println!(
+        "switchyard {}: node {}, {} plugins loaded ({})",
+        env!("CARGO_PKG_VERSION"),
+        config.server.node_id,
+        plugins.len(),
+        names.join(", ")
+    );
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        println!("switchyard: shutting down");
+        anyhow::Ok(())
+    })
+}

@@ -1,0 +1,349 @@
+//! A plugin loaded and ready to call: compiled, checked, pre-instantiated,
+//! with its warm instances, limits and counters.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use sha2::{Digest, Sha256};
+use wasmtime::Trap;
+use wasmtime::component::Component;
+
+use super::bindings::{authorizer, router, transformer, types};
+use super::cache::CompileCache;
+use super::engine::PluginEngine;
+use super::error::{CallError, LoadError};
+use super::instance::{ExportIndices, InstancePool, InstanceRecipe, WarmInstance};
+use super::interface::{ComponentInfo, Interface, check_wasm_kind};
+use super::metrics::PluginMetrics;
+
+/// How to load one plugin file.
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    /// The name used in logs and metrics.
+    pub name: String,
+    /// The `.wasm` file.
+    pub path: PathBuf,
+    /// The plugin's config table as a JSON object.
+    pub config_json: String,
+    /// The deadline of each call.
+    pub timeout: Duration,
+    /// The memory cap of each instance.
+    pub memory_mb: u32,
+    /// Instances that may exist at once.
+    pub max_instances: usize,
+}
+
+impl LoadOptions {
+    /// Options with the default limits (10 ms, 16 MiB, 4 instances) and an empty config.
+    pub fn new(name: impl Into<String>, path: impl Into<PathBuf>) -> Self {
+        LoadOptions {
+            name: name.into(),
+            path: path.into(),
+            config_json: "{}".to_owned(),
+            timeout: Duration::from_millis(10),
+            memory_mb: 16,
+            max_instances: 4,
+        }
+    }
+}
+
+/// A loaded plugin.
+pub struct LoadedPlugin {
+    name: Arc<str>,
+    path: PathBuf,
+    sha256: String,
+    info: ComponentInfo,
+    loaded_at: SystemTime,
+    timeout: Duration,
+    memory_mb: u32,
+    pool: InstancePool,
+    metrics: PluginMetrics,
+}
+
+impl LoadedPlugin {
+    /// Reads, compiles (or takes from `cache`), checks and pre-instantiates a
+    /// plugin. Nothing runs yet: see [`LoadedPlugin::probe`].
+    pub fn load(
+        engine: &PluginEngine,
+        cache: Option<&CompileCache>,
+        opts: LoadOptions,
+    ) -> Result<Self, LoadError> {
+        let bytes = std::fs::read(&opts.path).map_err(|source| LoadError::Read {
+            path: opts.path.clone(),
+            source,
+        })?;
+        check_wasm_kind(&opts.path, &bytes)?;
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        let component = compile(engine, cache, &opts.path, &sha256, &bytes)?;
+        let info = ComponentInfo::of(engine.engine(), &component);
+        info.check(&opts.path)?;
+        let pre = engine.linker().instantiate_pre(&component).map_err(|e| {
+            let message = format!("{e:#}");
+            match info.imports.iter().find(|i| message.contains(i.as_str())) {
+                Some(import) => LoadError::UnknownImport {
+                    path: opts.path.clone(),
+                    import: import.clone(),
+                },
+                None => LoadError::Instantiate {
+                    name: opts.name.clone(),
+                    message,
+                },
+            }
+        })?;
+        let indices = ExportIndices::of(&pre);
+        let name: Arc<str> = opts.name.into();
+        let recipe = InstanceRecipe {
+            pre,
+            indices,
+            name: name.clone(),
+            config_json: opts.config_json.into(),
+            memory_bytes: opts.memory_mb as usize * 1024 * 1024,
+            deadline_ticks: engine.deadline_ticks(opts.timeout),
+        };
+        Ok(LoadedPlugin {
+            name,
+            path: opts.path,
+            sha256,
+            info,
+            loaded_at: SystemTime::now(),
+            timeout: opts.timeout,
+            memory_mb: opts.memory_mb,
+            pool: InstancePool::new(recipe, opts.max_instances),
+            metrics: PluginMetrics::default(),
+        })
+    }
+
+    /// Runs each of `interfaces` once on synthetic input, so that a plugin
+    /// whose config it rejects, or that traps at once, is refused at load.
+    pub fn probe(&self, interfaces: &[Interface]) -> Result<(), LoadError> {
+        let subject = types::Subject {
+            user: "switchyard-probe".into(),
+            session: "probe".into(),
+            roles: Vec::new(),
+            claims: Vec::new(),
+        };
+        let topic = types::Topic {
+            name: "switchyard.probe".into(),
+            tokens: vec!["switchyard".into(), "probe".into()],
+        };
+        let event = types::Event {
+            id: "probe".into(),
+            topic: topic.clone(),
+            name: "message".into(),
+            data: b"{}".to_vec(),
+            headers: Vec::new(),
+            sender: None,
+            to_users: Vec::new(),
+        };
+        for &interface in interfaces {
+            let result = match interface {
+                Interface::Authorizer => self
+                    .authorize(&subject, &[authorizer::Action::Subscribe(topic.clone())])
+                    .map(drop),
+                Interface::Router => self.route(std::slice::from_ref(&event)).map(drop),
+                Interface::Transformer => self
+                    .audience(&subject)
+                    .and_then(|a| self.transform(&event, &[a]))
+                    .map(drop),
+            };
+            result.map_err(|error| LoadError::Probe {
+                name: self.name.to_string(),
+                interface,
+                error,
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Decides `actions` for `subject`: one decision per action.
+    pub fn authorize(
+        &self,
+        subject: &types::Subject,
+        actions: &[authorizer::Action],
+    ) -> Result<Vec<authorizer::Decision>, CallError> {
+        let out = self.call(Interface::Authorizer, |i| match &i.authorizer {
+            Some(g) => Ok(g.call_authorize(&mut i.store, subject, actions)),
+            None => Err(CallError::NotExported(Interface::Authorizer)),
+        })?;
+        expect_len(actions.len(), out)
+    }
+
+    /// Routes `events`: one decision per event.
+    pub fn route(
+        &self,
+        events: &[types::Event],
+    ) -> Result<Vec<router::RouteDecision>, CallError> {
+        let out = self.call(Interface::Router, |i| match &i.router {
+            Some(g) => Ok(g.call_route(&mut i.store, events)),
+            None => Err(CallError::NotExported(Interface::Router)),
+        })?;
+        expect_len(events.len(), out)
+    }
+
+    /// The audience key of `subject`.
+    pub fn audience(&self, subject: &types::Subject) -> Result<String, CallError> {
+        self.call(Interface::Transformer, |i| match &i.transformer {
+            Some(g) => Ok(g.call_audience(&mut i.store, subject)),
+            None => Err(CallError::NotExported(Interface::Transformer)),
+        })
+    }
+
+    /// Transforms `event` for each of `audiences`: one result per audience.
+    pub fn transform(
+        &self,
+        event: &types::Event,
+        audiences: &[String],
+    ) -> Result<Vec<transformer::TransformResult>, CallError> {
+        let out = self.call(Interface::Transformer, |i| match &i.transformer {
+            Some(g) => Ok(g.call_transform(&mut i.store, event, audiences)),
+            None => Err(CallError::NotExported(Interface::Transformer)),
+        })?;
+        expect_len(audiences.len(), out)
+    }
+
+    /// Runs one call on a warm instance with the deadline and memory cap
+    /// armed; counts it, classifies a failure, and discards a failed instance.
+    fn call<R>(
+        &self,
+        interface: Interface,
+        f: impl FnOnce(&mut WarmInstance) -> Result<wasmtime::Result<R>, CallError>,
+    ) -> Result<R, CallError> {
+        let started = Instant::now();
+        self.metrics.calls.fetch_add(1, Ordering::Relaxed);
+        let result = self.call_on_instance(f);
+        self.metrics.latency.record(started.elapsed());
+        if let Err(e) = &result {
+            let counter = match e {
+                CallError::Timeout { .. } => &self.metrics.timeouts,
+                CallError::MemoryLimit { .. } => &self.metrics.memory_limits,
+                _ => &self.metrics.traps,
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(plugin = &*self.name, %interface, limit = e.kind(), error = %e, "plugin call failed");
+        }
+        result
+    }
+
+    fn call_on_instance<R>(
+        &self,
+        f: impl FnOnce(&mut WarmInstance) -> Result<wasmtime::Result<R>, CallError>,
+    ) -> Result<R, CallError> {
+        let (mut lease, fresh) = self.pool.acquire()?;
+        if fresh {
+            self.metrics.instantiations.fetch_add(1, Ordering::Relaxed);
+        }
+        let instance = lease.instance();
+        instance.store.set_epoch_deadline(self.pool.deadline_ticks());
+        instance.store.data_mut().limiter.denied = false;
+        match f(instance)? {
+            Ok(r) => {
+                lease.release();
+                Ok(r)
+            }
+            // The lease is dropped, and the poisoned instance with it.
+            Err(e) => Err(self.classify(&e, instance.store.data().limiter.denied)),
+        }
+    }
+
+    fn classify(&self, e: &wasmtime::Error, memory_denied: bool) -> CallError {
+        if memory_denied {
+            return CallError::MemoryLimit {
+                memory_mb: self.memory_mb,
+            };
+        }
+        if e.downcast_ref::<Trap>() == Some(&Trap::Interrupt) {
+            return CallError::Timeout {
+                timeout_ms: u64::try_from(self.timeout.as_millis()).unwrap_or(u64::MAX),
+            };
+        }
+        let mut text = format!("{e:#}");
+        if text.len() > 600 {
+            let cut = (0..=600).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            text.truncate(cut);
+            text.push('…');
+        }
+        CallError::Trap(text)
+    }
+
+    /// The name from config.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The file it was loaded from.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The file's sha256, hex.
+    pub fn sha256(&self) -> &str {
+        &self.sha256
+    }
+
+    /// What the component imports and exports.
+    pub fn info(&self) -> &ComponentInfo {
+        &self.info
+    }
+
+    /// When it was loaded.
+    pub fn loaded_at(&self) -> SystemTime {
+        self.loaded_at
+    }
+
+    /// Its call deadline.
+    pub fn timeout(&self) -> Duration {
+        self.timeout
+    }
+
+    /// Its memory cap in MiB.
+    pub fn memory_mb(&self) -> u32 {
+        self.memory_mb
+    }
+
+    /// Its counters.
+    pub fn metrics(&self) -> &PluginMetrics {
+        &self.metrics
+    }
+
+    /// Instances alive now.
+    pub fn live_instances(&self) -> usize {
+        self.pool.live()
+    }
+}
+
+fn expect_len<T>(expected: usize, got: Vec<T>) -> Result<Vec<T>, CallError> {
+    if got.len() == expected {
+        Ok(got)
+    } else {
+        Err(CallError::WrongResultCount {
+            expected,
+            got: got.len(),
+        })
+    }
+}
+
+fn compile(
+    engine: &PluginEngine,
+    cache: Option<&CompileCache>,
+    path: &Path,
+    sha256: &str,
+    bytes: &[u8],
+) -> Result<Component, LoadError> {
+    if let Some(hit) = cache.and_then(|c| c.get(engine.engine(), sha256)) {
+        tracing::debug!(path = %path.display(), "compiled plugin taken from the cache");
+        return Ok(hit);
+    }
+    let component = Component::new(engine.engine(), bytes).map_err(|e| LoadError::Compile {
+        path: path.to_owned(),
+        message: format!("{e:#}"),
+    })?;
+    if let Some(cache) = cache {
+        // A cache that cannot be written costs time on the next start, no more.
+        if let Err(e) = cache.put(engine.engine(), sha256, &component) {
+            tracing::warn!(error = %e, "cannot write the compile cache");
+        }
+    }
+    Ok(component)
+}

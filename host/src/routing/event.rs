@@ -1,0 +1,46 @@
+//! The event envelope as the gateway carries it.
+
+use super::Topic;
+
+/// An event: `{ id, topic, event, data, headers, sender, to_users }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Event {
+    /// Assigned once at ingest.
+    pub id: String,
+    /// Where it was published.
+    pub topic: Topic,
+    /// The event name (`message` by default).
+    pub name: String,
+    /// The payload, usually JSON.
+    pub data: Vec<u8>,
+    /// Metadata; names lower-cased at ingest.
+    pub headers: Vec<(String, String)>,
+    /// The publishing user, for client publishes.
+    pub sender: Option<String>,
+    /// Users addressed directly.
+    pub to_users: Vec<String>,
+}
+
+/// The default event name.
+pub const DEFAULT_EVENT_NAME: &str = "message";
+
+impl Event {
+    /// An event named `message` with no headers, sender or target users.
+    pub fn new(id: impl Into<String>, topic: Topic, data: Vec<u8>) -> Self {
+        Event {
+            id: id.into(),
+            topic,
+            name: DEFAULT_EVENT_NAME.to_owned(),
+            data,
+            headers: Vec::new(),
+            sender: None,
+            to_users: Vec::new(),
+        }
+    }
+
+    /// Adds a header, lower-casing its name.
+    pub fn with_header(mut self, name: &str, value: impl Into<String>) -> Self {
+        self.headers.push((name.to_ascii_lowercase(), value.into()));
+        self
+    }
+}

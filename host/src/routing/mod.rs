@@ -1,0 +1,7 @@
+//! Pure routing concepts: topics, topic patterns and the event envelope. No I/O.
+
+pub mod event;
+pub mod topic;
+
+pub use event::Event;
+pub use topic::{Topic, TopicError, TopicPattern};
