@@ -16,7 +16,13 @@ const PACKAGES: &[&str] = &[
 fn main() {
     let manifest = PathBuf::from(std::env::var("CARGO_MANIFEST_DIR").expect("CARGO_MANIFEST_DIR"));
     let root = manifest.parent().expect("workspace root").to_path_buf();
-    for dir in ["wit", "guest-sdk", "plugins", "tests/fixtures", "scripts/build-plugins"] {
+    for dir in [
+        "wit",
+        "guest-sdk",
+        "plugins",
+        "tests/fixtures",
+        "scripts/build-plugins",
+    ] {
         println!("cargo:rerun-if-changed={}", root.join(dir).display());
     }
     let status = Command::new("bash")

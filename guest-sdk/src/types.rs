@@ -122,7 +122,10 @@ impl Subject {
 
     /// The claim called `name`, if present.
     pub fn claim(&self, name: &str) -> Option<&ClaimValue> {
-        self.claims.iter().find(|c| c.name == name).map(|c| &c.value)
+        self.claims
+            .iter()
+            .find(|c| c.name == name)
+            .map(|c| &c.value)
     }
 
     /// Whether the subject holds `role`.

@@ -67,7 +67,11 @@ impl fmt::Display for CheckReport {
         writeln!(f, "  interfaces: {}", names.join(", "))?;
         writeln!(f, "  imports:")?;
         for import in &self.imports {
-            let note = if import.starts_with("wasi:") { "  (sandboxed: no files, network or environment)" } else { "" };
+            let note = if import.starts_with("wasi:") {
+                "  (sandboxed: no files, network or environment)"
+            } else {
+                ""
+            };
             writeln!(f, "    {import}{note}")?;
         }
         write!(
@@ -232,7 +236,9 @@ fn test_router(plugin: &LoadedPlugin, event: &Event) -> Value {
             }
             None => json!({ "decision": "none" }),
         },
-        Err(e) => json!({ "error": error_value(&e), "note": "the host applies the plugin's on_error (drop or pass)" }),
+        Err(e) => {
+            json!({ "error": error_value(&e), "note": "the host applies the plugin's on_error (drop or pass)" })
+        }
     }
 }
 

@@ -36,7 +36,11 @@ pub enum ConfigError {
     },
 }
 
-fn invalid(key: impl Into<String>, value: impl std::fmt::Debug, reason: impl Into<String>) -> ConfigError {
+fn invalid(
+    key: impl Into<String>,
+    value: impl std::fmt::Debug,
+    reason: impl Into<String>,
+) -> ConfigError {
     ConfigError::Invalid {
         key: key.into(),
         value: format!("{value:?}"),
@@ -330,7 +334,10 @@ impl PluginSpec {
     /// The topic patterns, parsed.
     pub fn patterns(&self) -> Vec<TopicPattern> {
         // Validated in `Config::validate`; a bad one here matches nothing.
-        self.topics.iter().filter_map(|t| TopicPattern::parse(t).ok()).collect()
+        self.topics
+            .iter()
+            .filter_map(|t| TopicPattern::parse(t).ok())
+            .collect()
     }
 
     /// The plugin's config table as JSON text.
@@ -367,28 +374,61 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
         if s.node_id.is_empty() || s.node_id.contains(|c: char| c == '.' || c.is_whitespace()) {
-            return Err(invalid("server.node_id", &s.node_id, "must be non-empty, without dots or spaces (it is used in NATS subjects)"));
+            return Err(invalid(
+                "server.node_id",
+                &s.node_id,
+                "must be non-empty, without dots or spaces (it is used in NATS subjects)",
+            ));
         }
         positive("server.heartbeat_s", s.heartbeat_s)?;
         positive("server.heartbeat_timeout_s", s.heartbeat_timeout_s)?;
         positive("auth.ticket_ttl_s", self.auth.ticket_ttl_s)?;
-        if self.auth.jwt_hs256_secret.as_ref().is_some_and(|k| k.len() < 32) {
-            return Err(invalid("auth.jwt_hs256_secret", "(hidden)", "must be at least 32 bytes"));
+        if self
+            .auth
+            .jwt_hs256_secret
+            .as_ref()
+            .is_some_and(|k| k.len() < 32)
+        {
+            return Err(invalid(
+                "auth.jwt_hs256_secret",
+                "(hidden)",
+                "must be at least 32 bytes",
+            ));
         }
         for (i, key) in self.auth.jwt_public_keys.iter().enumerate() {
             if !matches!(key.alg.as_str(), "RS256" | "ES256") {
-                return Err(invalid(format!("auth.jwt_public_keys[{i}].alg"), &key.alg, "must be RS256 or ES256"));
+                return Err(invalid(
+                    format!("auth.jwt_public_keys[{i}].alg"),
+                    &key.alg,
+                    "must be RS256 or ES256",
+                ));
             }
         }
         if self.bus.kind == BusKind::Nats && self.bus.urls.is_empty() {
-            return Err(invalid("bus.urls", &self.bus.urls, "NATS needs at least one server URL"));
+            return Err(invalid(
+                "bus.urls",
+                &self.bus.urls,
+                "NATS needs at least one server URL",
+            ));
         }
         let prefix = &self.bus.subject_prefix;
-        if prefix.is_empty() || prefix.contains(|c: char| c == '*' || c == '>' || c.is_whitespace()) {
-            return Err(invalid("bus.subject_prefix", prefix, "must be a NATS subject without wildcards"));
+        if prefix.is_empty() || prefix.contains(|c: char| c == '*' || c == '>' || c.is_whitespace())
+        {
+            return Err(invalid(
+                "bus.subject_prefix",
+                prefix,
+                "must be a NATS subject without wildcards",
+            ));
         }
-        if !(self.store.url.starts_with("sqlite:") || self.store.url.starts_with("postgres://") || self.store.url.starts_with("postgresql://")) {
-            return Err(invalid("store.url", &self.store.url, "must start with sqlite: or postgres://"));
+        if !(self.store.url.starts_with("sqlite:")
+            || self.store.url.starts_with("postgres://")
+            || self.store.url.starts_with("postgresql://"))
+        {
+            return Err(invalid(
+                "store.url",
+                &self.store.url,
+                "must start with sqlite: or postgres://",
+            ));
         }
         let l = &self.limits;
         positive("limits.max_sessions", l.max_sessions as u64)?;
@@ -397,13 +437,24 @@ impl Config {
         positive("limits.publish_rate", u64::from(l.publish_rate))?;
         positive("limits.accept_rate", u64::from(l.accept_rate))?;
         if l.max_frame_bytes < 1024 {
-            return Err(invalid("limits.max_frame_bytes", l.max_frame_bytes, "must be at least 1024"));
+            return Err(invalid(
+                "limits.max_frame_bytes",
+                l.max_frame_bytes,
+                "must be at least 1024",
+            ));
         }
         let r = &self.runtime;
         positive("runtime.pool_instances", u64::from(r.pool_instances))?;
-        positive("runtime.instances_per_plugin", r.instances_per_plugin as u64)?;
+        positive(
+            "runtime.instances_per_plugin",
+            r.instances_per_plugin as u64,
+        )?;
         if r.max_memory_mb < MIN_MEMORY_MB {
-            return Err(invalid("runtime.max_memory_mb", r.max_memory_mb, format!("must be at least {MIN_MEMORY_MB}")));
+            return Err(invalid(
+                "runtime.max_memory_mb",
+                r.max_memory_mb,
+                format!("must be at least {MIN_MEMORY_MB}"),
+            ));
         }
         self.validate_plugins()
     }
@@ -413,25 +464,44 @@ impl Config {
         for (i, p) in self.plugins.iter().enumerate() {
             let key = |k: &str| format!("plugins[{i}].{k}");
             if p.name.is_empty() || p.name.contains(char::is_whitespace) {
-                return Err(invalid(key("name"), &p.name, "must be non-empty, without spaces"));
+                return Err(invalid(
+                    key("name"),
+                    &p.name,
+                    "must be non-empty, without spaces",
+                ));
             }
             if self.plugins[..i].iter().any(|q| q.name == p.name) {
-                return Err(invalid(key("name"), &p.name, "another plugin has this name"));
+                return Err(invalid(
+                    key("name"),
+                    &p.name,
+                    "another plugin has this name",
+                ));
             }
             if p.topics.is_empty() {
-                return Err(invalid(key("topics"), &p.topics, "list at least one pattern (\">\" for all)"));
+                return Err(invalid(
+                    key("topics"),
+                    &p.topics,
+                    "list at least one pattern (\">\" for all)",
+                ));
             }
             for t in &p.topics {
                 TopicPattern::parse(t).map_err(|e| invalid(key("topics"), t, e.to_string()))?;
             }
             if p.timeout_ms == 0 || p.timeout_ms > 60_000 {
-                return Err(invalid(key("timeout_ms"), p.timeout_ms, "must be between 1 and 60000"));
+                return Err(invalid(
+                    key("timeout_ms"),
+                    p.timeout_ms,
+                    "must be between 1 and 60000",
+                ));
             }
             if p.memory_mb < MIN_MEMORY_MB || p.memory_mb > self.runtime.max_memory_mb {
                 return Err(invalid(
                     key("memory_mb"),
                     p.memory_mb,
-                    format!("must be between {MIN_MEMORY_MB} and runtime.max_memory_mb ({})", self.runtime.max_memory_mb),
+                    format!(
+                        "must be between {MIN_MEMORY_MB} and runtime.max_memory_mb ({})",
+                        self.runtime.max_memory_mb
+                    ),
                 ));
             }
             let n = p.max_instances.unwrap_or(self.runtime.instances_per_plugin);
@@ -444,7 +514,9 @@ impl Config {
             return Err(invalid(
                 "runtime.pool_instances",
                 self.runtime.pool_instances,
-                format!("the plugins may hold {instances} instances at once; raise it or lower plugins.max_instances"),
+                format!(
+                    "the plugins may hold {instances} instances at once; raise it or lower plugins.max_instances"
+                ),
             ));
         }
         Ok(())
@@ -463,7 +535,9 @@ mod tests {
     use super::*;
 
     fn err(text: &str) -> String {
-        Config::from_toml_str(text).expect_err("should be refused").to_string()
+        Config::from_toml_str(text)
+            .expect_err("should be refused")
+            .to_string()
     }
 
     #[test]
@@ -489,7 +563,10 @@ mod tests {
         )
         .expect("config");
         let p = &c.plugins[0];
-        assert_eq!((p.timeout_ms, p.memory_mb, p.on_error), (10, 16, OnError::Drop));
+        assert_eq!(
+            (p.timeout_ms, p.memory_mb, p.on_error),
+            (10, 16, OnError::Drop)
+        );
         assert_eq!(p.topics, [">"]);
         let json: serde_json::Value = serde_json::from_str(&p.config_json()).expect("json");
         assert_eq!(json["rules"][0]["roles"][0], "x");
@@ -500,27 +577,39 @@ mod tests {
         let e = err("[limits]\nqueue_depth = 0");
         assert!(e.contains("limits.queue_depth") && e.contains('0'), "{e}");
         let e = err("[[plugins]]\nname = \"a\"\npath = \"a.wasm\"\ntopics = [\"a.>.b\"]");
-        assert!(e.contains("plugins[0].topics") && e.contains("a.>.b"), "{e}");
+        assert!(
+            e.contains("plugins[0].topics") && e.contains("a.>.b"),
+            "{e}"
+        );
         let e = err("[[plugins]]\nname = \"a\"\npath = \"a.wasm\"\nmemory_mb = 1");
         assert!(e.contains("plugins[0].memory_mb"), "{e}");
-        let e = err("[[plugins]]\nname = \"a\"\npath = \"a\"\n[[plugins]]\nname = \"a\"\npath = \"b\"");
+        let e =
+            err("[[plugins]]\nname = \"a\"\npath = \"a\"\n[[plugins]]\nname = \"a\"\npath = \"b\"");
         assert!(e.contains("plugins[1].name"), "{e}");
         let e = err("[store]\nurl = \"mysql://x\"");
         assert!(e.contains("store.url") && e.contains("mysql"), "{e}");
         let e = err("[auth]\njwt_hs256_secret = \"short\"");
-        assert!(e.contains("auth.jwt_hs256_secret") && !e.contains("short"), "{e}");
+        assert!(
+            e.contains("auth.jwt_hs256_secret") && !e.contains("short"),
+            "{e}"
+        );
     }
 
     #[test]
     fn unknown_keys_and_wrong_types_are_refused() {
         assert!(err("[server]\nlisen = \"x\"").contains("lisen"));
         assert!(err("[limits]\nslow_consumer = \"ignore\"").contains("ignore"));
-        assert!(err("[[plugins]]\nname = \"a\"\npath = \"a\"\ninterfaces = [\"routr\"]").contains("routr"));
+        assert!(
+            err("[[plugins]]\nname = \"a\"\npath = \"a\"\ninterfaces = [\"routr\"]")
+                .contains("routr")
+        );
     }
 
     #[test]
     fn instances_must_fit_the_pool() {
-        let e = err("[runtime]\npool_instances = 2\n[[plugins]]\nname = \"a\"\npath = \"a\"\nmax_instances = 3");
+        let e = err(
+            "[runtime]\npool_instances = 2\n[[plugins]]\nname = \"a\"\npath = \"a\"\nmax_instances = 3",
+        );
         assert!(e.contains("runtime.pool_instances"), "{e}");
     }
 

@@ -9,7 +9,11 @@ use switchyard_host::config::Config;
 use switchyard_host::plugin::{CompileCache, EngineSettings, PluginEngine, PluginSet};
 
 #[derive(Parser)]
-#[command(name = "switchyard", version, about = "A WebAssembly-extensible real-time event router")]
+#[command(
+    name = "switchyard",
+    version,
+    about = "A WebAssembly-extensible real-time event router"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -73,14 +77,23 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(&config),
-        Command::Plugin { command: PluginCommand::Check { file } } => {
+        Command::Plugin {
+            command: PluginCommand::Check { file },
+        } => {
             println!("{}", switchyard_host::cli::check(&file)?);
             Ok(())
         }
         Command::Plugin {
-            command: PluginCommand::Test { file, event, subject, config },
+            command:
+                PluginCommand::Test {
+                    file,
+                    event,
+                    subject,
+                    config,
+                },
         } => {
-            let out = switchyard_host::cli::test(&file, &event, subject.as_deref(), config.as_deref())?;
+            let out =
+                switchyard_host::cli::test(&file, &event, subject.as_deref(), config.as_deref())?;
             println!("{}", serde_json::to_string_pretty(&out)?);
             Ok(())
         }
@@ -96,8 +109,13 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     })?;
     let cache = CompileCache::new(&config.runtime.cache_dir);
     // Plugins load before the async runtime starts: their calls are synchronous.
-    let plugins = PluginSet::load(&engine, Some(&cache), &config.plugins, config.runtime.instances_per_plugin)
-        .context("loading plugins")?;
+    let plugins = PluginSet::load(
+        &engine,
+        Some(&cache),
+        &config.plugins,
+        config.runtime.instances_per_plugin,
+    )
+    .context("loading plugins")?;
     let names: Vec<&str> = plugins.plugins().map(|(p, _)| p.name()).collect();
     println!(
         "switchyard {}: node {}, {} plugins loaded ({})",
@@ -108,7 +126,9 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
     );
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
-        tokio::signal::ctrl_c().await.context("waiting for Ctrl-C")?;
+        tokio::signal::ctrl_c()
+            .await
+            .context("waiting for Ctrl-C")?;
         println!("switchyard: shutting down");
         anyhow::Ok(())
     })

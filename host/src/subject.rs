@@ -27,8 +27,10 @@ impl From<&Value> for ClaimValue {
                 .as_f64()
                 .map_or_else(|| ClaimValue::Json(n.to_string()), ClaimValue::Number),
             Value::Array(items) => {
-                let texts: Option<Vec<String>> =
-                    items.iter().map(|i| i.as_str().map(str::to_owned)).collect();
+                let texts: Option<Vec<String>> = items
+                    .iter()
+                    .map(|i| i.as_str().map(str::to_owned))
+                    .collect();
                 texts.map_or_else(|| ClaimValue::Json(v.to_string()), ClaimValue::TextList)
             }
             other => ClaimValue::Json(other.to_string()),
@@ -102,8 +104,16 @@ mod tests {
         let mut roles = s.roles.clone();
         roles.sort();
         assert_eq!(roles, ["admin", "ops", "staff"]);
-        let get = |n: &str| s.claims.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
-        assert_eq!(get("rooms"), Some(ClaimValue::TextList(vec!["1".into(), "2".into()])));
+        let get = |n: &str| {
+            s.claims
+                .iter()
+                .find(|(k, _)| k == n)
+                .map(|(_, v)| v.clone())
+        };
+        assert_eq!(
+            get("rooms"),
+            Some(ClaimValue::TextList(vec!["1".into(), "2".into()]))
+        );
         assert_eq!(get("tenant"), Some(ClaimValue::Text("acme".into())));
         assert_eq!(get("level"), Some(ClaimValue::Number(3.0)));
         assert_eq!(get("beta"), Some(ClaimValue::Boolean(true)));

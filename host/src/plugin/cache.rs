@@ -53,7 +53,12 @@ impl CompileCache {
 
     /// Stores `component`'s compilation. Written to a temporary file then
     /// renamed, so a concurrent reader never sees half an entry.
-    pub fn put(&self, engine: &Engine, sha256: &str, component: &Component) -> Result<(), LoadError> {
+    pub fn put(
+        &self,
+        engine: &Engine,
+        sha256: &str,
+        component: &Component,
+    ) -> Result<(), LoadError> {
         let path = self.entry(engine, sha256);
         let io = |source| LoadError::Cache {
             path: path.clone(),

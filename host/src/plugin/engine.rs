@@ -120,7 +120,10 @@ impl PluginEngine {
 
     /// Whether the ticker thread is still running (for readiness).
     pub fn ticking(&self) -> bool {
-        self.ticker.handle.as_ref().is_some_and(|h| !h.is_finished())
+        self.ticker
+            .handle
+            .as_ref()
+            .is_some_and(|h| !h.is_finished())
     }
 }
 

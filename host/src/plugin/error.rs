@@ -58,7 +58,9 @@ pub enum LoadError {
         import: String,
     },
     /// Config names an interface the component lacks.
-    #[error("plugin `{name}`: config lists interface `{interface}`, which the component does not export")]
+    #[error(
+        "plugin `{name}`: config lists interface `{interface}`, which the component does not export"
+    )]
     MissingInterface {
         /// The plugin.
         name: String,

@@ -53,7 +53,11 @@ pub struct InstanceRecipe {
 impl InstanceRecipe {
     fn instantiate(&self) -> Result<WarmInstance, CallError> {
         let engine = self.pre.engine();
-        let state = PluginState::new(self.name.clone(), self.config_json.clone(), self.memory_bytes);
+        let state = PluginState::new(
+            self.name.clone(),
+            self.config_json.clone(),
+            self.memory_bytes,
+        );
         let mut store = Store::new(engine, state);
         store.limiter(|s| &mut s.limiter);
         // The default deadline is 0: without this, instantiation itself traps.
@@ -134,7 +138,10 @@ impl InstancePool {
                 state.live += 1;
                 break;
             }
-            state = self.freed.wait(state).unwrap_or_else(PoisonError::into_inner);
+            state = self
+                .freed
+                .wait(state)
+                .unwrap_or_else(PoisonError::into_inner);
         }
         drop(state);
         match self.recipe.instantiate() {
@@ -156,6 +163,11 @@ impl InstancePool {
     fn forget_one(&self) {
         self.lock().live -= 1;
         self.freed.notify_one();
+    }
+
+    /// A new instance outside the pool's accounting (benchmarks, checks).
+    pub fn instantiate_detached(&self) -> Result<WarmInstance, CallError> {
+        self.recipe.instantiate()
     }
 
     /// Instances currently alive (idle or in use).

@@ -10,7 +10,9 @@ use wasmtime::component::Component;
 use super::error::LoadError;
 
 /// A Switchyard plugin interface.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Interface {
     /// Decides connect, subscribe and publish.
@@ -23,7 +25,11 @@ pub enum Interface {
 
 impl Interface {
     /// All interfaces.
-    pub const ALL: [Interface; 3] = [Interface::Authorizer, Interface::Router, Interface::Transformer];
+    pub const ALL: [Interface; 3] = [
+        Interface::Authorizer,
+        Interface::Router,
+        Interface::Transformer,
+    ];
 
     /// The lower-case name used in config and output.
     pub fn as_str(self) -> &'static str {
@@ -56,7 +62,9 @@ impl FromStr for Interface {
         Interface::ALL
             .into_iter()
             .find(|i| i.as_str() == s)
-            .ok_or_else(|| format!("unknown interface {s:?}: expected authorizer, router or transformer"))
+            .ok_or_else(|| {
+                format!("unknown interface {s:?}: expected authorizer, router or transformer")
+            })
     }
 }
 
@@ -150,9 +158,15 @@ mod tests {
     #[test]
     fn file_kinds_are_told_apart() {
         let p = Path::new("x.wasm");
-        assert!(matches!(check_wasm_kind(p, b"hello world"), Err(LoadError::NotWasm { .. })));
+        assert!(matches!(
+            check_wasm_kind(p, b"hello world"),
+            Err(LoadError::NotWasm { .. })
+        ));
         let core = b"\0asm\x01\0\0\0";
-        assert!(matches!(check_wasm_kind(p, core), Err(LoadError::CoreModule { .. })));
+        assert!(matches!(
+            check_wasm_kind(p, core),
+            Err(LoadError::CoreModule { .. })
+        ));
         let component = b"\0asm\x0d\0\x01\0";
         assert!(check_wasm_kind(p, component).is_ok());
     }

@@ -171,10 +171,7 @@ impl LoadedPlugin {
     }
 
     /// Routes `events`: one decision per event.
-    pub fn route(
-        &self,
-        events: &[types::Event],
-    ) -> Result<Vec<router::RouteDecision>, CallError> {
+    pub fn route(&self, events: &[types::Event]) -> Result<Vec<router::RouteDecision>, CallError> {
         let out = self.call(Interface::Router, |i| match &i.router {
             Some(g) => Ok(g.call_route(&mut i.store, events)),
             None => Err(CallError::NotExported(Interface::Router)),
@@ -235,7 +232,9 @@ impl LoadedPlugin {
             self.metrics.instantiations.fetch_add(1, Ordering::Relaxed);
         }
         let instance = lease.instance();
-        instance.store.set_epoch_deadline(self.pool.deadline_ticks());
+        instance
+            .store
+            .set_epoch_deadline(self.pool.deadline_ticks());
         instance.store.data_mut().limiter.denied = false;
         match f(instance)? {
             Ok(r) => {
@@ -260,11 +259,20 @@ impl LoadedPlugin {
         }
         let mut text = format!("{e:#}");
         if text.len() > 600 {
-            let cut = (0..=600).rev().find(|&i| text.is_char_boundary(i)).unwrap_or(0);
+            let cut = (0..=600)
+                .rev()
+                .find(|&i| text.is_char_boundary(i))
+                .unwrap_or(0);
             text.truncate(cut);
             text.push('…');
         }
         CallError::Trap(text)
+    }
+
+    /// Creates a fresh instance from the pre-instantiated component and
+    /// discards it: what a call costs after a trap. For benchmarks and checks.
+    pub fn instantiate_fresh(&self) -> Result<(), CallError> {
+        self.pool.instantiate_detached().map(drop)
     }
 
     /// The name from config.

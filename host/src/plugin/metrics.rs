@@ -49,7 +49,11 @@ impl LatencyHistogram {
     /// The upper bound of the bucket holding quantile `q` (0..=1), or `None`
     /// without observations. Past the last bound, the last bound.
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        let counts: Vec<u64> = self.buckets.iter().map(|b| b.load(Ordering::Relaxed)).collect();
+        let counts: Vec<u64> = self
+            .buckets
+            .iter()
+            .map(|b| b.load(Ordering::Relaxed))
+            .collect();
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -59,7 +63,10 @@ impl LatencyHistogram {
         for (i, c) in counts.iter().enumerate() {
             seen += c;
             if seen >= rank {
-                let bound = BOUNDS_NS.get(i).copied().unwrap_or(BOUNDS_NS[BOUNDS_NS.len() - 1]);
+                let bound = BOUNDS_NS
+                    .get(i)
+                    .copied()
+                    .unwrap_or(BOUNDS_NS[BOUNDS_NS.len() - 1]);
                 return Some(Duration::from_nanos(bound));
             }
         }

@@ -29,7 +29,7 @@ pub use error::{CallError, LoadError};
 pub use interface::{ComponentInfo, Interface};
 pub use loaded::{LoadOptions, LoadedPlugin};
 pub use metrics::{MetricsSnapshot, PluginMetrics};
-pub use set::{AuthAction, AuthDecision, Audience, Delivery, PluginSet, RouteOutcome};
+pub use set::{Audience, AuthAction, AuthDecision, Delivery, PluginSet, RouteOutcome};
 
 /// Component-model types, for callers that drive a [`LoadedPlugin`] directly
 /// (the CLI and benchmarks).

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use super::bindings::{authorizer, router, transformer};
 use super::cache::CompileCache;
+use super::convert;
 use super::engine::PluginEngine;
 use super::error::{CallError, LoadError};
 use super::interface::Interface;
 use super::loaded::{LoadOptions, LoadedPlugin};
-use super::convert;
 use crate::config::{OnError, PluginSpec};
 use crate::routing::{Event, Topic, TopicPattern};
 use crate::subject::Subject;
@@ -140,7 +140,10 @@ impl PluginSet {
             } else {
                 spec.interfaces.clone()
             };
-            if let Some(&missing) = interfaces.iter().find(|i| !plugin.info().interfaces.contains(i)) {
+            if let Some(&missing) = interfaces
+                .iter()
+                .find(|i| !plugin.info().interfaces.contains(i))
+            {
                 return Err(LoadError::MissingInterface {
                     name: spec.name.clone(),
                     interface: missing,
@@ -167,7 +170,9 @@ impl PluginSet {
 
     /// The loaded plugins, in config order.
     pub fn plugins(&self) -> impl Iterator<Item = (&LoadedPlugin, &[Interface])> {
-        self.entries.iter().map(|e| (&*e.plugin, e.interfaces.as_slice()))
+        self.entries
+            .iter()
+            .map(|e| (&*e.plugin, e.interfaces.as_slice()))
     }
 
     /// Decides every action for `subject`, one decision per action. Fails
@@ -184,8 +189,10 @@ impl PluginSet {
                 continue;
             }
             let s = wit_subject.get_or_insert_with(|| convert::subject(subject));
-            let batch: Vec<authorizer::Action> =
-                asked.iter().map(|&i| convert::action(&actions[i])).collect();
+            let batch: Vec<authorizer::Action> = asked
+                .iter()
+                .map(|&i| convert::action(&actions[i]))
+                .collect();
             match entry.plugin.authorize(s, &batch) {
                 Ok(answers) => {
                     for (&i, answer) in asked.iter().zip(answers) {
@@ -218,7 +225,11 @@ impl PluginSet {
             }
             let batch: Vec<_> = asked
                 .iter()
-                .map(|&i| converted[i].get_or_insert_with(|| convert::event(&events[i])).clone())
+                .map(|&i| {
+                    converted[i]
+                        .get_or_insert_with(|| convert::event(&events[i]))
+                        .clone()
+                })
                 .collect();
             match entry.plugin.route(&batch) {
                 Ok(answers) => {
@@ -299,7 +310,16 @@ impl PluginSet {
             let mut order: Vec<_> = groups.into_iter().collect();
             order.sort_unstable_by_key(|(v, _)| *v);
             for (v, members) in order {
-                self.transform_group(entry, t, event, &mut variants, v, &members, audiences, &mut current);
+                self.transform_group(
+                    entry,
+                    t,
+                    event,
+                    &mut variants,
+                    v,
+                    &members,
+                    audiences,
+                    &mut current,
+                );
             }
         }
         current
@@ -379,7 +399,10 @@ impl PluginSet {
 
     /// Looks a plugin up by name.
     pub fn get(&self, name: &str) -> Option<&LoadedPlugin> {
-        self.entries.iter().find(|e| e.plugin.name() == name).map(|e| &*e.plugin)
+        self.entries
+            .iter()
+            .find(|e| e.plugin.name() == name)
+            .map(|e| &*e.plugin)
     }
 
     /// How many plugins are loaded.

@@ -28,8 +28,12 @@ impl PluginState {
         // No preopens, no environment, no arguments, no network: WASI is
         // linked only because Rust's std imports it.
         let wasi = WasiCtx::builder()
-            .stderr(LogStream { plugin: name.clone() })
-            .stdout(LogStream { plugin: name.clone() })
+            .stderr(LogStream {
+                plugin: name.clone(),
+            })
+            .stdout(LogStream {
+                plugin: name.clone(),
+            })
             .build();
         PluginState {
             name,
@@ -152,7 +156,12 @@ impl LogWriter {
     fn emit(&mut self) {
         if !self.line.is_empty() {
             let text = String::from_utf8_lossy(&self.line);
-            tracing::warn!(plugin = &*self.plugin, stream = "stderr", "{}", text.trim_end());
+            tracing::warn!(
+                plugin = &*self.plugin,
+                stream = "stderr",
+                "{}",
+                text.trim_end()
+            );
             self.line.clear();
         }
     }

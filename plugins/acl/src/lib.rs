@@ -76,39 +76,75 @@ mod tests {
     fn room_members_may_subscribe_and_publish_others_may_not() {
         let acl = acl();
         let alice = member(&["42", "7"]);
-        assert!(acl.authorize(&alice, &Action::subscribe("chat.room.42")).is_allow());
-        assert!(acl.authorize(&alice, &Action::publish("chat.room.7")).is_allow());
+        assert!(
+            acl.authorize(&alice, &Action::subscribe("chat.room.42"))
+                .is_allow()
+        );
+        assert!(
+            acl.authorize(&alice, &Action::publish("chat.room.7"))
+                .is_allow()
+        );
         let d = acl.authorize(&alice, &Action::subscribe("chat.room.43"));
-        assert!(matches!(d, Decision::Deny(ref why) if why.contains("rooms")), "{d:?}");
+        assert!(
+            matches!(d, Decision::Deny(ref why) if why.contains("rooms")),
+            "{d:?}"
+        );
         let nobody = Subject::new("bob");
-        assert!(!acl.authorize(&nobody, &Action::subscribe("chat.room.42")).is_allow());
+        assert!(
+            !acl.authorize(&nobody, &Action::subscribe("chat.room.42"))
+                .is_allow()
+        );
     }
 
     #[test]
     fn admin_topics_need_the_admin_role() {
         let acl = acl();
         let admin = Subject::new("root").with_role("admin");
-        assert!(acl.authorize(&admin, &Action::publish("admin.users.ban")).is_allow());
-        assert!(!acl.authorize(&member(&[]), &Action::subscribe("admin.stats")).is_allow());
+        assert!(
+            acl.authorize(&admin, &Action::publish("admin.users.ban"))
+                .is_allow()
+        );
+        assert!(
+            !acl.authorize(&member(&[]), &Action::subscribe("admin.stats"))
+                .is_allow()
+        );
     }
 
     #[test]
     fn users_may_subscribe_to_their_own_topic_only() {
         let acl = acl();
         let alice = member(&[]);
-        assert!(acl.authorize(&alice, &Action::subscribe("user.alice")).is_allow());
-        assert!(!acl.authorize(&alice, &Action::subscribe("user.bob")).is_allow());
+        assert!(
+            acl.authorize(&alice, &Action::subscribe("user.alice"))
+                .is_allow()
+        );
+        assert!(
+            !acl.authorize(&alice, &Action::subscribe("user.bob"))
+                .is_allow()
+        );
         // The rule covers subscribe only: publishing falls through to the default.
-        assert!(!acl.authorize(&alice, &Action::publish("user.alice")).is_allow());
+        assert!(
+            !acl.authorize(&alice, &Action::publish("user.alice"))
+                .is_allow()
+        );
     }
 
     #[test]
     fn unmatched_topics_follow_the_default_and_connect_is_open() {
         let acl = acl();
         let alice = member(&[]);
-        assert!(!acl.authorize(&alice, &Action::subscribe("other.thing")).is_allow());
-        assert!(acl.authorize(&alice, &Action::subscribe("news.sport")).is_allow());
-        assert!(!acl.authorize(&alice, &Action::subscribe("news.sport.x")).is_allow());
+        assert!(
+            !acl.authorize(&alice, &Action::subscribe("other.thing"))
+                .is_allow()
+        );
+        assert!(
+            acl.authorize(&alice, &Action::subscribe("news.sport"))
+                .is_allow()
+        );
+        assert!(
+            !acl.authorize(&alice, &Action::subscribe("news.sport.x"))
+                .is_allow()
+        );
         assert!(acl.authorize(&alice, &Action::Connect).is_allow());
     }
 
@@ -116,8 +152,14 @@ mod tests {
     fn connect_can_require_roles() {
         let config = Config::from_value(json!({"connect_roles": ["staff"]})).expect("config");
         let acl = Acl::new(&config).expect("acl");
-        assert!(!acl.authorize(&Subject::new("a"), &Action::Connect).is_allow());
-        assert!(acl.authorize(&Subject::new("a").with_role("staff"), &Action::Connect).is_allow());
+        assert!(
+            !acl.authorize(&Subject::new("a"), &Action::Connect)
+                .is_allow()
+        );
+        assert!(
+            acl.authorize(&Subject::new("a").with_role("staff"), &Action::Connect)
+                .is_allow()
+        );
     }
 
     #[test]

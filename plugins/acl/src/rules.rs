@@ -110,7 +110,10 @@ impl AclConfig {
         if self.connect_roles.is_empty() || self.connect_roles.iter().any(|r| subject.has_role(r)) {
             Verdict::Allow
         } else {
-            Verdict::Deny(format!("connecting needs one of the roles {:?}", self.connect_roles))
+            Verdict::Deny(format!(
+                "connecting needs one of the roles {:?}",
+                self.connect_roles
+            ))
         }
     }
 }
@@ -126,10 +129,10 @@ impl Rule {
                 return Verdict::Deny(format!("claim `{claim}` does not contain {wanted:?}"));
             }
         }
-        if let Some(template) = &self.user {
-            if expand(template, captures, subject) != subject.user {
-                return Verdict::Deny("only its owner may use this topic".to_owned());
-            }
+        if let Some(template) = &self.user
+            && expand(template, captures, subject) != subject.user
+        {
+            return Verdict::Deny("only its owner may use this topic".to_owned());
         }
         Verdict::Allow
     }
@@ -201,7 +204,10 @@ mod tests {
     #[test]
     fn patterns_match_like_nats_subjects() {
         let t = Topic::new("chat.room.42");
-        assert_eq!(match_pattern("chat.room.{id}", &t), Some(vec![("id", "42")]));
+        assert_eq!(
+            match_pattern("chat.room.{id}", &t),
+            Some(vec![("id", "42")])
+        );
         assert!(match_pattern("chat.>", &t).is_some());
         assert!(match_pattern("chat.*.42", &t).is_some());
         assert!(match_pattern("chat.*", &t).is_none());

@@ -61,10 +61,10 @@ impl Plugin for ChatRouter {
         let t = &event.topic.tokens;
         if t.len() == self.dm_prefix.len() + 1 && t.starts_with(&self.dm_prefix) {
             let mut users = vec![t[self.dm_prefix.len()].clone()];
-            if let Some(sender) = &event.sender {
-                if *sender != users[0] {
-                    users.push(sender.clone());
-                }
+            if let Some(sender) = &event.sender
+                && *sender != users[0]
+            {
+                users.push(sender.clone());
             }
             return RouteDecision::Deliver(Routing {
                 topics: Vec::new(),
@@ -95,7 +95,10 @@ impl ChatRouter {
         let value: serde_json::Value = match event.data_as() {
             Ok(v) => v,
             Err(e) => {
-                log(Level::Debug, &format!("event {}: data is not JSON: {e}", event.id));
+                log(
+                    Level::Debug,
+                    &format!("event {}: data is not JSON: {e}", event.id),
+                );
                 return Vec::new();
             }
         };
@@ -167,8 +170,14 @@ mod tests {
     #[test]
     fn other_topics_and_bad_payloads_pass() {
         let r = router();
-        assert_eq!(r.route(&Event::json("news.x", &json!({}))), RouteDecision::Pass);
-        assert_eq!(r.route(&Event::json("dm.a.b", &json!({}))), RouteDecision::Pass);
+        assert_eq!(
+            r.route(&Event::json("news.x", &json!({}))),
+            RouteDecision::Pass
+        );
+        assert_eq!(
+            r.route(&Event::json("dm.a.b", &json!({}))),
+            RouteDecision::Pass
+        );
         let garbage = Event::bytes("chat.room.1", b"mentions: not json".to_vec());
         assert_eq!(r.route(&garbage), RouteDecision::Pass);
     }

@@ -184,7 +184,10 @@ mod tests {
     fn audiences_come_from_roles() {
         let r = redact();
         assert_eq!(r.audience(&Subject::new("a")), "public");
-        assert_eq!(r.audience(&Subject::new("a").with_role("support")), "reveal");
+        assert_eq!(
+            r.audience(&Subject::new("a").with_role("support")),
+            "reveal"
+        );
         assert_eq!(r.audience(&Subject::new("a").with_role("staff")), "staff");
         let both = Subject::new("a").with_role("staff").with_role("support");
         assert_eq!(r.audience(&both), "reveal+staff");
