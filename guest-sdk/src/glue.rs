@@ -5,7 +5,9 @@
 //! interfaces it lists; the shared `types` and `host` bindings are generated
 //! once and reused by the others.
 
+use std::cell::RefCell;
 use std::marker::PhantomData;
+use std::rc::Rc;
 
 use crate::{Plugin, types as sdk};
 
@@ -101,9 +103,36 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 fn topic(t: wit::Topic) -> sdk::Topic {
-    sdk::Topic {
-        name: t.name,
-        tokens: t.tokens,
+    sdk::Topic { name: t.name }
+}
+
+/// Subject slots, mirrored by the host per instance (see `subject-ref`).
+const SUBJECT_SLOTS: u64 = 64;
+
+thread_local! {
+    static SUBJECTS: RefCell<Vec<Option<(u64, Rc<sdk::Subject>)>>> =
+        RefCell::new(vec![None; SUBJECT_SLOTS as usize]);
+}
+
+fn resolve(r: wit::SubjectRef) -> Rc<sdk::Subject> {
+    match r {
+        wit::SubjectRef::Full(s) => {
+            let id = s.id;
+            let converted = Rc::new(subject(s));
+            if id != 0 {
+                let kept = converted.clone();
+                SUBJECTS.with(|t| t.borrow_mut()[(id % SUBJECT_SLOTS) as usize] = Some((id, kept)));
+            }
+            converted
+        }
+        wit::SubjectRef::Cached(id) => {
+            SUBJECTS.with(|t| match &t.borrow()[(id % SUBJECT_SLOTS) as usize] {
+                Some((kept, s)) if *kept == id => s.clone(),
+                // The host only sends ids it knows this instance holds: a miss
+                // means the two disagree, and trapping gets a fresh instance.
+                _ => panic!("subject {id} is not cached in this instance"),
+            })
+        }
     }
 }
 
@@ -148,49 +177,65 @@ fn event(e: wit::Event) -> sdk::Event {
     }
 }
 
+fn authorize_one<P: Plugin>(
+    plugin: &P,
+    s: &sdk::Subject,
+    a: wit_auth::Action,
+) -> wit_auth::Decision {
+    let a = match a {
+        wit_auth::Action::Connect => sdk::Action::Connect,
+        wit_auth::Action::Subscribe(t) => sdk::Action::Subscribe(topic(t)),
+        wit_auth::Action::Publish(t) => sdk::Action::Publish(topic(t)),
+    };
+    match plugin.authorize(s, &a) {
+        sdk::Decision::Allow => wit_auth::Decision::Allow,
+        sdk::Decision::Deny(why) => wit_auth::Decision::Deny(why),
+    }
+}
+
 impl<I: Instance> wit_auth::Guest for Glue<I> {
-    fn authorize(s: wit::Subject, actions: Vec<wit_auth::Action>) -> Vec<wit_auth::Decision> {
+    fn authorize(s: wit::SubjectRef, action: wit_auth::Action) -> wit_auth::Decision {
+        authorize_one(I::get(), &resolve(s), action)
+    }
+
+    fn authorize_batch(
+        s: wit::SubjectRef,
+        actions: Vec<wit_auth::Action>,
+    ) -> Vec<wit_auth::Decision> {
         let plugin = I::get();
-        let s = subject(s);
+        let s = resolve(s);
         actions
             .into_iter()
-            .map(|a| {
-                let a = match a {
-                    wit_auth::Action::Connect => sdk::Action::Connect,
-                    wit_auth::Action::Subscribe(t) => sdk::Action::Subscribe(topic(t)),
-                    wit_auth::Action::Publish(t) => sdk::Action::Publish(topic(t)),
-                };
-                match plugin.authorize(&s, &a) {
-                    sdk::Decision::Allow => wit_auth::Decision::Allow,
-                    sdk::Decision::Deny(why) => wit_auth::Decision::Deny(why),
-                }
-            })
+            .map(|a| authorize_one(plugin, &s, a))
             .collect()
+    }
+}
+
+fn route_one<P: Plugin>(plugin: &P, e: wit::Event) -> wit_router::RouteDecision {
+    match plugin.route(&event(e)) {
+        sdk::RouteDecision::Pass => wit_router::RouteDecision::Pass,
+        sdk::RouteDecision::Drop => wit_router::RouteDecision::Drop,
+        sdk::RouteDecision::Deliver(r) => wit_router::RouteDecision::Deliver(wit_router::Routing {
+            topics: r.topics,
+            users: r.users,
+        }),
     }
 }
 
 impl<I: Instance> wit_router::Guest for Glue<I> {
-    fn route(events: Vec<wit::Event>) -> Vec<wit_router::RouteDecision> {
+    fn route(e: wit::Event) -> wit_router::RouteDecision {
+        route_one(I::get(), e)
+    }
+
+    fn route_batch(events: Vec<wit::Event>) -> Vec<wit_router::RouteDecision> {
         let plugin = I::get();
-        events
-            .into_iter()
-            .map(|e| match plugin.route(&event(e)) {
-                sdk::RouteDecision::Pass => wit_router::RouteDecision::Pass,
-                sdk::RouteDecision::Drop => wit_router::RouteDecision::Drop,
-                sdk::RouteDecision::Deliver(r) => {
-                    wit_router::RouteDecision::Deliver(wit_router::Routing {
-                        topics: r.topics,
-                        users: r.users,
-                    })
-                }
-            })
-            .collect()
+        events.into_iter().map(|e| route_one(plugin, e)).collect()
     }
 }
 
 impl<I: Instance> wit_transform::Guest for Glue<I> {
-    fn audience(s: wit::Subject) -> String {
-        I::get().audience(&subject(s))
+    fn audience(s: wit::SubjectRef) -> String {
+        I::get().audience(&resolve(s))
     }
 
     fn transform(e: wit::Event, audiences: Vec<String>) -> Vec<wit_transform::TransformResult> {

@@ -6,26 +6,38 @@
 
 use serde::de::DeserializeOwned;
 
-/// A topic such as `chat.room.42`, with its tokens already split.
+/// A topic such as `chat.room.42` (validated by the host).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topic {
     /// The full topic.
     pub name: String,
-    /// `name` split on `.`.
-    pub tokens: Vec<String>,
 }
 
 impl Topic {
-    /// A topic from its name; the tokens are split here, as the host does.
+    /// A topic from its name.
     pub fn new(name: impl Into<String>) -> Self {
-        let name = name.into();
-        let tokens = name.split('.').map(str::to_owned).collect();
-        Self { name, tokens }
+        Self { name: name.into() }
+    }
+
+    /// The tokens, split on `.` without allocating.
+    pub fn tokens(&self) -> std::str::Split<'_, char> {
+        self.name.split('.')
     }
 
     /// The `i`-th token, if there is one.
     pub fn token(&self, i: usize) -> Option<&str> {
-        self.tokens.get(i).map(String::as_str)
+        self.tokens().nth(i)
+    }
+
+    /// The tokens after `prefix` (given as tokens), if the topic starts with it.
+    pub fn strip_prefix<'a>(&'a self, prefix: &[String]) -> Option<std::str::Split<'a, char>> {
+        let mut tokens = self.tokens();
+        for p in prefix {
+            if tokens.next() != Some(p.as_str()) {
+                return None;
+            }
+        }
+        Some(tokens)
     }
 }
 
@@ -296,9 +308,15 @@ mod tests {
     #[test]
     fn topic_tokens_are_split_on_dots() {
         let t = Topic::new("chat.room.42");
-        assert_eq!(t.tokens, ["chat", "room", "42"]);
+        assert_eq!(t.tokens().collect::<Vec<_>>(), ["chat", "room", "42"]);
         assert_eq!(t.token(2), Some("42"));
         assert_eq!(t.token(3), None);
+        let prefix = ["chat".to_owned(), "room".to_owned()];
+        assert_eq!(
+            t.strip_prefix(&prefix).map(|r| r.collect::<Vec<_>>()),
+            Some(vec!["42"])
+        );
+        assert!(t.strip_prefix(&["news".to_owned()]).is_none());
     }
 
     #[test]

@@ -206,7 +206,6 @@ pub fn test(
 fn test_authorizer(plugin: &LoadedPlugin, subject: &Subject, event: &Event) -> Value {
     let topic = types::Topic {
         name: event.topic.as_str().to_owned(),
-        tokens: event.topic.tokens().map(str::to_owned).collect(),
     };
     let actions = [
         authorizer::Action::Connect,

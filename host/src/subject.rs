@@ -44,6 +44,9 @@ const REGISTERED: &[&str] = &["sub", "exp", "nbf", "iat", "iss", "aud", "jti"];
 /// Who a session belongs to.
 #[derive(Debug, Clone, PartialEq, Default)]
 pub struct Subject {
+    /// A number unique for the process's lifetime, so plugin instances can
+    /// keep the subject instead of receiving it on every call; 0: not kept.
+    pub id: u64,
     /// The `sub` claim.
     pub user: String,
     /// The session id.
@@ -62,6 +65,12 @@ impl Subject {
             session: session.into(),
             ..Subject::default()
         }
+    }
+
+    /// Sets the id (see [`Subject::id`]).
+    pub fn with_id(mut self, id: u64) -> Self {
+        self.id = id;
+        self
     }
 
     /// Builds the subject from a token's verified claims. `role` and `roles`

@@ -241,3 +241,39 @@ fn transformers_chain_in_config_order() {
     let v: Value = serde_json::from_slice(&changed.data).expect("json");
     assert_eq!(v, json!({"email": "***", "phone": "***", "name": "c"}));
 }
+
+#[test]
+fn subjects_kept_by_an_instance_are_never_confused() {
+    let mut s = spec("acl", &switchyard_fixtures::acl(), &[">"], ACL_CONFIG);
+    s.max_instances = Some(1);
+    let set = load(&[s]).expect("load");
+    // Ids 1 and 65 share a slot (64 slots): each replaces the other.
+    let alice = subject(json!({"sub": "alice", "rooms": ["42"]})).with_id(1);
+    let bob = subject(json!({"sub": "bob", "rooms": []})).with_id(65);
+    let carol = subject(json!({"sub": "carol", "rooms": ["42"]})).with_id(2);
+    let room = [AuthAction::Subscribe(topic("chat.room.42"))];
+    for _ in 0..3 {
+        assert_eq!(set.authorize(&alice, &room), [AuthDecision::Allow]);
+        assert!(matches!(
+            set.authorize(&bob, &room)[0],
+            AuthDecision::Deny(_)
+        ));
+        assert_eq!(set.authorize(&carol, &room), [AuthDecision::Allow]);
+        assert_eq!(set.authorize(&alice, &room), [AuthDecision::Allow]);
+    }
+    // After a trap the instance is replaced, and the new one gets subjects in full.
+    let hostile = load(&[spec("h", &switchyard_fixtures::hostile(), &[">"], "")]).expect("load");
+    let who = Subject::new("u", "s").with_id(7);
+    assert_eq!(
+        hostile.authorize(&who, &[AuthAction::Subscribe(topic("ok"))]),
+        [AuthDecision::Allow]
+    );
+    assert!(matches!(
+        hostile.authorize(&who, &[AuthAction::Subscribe(topic("trap"))])[0],
+        AuthDecision::Deny(_)
+    ));
+    assert_eq!(
+        hostile.authorize(&who, &[AuthAction::Subscribe(topic("ok"))]),
+        [AuthDecision::Allow]
+    );
+}

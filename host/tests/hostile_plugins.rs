@@ -27,7 +27,6 @@ fn hostile(memory_mb: u32) -> LoadedPlugin {
 fn subscribe(topic: &str) -> authorizer::Action {
     authorizer::Action::Subscribe(types::Topic {
         name: topic.to_owned(),
-        tokens: topic.split('.').map(str::to_owned).collect(),
     })
 }
 
@@ -269,4 +268,26 @@ fn config_may_not_enable_an_interface_the_component_lacks() {
         load(&[s]),
         Err(LoadError::MissingInterface { .. })
     ));
+}
+
+#[test]
+fn a_plugin_sees_no_environment_files_or_network() {
+    let p = hostile(16);
+    let events = [switchyard_host::plugin::set::wit_event(&event("sandbox"))];
+    let out = p.route(&events).expect("route");
+    let switchyard_host::plugin::wit::router::RouteDecision::Deliver(r) = &out[0] else {
+        panic!("{out:?}")
+    };
+    assert_eq!(
+        r.users,
+        [
+            "env=0",
+            "args=0",
+            "fs_root=false",
+            "fs_file=false",
+            "fs_write=false",
+            "net=false",
+            "dns=false"
+        ]
+    );
 }

@@ -7,12 +7,12 @@ use crate::subject::{ClaimValue, Subject};
 pub(super) fn topic(t: &Topic) -> types::Topic {
     types::Topic {
         name: t.as_str().to_owned(),
-        tokens: t.tokens().map(str::to_owned).collect(),
     }
 }
 
 pub(super) fn subject(s: &Subject) -> types::Subject {
     types::Subject {
+        id: s.id,
         user: s.user.clone(),
         session: s.session.clone(),
         roles: s.roles.clone(),

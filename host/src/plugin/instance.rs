@@ -10,7 +10,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::bindings::{authorizer, router, transformer};
+use super::bindings::{authorizer, router, transformer, types};
 use super::error::CallError;
 use super::state::PluginState;
 
@@ -32,12 +32,36 @@ impl ExportIndices {
     }
 }
 
+/// Subject slots per instance, mirrored by the guest SDK (see `subject-ref`
+/// in `wit/plugin.wit`).
+pub const SUBJECT_SLOTS: usize = 64;
+
 /// One live instance with its store and typed exports.
 pub struct WarmInstance {
     pub(super) store: Store<PluginState>,
+    /// The id of the subject last sent in full to each slot (0: none).
+    pub(super) subjects: [u64; SUBJECT_SLOTS],
     pub(super) authorizer: Option<authorizer::Guest>,
     pub(super) router: Option<router::Guest>,
     pub(super) transformer: Option<transformer::Guest>,
+}
+
+impl WarmInstance {
+    /// The subject as this instance should receive it: its id alone when the
+    /// instance holds it already, else in full (and then remembered).
+    pub(super) fn subject_ref(&mut self, subject: &types::Subject) -> types::SubjectRef {
+        if subject.id == 0 {
+            return types::SubjectRef::Full(subject.clone());
+        }
+        let slot = &mut self.subjects[(subject.id % SUBJECT_SLOTS as u64) as usize];
+        if *slot == subject.id {
+            types::SubjectRef::Cached(subject.id)
+        } else {
+            // Remembered now: if the call fails, the instance is discarded.
+            *slot = subject.id;
+            types::SubjectRef::Full(subject.clone())
+        }
+    }
 }
 
 /// What a new instance needs.
@@ -78,6 +102,7 @@ impl InstanceRecipe {
         };
         Ok(WarmInstance {
             store,
+            subjects: [0; SUBJECT_SLOTS],
             authorizer,
             router,
             transformer,
@@ -89,6 +114,8 @@ struct PoolState {
     idle: Vec<WarmInstance>,
     /// Instances in existence: idle plus leased.
     live: usize,
+    /// Callers blocked in `acquire`: only then is a wake-up (a syscall) needed.
+    waiting: usize,
 }
 
 /// The bounded set of instances of one plugin.
@@ -115,6 +142,7 @@ impl InstancePool {
             state: Mutex::new(PoolState {
                 idle: Vec::new(),
                 live: 0,
+                waiting: 0,
             }),
             freed: Condvar::new(),
         }
@@ -161,8 +189,15 @@ impl InstancePool {
     }
 
     fn forget_one(&self) {
-        self.lock().live -= 1;
-        self.freed.notify_one();
+        let mut state = self.lock();
+        state.live -= 1;
+        self.wake_one(&state);
+    }
+
+    fn wake_one(&self, state: &PoolState) {
+        if state.waiting > 0 {
+            self.freed.notify_one();
+        }
     }
 
     /// A new instance outside the pool's accounting (benchmarks, checks).
@@ -193,8 +228,9 @@ impl Lease<'_> {
     /// Returns the instance for reuse.
     pub fn release(mut self) {
         if let Some(instance) = self.instance.take() {
-            self.pool.lock().idle.push(instance);
-            self.pool.freed.notify_one();
+            let mut state = self.pool.lock();
+            state.idle.push(instance);
+            self.pool.wake_one(&state);
         }
     }
 }

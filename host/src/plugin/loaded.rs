@@ -119,6 +119,7 @@ impl LoadedPlugin {
     /// whose config it rejects, or that traps at once, is refused at load.
     pub fn probe(&self, interfaces: &[Interface]) -> Result<(), LoadError> {
         let subject = types::Subject {
+            id: 0,
             user: "switchyard-probe".into(),
             session: "probe".into(),
             roles: Vec::new(),
@@ -126,7 +127,6 @@ impl LoadedPlugin {
         };
         let topic = types::Topic {
             name: "switchyard.probe".into(),
-            tokens: vec!["switchyard".into(), "probe".into()],
         };
         let event = types::Event {
             id: "probe".into(),
@@ -163,9 +163,16 @@ impl LoadedPlugin {
         subject: &types::Subject,
         actions: &[authorizer::Action],
     ) -> Result<Vec<authorizer::Decision>, CallError> {
-        let out = self.call(Interface::Authorizer, |i| match &i.authorizer {
-            Some(g) => Ok(g.call_authorize(&mut i.store, subject, actions)),
-            None => Err(CallError::NotExported(Interface::Authorizer)),
+        let out = self.call(Interface::Authorizer, |i| {
+            let Some(g) = i.authorizer.clone() else {
+                return Err(CallError::NotExported(Interface::Authorizer));
+            };
+            let s = i.subject_ref(subject);
+            // One action: the single-value call avoids two list allocations.
+            Ok(match actions {
+                [one] => g.call_authorize(&mut i.store, &s, one).map(|d| vec![d]),
+                many => g.call_authorize_batch(&mut i.store, &s, many),
+            })
         })?;
         expect_len(actions.len(), out)
     }
@@ -173,7 +180,10 @@ impl LoadedPlugin {
     /// Routes `events`: one decision per event.
     pub fn route(&self, events: &[types::Event]) -> Result<Vec<router::RouteDecision>, CallError> {
         let out = self.call(Interface::Router, |i| match &i.router {
-            Some(g) => Ok(g.call_route(&mut i.store, events)),
+            Some(g) => Ok(match events {
+                [one] => g.call_route(&mut i.store, one).map(|d| vec![d]),
+                many => g.call_route_batch(&mut i.store, many),
+            }),
             None => Err(CallError::NotExported(Interface::Router)),
         })?;
         expect_len(events.len(), out)
@@ -181,9 +191,12 @@ impl LoadedPlugin {
 
     /// The audience key of `subject`.
     pub fn audience(&self, subject: &types::Subject) -> Result<String, CallError> {
-        self.call(Interface::Transformer, |i| match &i.transformer {
-            Some(g) => Ok(g.call_audience(&mut i.store, subject)),
-            None => Err(CallError::NotExported(Interface::Transformer)),
+        self.call(Interface::Transformer, |i| {
+            let Some(g) = i.transformer.clone() else {
+                return Err(CallError::NotExported(Interface::Transformer));
+            };
+            let s = i.subject_ref(subject);
+            Ok(g.call_audience(&mut i.store, &s))
         })
     }
 

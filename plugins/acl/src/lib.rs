@@ -23,23 +23,24 @@
 
 mod rules;
 
-use rules::{AclConfig, Verdict};
+use rules::{AclConfig, RuleTable, Verdict};
 use switchyard_sdk::{Action, Config, Decision, Plugin, Subject, export_plugin};
 
 /// The ACL plugin: its parsed rule table.
 pub struct Acl {
-    config: AclConfig,
+    rules: RuleTable,
 }
 
 impl Plugin for Acl {
     fn new(config: &Config) -> Result<Self, String> {
         let config: AclConfig = config.parse()?;
-        config.validate()?;
-        Ok(Acl { config })
+        Ok(Acl {
+            rules: config.compile()?,
+        })
     }
 
     fn authorize(&self, subject: &Subject, action: &Action) -> Decision {
-        match self.config.decide(subject, action) {
+        match self.rules.decide(subject, action) {
             Verdict::Allow => Decision::Allow,
             Verdict::Deny(why) => Decision::Deny(why),
         }

@@ -13,8 +13,9 @@
 //! ```
 
 use serde::Deserialize;
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
 use switchyard_sdk::{
-    Config, Event, Level, Plugin, RouteDecision, Routing, export_plugin, log, serde_json,
+    Config, Event, Level, Plugin, RouteDecision, Routing, Topic, export_plugin, log, serde_json,
 };
 
 /// `[plugins.config]` of chat-router.
@@ -43,6 +44,13 @@ pub struct ChatRouter {
     mentions_field: String,
 }
 
+/// The one token following `prefix`, when the topic is `prefix` plus one token.
+fn single_token_after<'a>(topic: &'a Topic, prefix: &[String]) -> Option<&'a str> {
+    let mut rest = topic.strip_prefix(prefix)?;
+    let token = rest.next()?;
+    rest.next().is_none().then_some(token)
+}
+
 fn tokens(prefix: &str) -> Vec<String> {
     prefix.split('.').map(str::to_owned).collect()
 }
@@ -58,9 +66,8 @@ impl Plugin for ChatRouter {
     }
 
     fn route(&self, event: &Event) -> RouteDecision {
-        let t = &event.topic.tokens;
-        if t.len() == self.dm_prefix.len() + 1 && t.starts_with(&self.dm_prefix) {
-            let mut users = vec![t[self.dm_prefix.len()].clone()];
+        if let Some(recipient) = single_token_after(&event.topic, &self.dm_prefix) {
+            let mut users = vec![recipient.to_owned()];
             if let Some(sender) = &event.sender
                 && *sender != users[0]
             {
@@ -71,7 +78,7 @@ impl Plugin for ChatRouter {
                 users,
             });
         }
-        if t.len() == self.room_prefix.len() + 1 && t.starts_with(&self.room_prefix) {
+        if single_token_after(&event.topic, &self.room_prefix).is_some() {
             let mentions = self.mentions(event);
             if mentions.is_empty() {
                 return RouteDecision::Pass;
@@ -92,25 +99,62 @@ impl ChatRouter {
         if !contains(&event.data, self.mentions_field.as_bytes()) {
             return Vec::new();
         }
-        let value: serde_json::Value = match event.data_as() {
-            Ok(v) => v,
+        // Only the mentions field is decoded; the rest is skipped unparsed.
+        let mut de = serde_json::Deserializer::from_slice(&event.data);
+        let found = match (MentionsSeed {
+            field: &self.mentions_field,
+        })
+        .deserialize(&mut de)
+        {
+            Ok(found) => found,
             Err(e) => {
                 log(
                     Level::Debug,
-                    &format!("event {}: data is not JSON: {e}", event.id),
+                    &format!("event {}: no usable mentions: {e}", event.id),
                 );
                 return Vec::new();
             }
         };
-        let mut users: Vec<String> = Vec::new();
-        if let Some(list) = value.get(&self.mentions_field).and_then(|m| m.as_array()) {
-            for user in list.iter().filter_map(|u| u.as_str()) {
-                if !users.iter().any(|u| u == user) {
-                    users.push(user.to_owned());
-                }
+        let mut users: Vec<String> = Vec::with_capacity(found.len());
+        for user in found {
+            if !users.contains(&user) {
+                users.push(user);
             }
         }
         users
+    }
+}
+
+/// Reads one field of a JSON object as a list of strings, skipping the rest.
+struct MentionsSeed<'a> {
+    field: &'a str,
+}
+
+impl<'de> DeserializeSeed<'de> for MentionsSeed<'_> {
+    type Value = Vec<String>;
+
+    fn deserialize<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for MentionsSeed<'_> {
+    type Value = Vec<String>;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut found = Vec::new();
+        while let Some(key) = map.next_key::<std::borrow::Cow<'de, str>>()? {
+            if key == self.field {
+                found = map.next_value()?;
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(found)
     }
 }
 
