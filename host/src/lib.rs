@@ -5,10 +5,26 @@
 //! - [`routing`]: topics, patterns and the event envelope (pure);
 //! - [`subject`]: the authenticated user behind a session, from JWT claims;
 //! - [`plugin`]: the sandboxed Wasm plugin runtime;
+//! - [`auth`]: JWTs, tickets, service and admin keys;
+//! - [`executor`]: plugin calls on dedicated threads;
+//! - [`hub`]: this node's sessions by topic and user;
+//! - [`ingest`]: the event path (id, route, fan-out, transform, enqueue);
+//! - [`session`]: sessions, their queues and the WebSocket/SSE adapters;
+//! - [`gateway`], [`http`], [`server`]: shared state, routes, listener;
 //! - [`cli`]: the `switchyard plugin check|test` commands.
 
+pub mod auth;
 pub mod cli;
 pub mod config;
+pub mod error;
+pub mod executor;
+pub mod gateway;
+pub mod http;
+pub mod hub;
+pub mod ingest;
+pub mod limits;
 pub mod plugin;
 pub mod routing;
+pub mod server;
+pub mod session;
 pub mod subject;

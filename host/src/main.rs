@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use switchyard_host::config::Config;
+use switchyard_host::gateway::Gateway;
 use switchyard_host::plugin::{CompileCache, EngineSettings, PluginEngine, PluginSet};
 
 #[derive(Parser)]
@@ -116,20 +117,28 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
         config.runtime.instances_per_plugin,
     )
     .context("loading plugins")?;
-    let names: Vec<&str> = plugins.plugins().map(|(p, _)| p.name()).collect();
-    println!(
-        "switchyard {}: node {}, {} plugins loaded ({})",
-        env!("CARGO_PKG_VERSION"),
-        config.server.node_id,
-        plugins.len(),
-        names.join(", ")
-    );
+    let names: Vec<String> = plugins
+        .plugins()
+        .map(|(p, _)| p.name().to_owned())
+        .collect();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
-    runtime.block_on(async {
-        tokio::signal::ctrl_c()
-            .await
-            .context("waiting for Ctrl-C")?;
-        println!("switchyard: shutting down");
+    runtime.block_on(async move {
+        let listener = switchyard_host::server::bind(config.server.listen)
+            .with_context(|| format!("binding {}", config.server.listen))?;
+        let addr = listener.local_addr()?;
+        let node = config.server.node_id.clone();
+        let gateway = Gateway::start(config, plugins)?;
+        println!(
+            "switchyard {}: node {node} listening on http://{addr}, {} plugins loaded ({})",
+            env!("CARGO_PKG_VERSION"),
+            names.len(),
+            names.join(", ")
+        );
+        let shutdown = async {
+            let _ = tokio::signal::ctrl_c().await;
+            println!("switchyard: shutting down");
+        };
+        switchyard_host::server::run(listener, gateway, shutdown).await?;
         anyhow::Ok(())
     })
 }

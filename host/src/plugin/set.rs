@@ -73,7 +73,7 @@ pub enum RouteOutcome {
 }
 
 /// A session's audience key for each transformer of the set.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Default)]
 pub struct Audience {
     keys: Vec<AudienceKey>,
 }
@@ -280,6 +280,19 @@ impl PluginSet {
         self.entries
             .iter()
             .filter(|e| e.interfaces.contains(&Interface::Transformer))
+    }
+
+    /// Whether any plugin implementing `interface` applies to `topic` (for an
+    /// authorizer and `None`: to connect). Lets callers skip a call entirely.
+    pub fn applies(&self, interface: Interface, topic: Option<&Topic>) -> bool {
+        self.entries.iter().any(|e| e.applies(interface, topic))
+    }
+
+    /// Whether any plugin implements `interface` at all.
+    pub fn has(&self, interface: Interface) -> bool {
+        self.entries
+            .iter()
+            .any(|e| e.interfaces.contains(&interface))
     }
 
     /// Whether any transformer applies to `topic`: if not, every recipient

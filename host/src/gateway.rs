@@ -1,0 +1,221 @@
+//! The gateway's shared state and the operations every protocol adapter
+//! uses: admitting a connection, opening a session, authorizing, publishing.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Authenticator, Identity, KeyError};
+use crate::config::Config;
+use crate::error::ApiError;
+use crate::executor::PluginExecutor;
+use crate::hub::Hub;
+use crate::ingest::{Ingest, IngestError};
+use crate::limits::TokenBucket;
+use crate::plugin::{AuthAction, AuthDecision, Interface, PluginSet};
+use crate::routing::{Event, Topic};
+use crate::session::{Protocol, SessionHandle};
+use crate::subject::Subject;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Bad keys in `[auth]`.
+    #[error(transparent)]
+    Keys(#[from] KeyError),
+    /// Threads could not start.
+    #[error("cannot start plugin workers: {0}")]
+    Workers(std::io::Error),
+}
+
+/// Everything the handlers share.
+pub struct Gateway {
+    /// The config it started with.
+    pub config: Config,
+    /// Credentials.
+    pub auth: Authenticator,
+    /// Local sessions.
+    pub hub: Arc<Hub>,
+    /// Plugin calls.
+    pub executor: Arc<PluginExecutor>,
+    /// The event path.
+    pub ingest: Ingest,
+    /// Cancelled when the gateway shuts down.
+    pub shutdown: CancellationToken,
+    /// Session tasks, awaited on shutdown.
+    pub tasks: TaskTracker,
+    next_session: AtomicU64,
+    accept: Mutex<TokenBucket>,
+}
+
+/// Lanes of the event path.
+const INGEST_LANES: usize = 4;
+
+impl Gateway {
+    /// Builds the gateway on the current tokio runtime with loaded plugins.
+    pub fn start(config: Config, plugins: PluginSet) -> Result<Arc<Self>, StartError> {
+        let auth = Authenticator::new(&config.auth)?;
+        let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let executor =
+            Arc::new(PluginExecutor::start(plugins, threads).map_err(StartError::Workers)?);
+        let hub = Arc::new(Hub::default());
+        let shutdown = CancellationToken::new();
+        let ingest = Ingest::start(
+            INGEST_LANES,
+            hub.clone(),
+            executor.clone(),
+            shutdown.clone(),
+        );
+        let rate = config.limits.accept_rate;
+        Ok(Arc::new(Gateway {
+            auth,
+            hub,
+            executor,
+            ingest,
+            shutdown,
+            tasks: TaskTracker::new(),
+            next_session: AtomicU64::new(1),
+            accept: Mutex::new(TokenBucket::new(rate, rate, Instant::now())),
+            config,
+        }))
+    }
+
+    /// Checks the per-node limits before a session is accepted.
+    pub fn admit(&self) -> Result<(), ApiError> {
+        if self.shutdown.is_cancelled() {
+            return Err(ApiError::unavailable("the gateway is shutting down"));
+        }
+        if self.hub.len() >= self.config.limits.max_sessions {
+            return Err(ApiError::unavailable(
+                "this node holds its maximum number of sessions",
+            ));
+        }
+        let mut bucket = self.accept.lock().unwrap_or_else(PoisonError::into_inner);
+        if !bucket.try_take(Instant::now()) {
+            return Err(ApiError::new(
+                axum::http::StatusCode::SERVICE_UNAVAILABLE,
+                "rate_limited",
+                "too many new connections; retry shortly",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Whether `origin` may open a WebSocket (absent: not a browser, allowed).
+    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+        let Some(origin) = origin else { return true };
+        self.config
+            .server
+            .allowed_origins
+            .iter()
+            .any(|o| o == "*" || o.eq_ignore_ascii_case(origin))
+    }
+
+    /// Asks the authorizers, skipping the call when none applies.
+    pub async fn authorize(
+        &self,
+        subject: &Subject,
+        actions: Vec<AuthAction>,
+    ) -> Vec<AuthDecision> {
+        let set = self.executor.plugins();
+        let needed = actions.iter().any(|a| match a {
+            AuthAction::Connect => set.applies(Interface::Authorizer, None),
+            AuthAction::Subscribe(t) | AuthAction::Publish(t) => {
+                set.applies(Interface::Authorizer, Some(t))
+            }
+        });
+        if !needed {
+            return vec![AuthDecision::Allow; actions.len()];
+        }
+        let n = actions.len();
+        let subject = subject.clone();
+        match self
+            .executor
+            .run(move |set| set.authorize(&subject, &actions))
+            .await
+        {
+            Ok(d) => d,
+            Err(e) => vec![AuthDecision::Deny(e.to_string()); n],
+        }
+    }
+
+    /// Prepares a session: authorizes connect (and the initial
+    /// subscriptions, in one call) and computes its audience. The caller
+    /// registers it with [`Gateway::activate`] once its socket is live.
+    pub async fn open_session(
+        &self,
+        identity: Identity,
+        protocol: Protocol,
+        topics: &[Topic],
+    ) -> Result<Arc<SessionHandle>, ApiError> {
+        let num = self.next_session.fetch_add(1, Ordering::Relaxed);
+        let limits = &self.config.limits;
+        let mut session = SessionHandle::new(
+            num,
+            &self.config.server.node_id,
+            identity.subject,
+            protocol,
+            limits.queue_depth,
+            limits.slow_consumer,
+        );
+        let mut actions = vec![AuthAction::Connect];
+        actions.extend(topics.iter().cloned().map(AuthAction::Subscribe));
+        let decisions = self.authorize(&session.subject, actions).await;
+        for (i, d) in decisions.iter().enumerate() {
+            if let AuthDecision::Deny(why) = d {
+                let what = match i {
+                    0 => "connect".to_owned(),
+                    i => format!("subscribe to {}", topics[i - 1]),
+                };
+                return Err(ApiError::forbidden(format!("may not {what}: {why}")));
+            }
+        }
+        if self.executor.plugins().has(Interface::Transformer) {
+            let subject = session.subject.clone();
+            let audience = self
+                .executor
+                .run(move |set| set.audience(&subject))
+                .await
+                .map_err(|e| ApiError::unavailable(e.to_string()))?;
+            session.audience = Some(Arc::new(audience));
+        }
+        let session = Arc::new(session);
+        for t in topics {
+            session.add_subscription(t.as_str());
+        }
+        Ok(session)
+    }
+
+    /// Registers a prepared session: from now on it receives events.
+    pub fn activate(&self, session: &Arc<SessionHandle>) {
+        self.hub.register(session.clone());
+        tracing::info!(
+            session = %session.id,
+            user = %session.subject.user,
+            protocol = session.protocol.as_str(),
+            "session opened"
+        );
+    }
+
+    /// Forgets a session.
+    pub fn close_session(&self, session: &SessionHandle) {
+        self.hub.unregister(session.num);
+        tracing::info!(session = %session.id, "session closed");
+    }
+
+    /// Publishes an event (its id is assigned here).
+    pub fn publish(&self, event: Event) -> Result<String, IngestError> {
+        self.ingest.publish(event)
+    }
+
+    /// Seconds since the epoch, now.
+    pub fn now_s() -> u64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or(0)
+    }
+}

@@ -1,0 +1,188 @@
+//! `GET /v1/sse?topic=a&topic=b`: server-sent events.
+//!
+//! `retry:` once, then a `connected` event with the session id, then events
+//! as `id:`/`event:`/`data:` lines and a comment line every heartbeat. A task
+//! feeds the response body through a small channel; when the client goes
+//! away the channel closes and the session ends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{RawQuery, State};
+use axum::http::header::{AUTHORIZATION, CACHE_CONTROL, CONTENT_TYPE};
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tracing::Instrument;
+
+use super::{CloseReason, Outbound, Protocol, SessionHandle};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::routing::Topic;
+
+/// Milliseconds a browser waits before reconnecting.
+pub const RETRY_MS: u64 = 2000;
+
+/// What the query string carries.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct SseQuery {
+    /// `topic=` (repeatable).
+    pub topics: Vec<String>,
+    /// `ticket=`.
+    pub ticket: Option<String>,
+    /// `last_event_id=`.
+    pub last_event_id: Option<String>,
+}
+
+impl SseQuery {
+    /// Parses `topic=a&topic=b&ticket=...`; unknown keys are refused.
+    pub fn parse(raw: Option<&str>) -> Result<Self, ApiError> {
+        let pairs: Vec<(String, String)> = serde_urlencoded::from_str(raw.unwrap_or(""))
+            .map_err(|e| ApiError::bad_request(format!("bad query string: {e}")))?;
+        let mut q = SseQuery::default();
+        for (k, v) in pairs {
+            match k.as_str() {
+                "topic" => q.topics.push(v),
+                "ticket" => q.ticket = Some(v),
+                "last_event_id" => q.last_event_id = Some(v),
+                other => {
+                    return Err(ApiError::bad_request(format!(
+                        "unknown query parameter {other:?}"
+                    )));
+                }
+            }
+        }
+        Ok(q)
+    }
+}
+
+/// The handler.
+pub async fn stream(
+    State(gw): State<Arc<Gateway>>,
+    RawQuery(raw): RawQuery,
+    headers: HeaderMap,
+) -> Response {
+    match open(&gw, raw.as_deref(), &headers).await {
+        Ok(resp) => resp,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn open(
+    gw: &Arc<Gateway>,
+    raw: Option<&str>,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let query = SseQuery::parse(raw)?;
+    if query.topics.is_empty() {
+        return Err(ApiError::bad_request(
+            "name at least one topic: /v1/sse?topic=a&topic=b",
+        ));
+    }
+    let max = gw.config.limits.max_subscriptions;
+    if query.topics.len() > max {
+        return Err(ApiError::bad_request(format!(
+            "at most {max} topics per session"
+        )));
+    }
+    let topics = query
+        .topics
+        .iter()
+        .map(|t| Topic::parse(t).map_err(|e| ApiError::bad_request(e.to_string())))
+        .collect::<Result<Vec<_>, _>>()?;
+    gw.admit()?;
+    let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let identity = gw.auth.identify(bearer, query.ticket.as_deref())?;
+    let expires_at = identity.expires_at;
+    let session = gw.open_session(identity, Protocol::Sse, &topics).await?;
+    gw.activate(&session);
+
+    let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
+    let span = tracing::info_span!("session", id = %session.id, user = %session.subject.user);
+    gw.tasks
+        .spawn(feed(gw.clone(), session, tx, expires_at).instrument(span));
+    let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
+    *resp.status_mut() = StatusCode::OK;
+    let h = resp.headers_mut();
+    h.insert(CONTENT_TYPE, HeaderValue::from_static("text/event-stream"));
+    h.insert(CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+async fn feed(
+    gw: Arc<Gateway>,
+    session: Arc<SessionHandle>,
+    tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
+    expires_at: u64,
+) {
+    let hello = format!(
+        "retry: {RETRY_MS}\nevent: connected\ndata: {}\n\n",
+        serde_json::json!({ "session": session.id, "user": session.subject.user })
+    );
+    let heartbeat = Duration::from_secs(gw.config.server.heartbeat_s);
+    let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let expiry = tokio::time::sleep(Duration::from_secs(
+        expires_at.saturating_sub(Gateway::now_s()),
+    ));
+    tokio::pin!(expiry);
+    if tx.send(Ok(Bytes::from(hello))).await.is_ok() {
+        loop {
+            let chunk = tokio::select! {
+                batch = session.queue.next_batch() => {
+                    let mut out = String::new();
+                    for item in batch.items {
+                        if let Outbound::Event(frame) = item {
+                            out.push_str(frame.sse());
+                        }
+                    }
+                    if batch.dropped > 0 {
+                        out.push_str(&format!("event: dropped\ndata: {{\"count\":{}}}\n\n", batch.dropped));
+                    }
+                    if let Some(reason) = batch.closed {
+                        let why = match reason {
+                            CloseReason::SlowConsumer => "slow consumer".to_owned(),
+                            CloseReason::Server(_, why) => why,
+                        };
+                        out.push_str(&format!(": closing: {why}\n\n"));
+                        let _ = tx.send(Ok(Bytes::from(out))).await;
+                        break;
+                    }
+                    out
+                }
+                _ = beat.tick() => ": heartbeat\n\n".to_owned(),
+                () = &mut expiry => {
+                    let _ = tx.send(Ok(Bytes::from_static(b": token expired\n\n"))).await;
+                    break;
+                }
+                () = tx.closed() => break,
+                () = gw.shutdown.cancelled() => break,
+            };
+            if !chunk.is_empty() && tx.send(Ok(Bytes::from(chunk))).await.is_err() {
+                break;
+            }
+        }
+    }
+    session
+        .queue
+        .close(CloseReason::Server(1001, "stream ended".into()));
+    gw.close_session(&session);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn queries_parse_repeated_topics_and_refuse_unknown_keys() {
+        let q =
+            SseQuery::parse(Some("topic=a.b&topic=c&ticket=t1&last_event_id=9")).expect("query");
+        assert_eq!(q.topics, ["a.b", "c"]);
+        assert_eq!(q.ticket.as_deref(), Some("t1"));
+        assert_eq!(q.last_event_id.as_deref(), Some("9"));
+        assert!(SseQuery::parse(Some("topics=a")).is_err());
+        assert_eq!(SseQuery::parse(None).expect("empty"), SseQuery::default());
+    }
+}

@@ -1,0 +1,371 @@
+//! `GET /v1/ws`: the WebSocket upgrade and the `switchyard.v1` session loop.
+//!
+//! One reader (client frames, in order) and one writer (drains the bounded
+//! queue, batching whatever is queued into one flush; sends pings; closes).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
+use axum::extract::{Query, State};
+use axum::http::HeaderMap;
+use axum::http::header::{AUTHORIZATION, ORIGIN};
+use axum::response::{IntoResponse, Response};
+use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tracing::Instrument;
+
+use super::json::{self, ClientFrame, ErrorCode};
+use super::{CloseReason, Outbound, Protocol, SessionHandle};
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::limits::TokenBucket;
+use crate::plugin::{AuthAction, AuthDecision};
+use crate::routing::{Event, Topic};
+
+/// The JSON subprotocol.
+pub const JSON_PROTOCOL: &str = "switchyard.v1";
+
+/// WebSocket close codes used here.
+pub mod close {
+    /// Going away: server shutdown.
+    pub const GOING_AWAY: u16 = 1001;
+    /// Invalid UTF-8 in a text frame.
+    pub const INVALID_DATA: u16 = 1007;
+    /// Policy: expired token, slow consumer, dead peer.
+    pub const POLICY: u16 = 1008;
+    /// A frame over `limits.max_frame_bytes`.
+    pub const TOO_BIG: u16 = 1009;
+    /// Protocol error.
+    pub const PROTOCOL: u16 = 1002;
+}
+
+/// `?ticket=` for browsers.
+#[derive(Debug, Deserialize)]
+pub struct WsQuery {
+    ticket: Option<String>,
+}
+
+/// The upgrade handler: origin, admission, authentication and the connect
+/// authorization happen before the upgrade, so refusals are HTTP statuses.
+pub async fn upgrade(
+    State(gw): State<Arc<Gateway>>,
+    Query(query): Query<WsQuery>,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    match prepare(&gw, &query, &headers).await {
+        Ok(session) => {
+            let max = gw.config.limits.max_frame_bytes;
+            let expires_at = session.1;
+            let session = session.0;
+            ws.protocols([JSON_PROTOCOL])
+                .max_message_size(max)
+                .max_frame_size(max)
+                .on_upgrade(move |socket| async move {
+                    let tracker = gw.tasks.clone();
+                    let span = tracing::info_span!("session", id = %session.id, user = %session.subject.user);
+                    tracker
+                        .track_future(run(gw, session, socket, expires_at).instrument(span))
+                        .await;
+                })
+        }
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn prepare(
+    gw: &Arc<Gateway>,
+    query: &WsQuery,
+    headers: &HeaderMap,
+) -> Result<(Arc<SessionHandle>, u64), ApiError> {
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    if !gw.origin_allowed(origin) {
+        return Err(ApiError::forbidden(format!(
+            "origin {} is not allowed",
+            origin.unwrap_or_default()
+        )));
+    }
+    let offered: Vec<&str> = headers
+        .get_all("sec-websocket-protocol")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(str::trim)
+        .collect();
+    if !offered.is_empty() && !offered.contains(&JSON_PROTOCOL) {
+        return Err(ApiError::bad_request(format!(
+            "unsupported subprotocols {offered:?}: this endpoint speaks {JSON_PROTOCOL}"
+        )));
+    }
+    gw.admit()?;
+    let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let identity = gw.auth.identify(bearer, query.ticket.as_deref())?;
+    let expires_at = identity.expires_at;
+    let session = gw.open_session(identity, Protocol::Json, &[]).await?;
+    Ok((session, expires_at))
+}
+
+type Sink = SplitSink<WebSocket, Message>;
+
+async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, expires_at: u64) {
+    let (sink, stream) = socket.split();
+    gw.activate(&session);
+    let cfg = &gw.config.server;
+    session.queue.push_control(Outbound::Control(json::welcome(
+        &session.id,
+        &session.subject.user,
+        &cfg.node_id,
+        cfg.heartbeat_s,
+    )));
+    let started = Instant::now();
+    let last_seen = Arc::new(AtomicU64::new(0));
+    let writer = tokio::spawn(write_loop(
+        gw.clone(),
+        session.clone(),
+        sink,
+        started,
+        last_seen.clone(),
+    ));
+    read_loop(&gw, &session, stream, started, &last_seen, expires_at).await;
+    // Whatever ended the reader, the writer flushes and closes.
+    session.queue.close(CloseReason::Server(
+        close::GOING_AWAY,
+        "session ended".into(),
+    ));
+    let _ = writer.await;
+    gw.close_session(&session);
+}
+
+async fn read_loop(
+    gw: &Gateway,
+    session: &SessionHandle,
+    mut stream: SplitStream<WebSocket>,
+    started: Instant,
+    last_seen: &AtomicU64,
+    expires_at: u64,
+) {
+    let limits = &gw.config.limits;
+    let mut publish_rate =
+        TokenBucket::new(limits.publish_rate, limits.publish_rate, Instant::now());
+    let expiry = tokio::time::sleep(Duration::from_secs(
+        expires_at.saturating_sub(Gateway::now_s()),
+    ));
+    tokio::pin!(expiry);
+    loop {
+        let msg = tokio::select! {
+            m = stream.next() => m,
+            () = &mut expiry => {
+                session.queue.close(CloseReason::Server(close::POLICY, "token expired".into()));
+                return;
+            }
+            () = gw.shutdown.cancelled() => return,
+        };
+        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        let text = match msg {
+            None | Some(Ok(Message::Close(_))) => return,
+            Some(Ok(Message::Text(t))) => t,
+            Some(Ok(Message::Binary(_))) => {
+                reply(
+                    session,
+                    json::error(None, ErrorCode::BadFrame, "switchyard.v1 uses text frames"),
+                );
+                continue;
+            }
+            Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
+            Some(Err(e)) => {
+                let (code, reason) = close_for(&e);
+                tracing::debug!(error = %e, code, "client frame refused");
+                session
+                    .queue
+                    .close(CloseReason::Server(code, reason.to_owned()));
+                return;
+            }
+        };
+        if session.queue.is_closed() {
+            return;
+        }
+        handle_text(gw, session, &text, &mut publish_rate).await;
+    }
+}
+
+/// The close code for a read error.
+fn close_for(e: &axum::Error) -> (u16, &'static str) {
+    let text = format!("{e:?}").to_ascii_lowercase();
+    if text.contains("utf8") || text.contains("utf-8") {
+        (close::INVALID_DATA, "invalid UTF-8 in a text frame")
+    } else if text.contains("capacity") || text.contains("too long") || text.contains("too big") {
+        (close::TOO_BIG, "frame larger than the limit")
+    } else {
+        (close::PROTOCOL, "protocol error")
+    }
+}
+
+fn reply(session: &SessionHandle, text: String) {
+    session.queue.push_control(Outbound::Control(text));
+}
+
+async fn handle_text(
+    gw: &Gateway,
+    session: &SessionHandle,
+    text: &str,
+    publish_rate: &mut TokenBucket,
+) {
+    let frame = match json::parse_client_frame(text) {
+        Ok(f) => f,
+        Err(e) => return reply(session, json::error(e.id, e.code, &e.message)),
+    };
+    match frame {
+        ClientFrame::Subscribe { id, topic, since } => {
+            let result = subscribe(gw, session, &topic).await;
+            match result {
+                // Replay (`since`) arrives with the store: until then the
+                // client is told honestly that nothing was recovered.
+                Ok(()) => reply(session, json::ack(id, since.map(|_| false))),
+                Err((code, message)) => reply(session, json::error(id, code, &message)),
+            }
+        }
+        ClientFrame::Unsubscribe { id, topic } => {
+            if gw.hub.unsubscribe(session, &topic) {
+                reply(session, json::ack(id, None));
+            } else {
+                reply(
+                    session,
+                    json::error(
+                        id,
+                        ErrorCode::NotSubscribed,
+                        &format!("not subscribed to {topic}"),
+                    ),
+                );
+            }
+        }
+        ClientFrame::Publish {
+            id,
+            topic,
+            event,
+            data,
+        } => {
+            if !publish_rate.try_take(Instant::now()) {
+                let limit = gw.config.limits.publish_rate;
+                return reply(
+                    session,
+                    json::error(
+                        id,
+                        ErrorCode::RateLimited,
+                        &format!("at most {limit} publishes per second"),
+                    ),
+                );
+            }
+            match publish(gw, session, &topic, event, data.get().as_bytes().to_vec()).await {
+                Ok(_) => reply(session, json::ack(id, None)),
+                Err((code, message)) => reply(session, json::error(id, code, &message)),
+            }
+        }
+    }
+}
+
+/// Validates, checks the limit, authorizes and subscribes.
+pub(crate) async fn subscribe(
+    gw: &Gateway,
+    session: &SessionHandle,
+    topic: &str,
+) -> Result<(), (ErrorCode, String)> {
+    let topic = Topic::parse(topic).map_err(|e| (ErrorCode::InvalidTopic, e.to_string()))?;
+    if session.subscriptions().iter().any(|t| t == topic.as_str()) {
+        return Ok(());
+    }
+    let max = gw.config.limits.max_subscriptions;
+    if session.subscription_count() >= max {
+        return Err((
+            ErrorCode::TooManySubscriptions,
+            format!("at most {max} subscriptions per session"),
+        ));
+    }
+    let decision = gw
+        .authorize(&session.subject, vec![AuthAction::Subscribe(topic.clone())])
+        .await;
+    if let Some(AuthDecision::Deny(why)) = decision.into_iter().next() {
+        return Err((ErrorCode::Forbidden, why));
+    }
+    gw.hub.subscribe(session, topic.as_str());
+    Ok(())
+}
+
+/// Validates, authorizes and publishes a client event.
+pub(crate) async fn publish(
+    gw: &Gateway,
+    session: &SessionHandle,
+    topic: &str,
+    name: Option<String>,
+    data: Vec<u8>,
+) -> Result<String, (ErrorCode, String)> {
+    let topic = Topic::parse(topic).map_err(|e| (ErrorCode::InvalidTopic, e.to_string()))?;
+    let decision = gw
+        .authorize(&session.subject, vec![AuthAction::Publish(topic.clone())])
+        .await;
+    if let Some(AuthDecision::Deny(why)) = decision.into_iter().next() {
+        return Err((ErrorCode::Forbidden, why));
+    }
+    let mut event = Event::new(String::new(), topic, data);
+    if let Some(name) = name {
+        event.name = name;
+    }
+    event.sender = Some(session.subject.user.clone());
+    gw.publish(event)
+        .map_err(|e| (ErrorCode::RateLimited, e.to_string()))
+}
+
+async fn write_loop(
+    gw: Arc<Gateway>,
+    session: Arc<SessionHandle>,
+    mut sink: Sink,
+    started: Instant,
+    last_seen: Arc<AtomicU64>,
+) {
+    let cfg = &gw.config.server;
+    let heartbeat = Duration::from_secs(cfg.heartbeat_s);
+    let dead_after = Duration::from_secs(cfg.heartbeat_s + cfg.heartbeat_timeout_s);
+    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    loop {
+        tokio::select! {
+            batch = session.queue.next_batch() => {
+                for item in batch.items {
+                    let text = match item {
+                        Outbound::Event(frame) => frame.json().to_owned(),
+                        Outbound::Control(text) => text,
+                    };
+                    if sink.feed(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                        return;
+                    }
+                }
+                if batch.dropped > 0 {
+                    let _ = sink.feed(Message::Text(Utf8Bytes::from(json::dropped(batch.dropped)))).await;
+                }
+                if sink.flush().await.is_err() {
+                    return;
+                }
+                if let Some(reason) = batch.closed {
+                    let (code, text) = match reason {
+                        CloseReason::SlowConsumer => (close::POLICY, "slow consumer: outbound queue full".to_owned()),
+                        CloseReason::Server(code, text) => (code, text),
+                    };
+                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(text) }))).await;
+                    return;
+                }
+            }
+            _ = ping.tick() => {
+                let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
+                if started.elapsed().saturating_sub(seen) > dead_after {
+                    tracing::info!("no pong within the heartbeat timeout; closing");
+                    session.queue.close(CloseReason::Server(close::POLICY, "heartbeat timeout".into()));
+                    continue;
+                }
+                if sink.send(Message::Ping(Default::default())).await.is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,295 @@
+//! The gateway end to end: real sockets, the example plugins in the path.
+
+mod support;
+
+use serde_json::{Value, json};
+use support::*;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_and_sse_clients_receive_an_http_publish_redacted_per_role() {
+    let gw = TestGateway::start(config("")).await;
+    let support_agent = token(json!({"sub": "alice", "rooms": ["1"], "roles": ["support"]}));
+    let member = token(json!({"sub": "bob", "rooms": ["1"]}));
+
+    let mut ws = gw.ws(&support_agent).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "id": 1, "topic": "chat.room.1"}))
+        .await;
+    assert_eq!(ack, json!({"op": "ack", "id": 1}));
+    let mut sse = gw.sse("topic=chat.room.1", Some(&member)).await;
+    let hello = sse.next_block().await;
+    assert_eq!(hello.retry.as_deref(), Some("2000"));
+    assert_eq!(hello.event.as_deref(), Some("connected"));
+    let hello: Value = serde_json::from_str(&hello.data).expect("json");
+    assert!(
+        hello["session"]
+            .as_str()
+            .is_some_and(|s| s.starts_with("test-"))
+    );
+
+    let (status, body) = gw
+        .publish(json!({"topic": "chat.room.1", "data": {"text": "hi", "email": "ann@x.io"}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["id"].as_str().expect("id").to_owned();
+
+    let e = ws.next_event().await;
+    assert_eq!(e["topic"], "chat.room.1");
+    assert_eq!(e["id"], id.as_str());
+    assert_eq!(e["event"], "message");
+    assert_eq!(
+        e["data"],
+        json!({"text": "hi", "email": "ann@x.io"}),
+        "support sees the email"
+    );
+
+    let e = sse.next_event().await;
+    assert_eq!(e.id.as_deref(), Some(id.as_str()));
+    assert_eq!(e.event.as_deref(), Some("message"));
+    let data: Value = serde_json::from_str(&e.data).expect("json");
+    assert_eq!(
+        data,
+        json!({"text": "hi", "email": "***"}),
+        "a member without the role does not"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_direct_message_reaches_every_tab_of_its_recipient_and_the_sender_only() {
+    let gw = TestGateway::start(config("")).await;
+    let alice = token(json!({"sub": "alice", "rooms": ["1"]}));
+    let (mut tab1, mut tab2) = (gw.ws(&alice).await, gw.ws(&alice).await);
+    let mut carol = gw.ws(&token(json!({"sub": "carol"}))).await;
+    let mut bob = gw.ws(&token(json!({"sub": "bob", "rooms": ["1"]}))).await;
+    bob.request(json!({"op": "subscribe", "id": 1, "topic": "chat.room.1"}))
+        .await;
+
+    let ack = carol
+        .request(json!({"op": "publish", "id": 7, "topic": "dm.alice", "data": {"text": "psst"}}))
+        .await;
+    assert_eq!(ack["op"], "ack", "{ack}");
+    for ws in [&mut tab1, &mut tab2, &mut carol] {
+        let e = ws.next_event().await;
+        assert_eq!(
+            (e["topic"].as_str(), e["data"]["text"].as_str()),
+            (Some("dm.alice"), Some("psst"))
+        );
+    }
+    // Bob's next event is a later room message, not the DM.
+    gw.publish(json!({"topic": "chat.room.1", "data": {"text": "room"}}))
+        .await;
+    let e = bob.next_event().await;
+    assert_eq!(e["data"]["text"], "room");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_authorizer_refuses_foreign_rooms_and_admin_topics_with_error_frames() {
+    let gw = TestGateway::start(config("")).await;
+    let mut ws = gw.ws(&token(json!({"sub": "bob", "rooms": ["1"]}))).await;
+    let e = ws
+        .request(json!({"op": "subscribe", "id": 1, "topic": "chat.room.2"}))
+        .await;
+    assert_eq!(
+        (e["op"].as_str(), e["code"].as_str()),
+        (Some("error"), Some("forbidden")),
+        "{e}"
+    );
+    assert!(
+        e["message"].as_str().is_some_and(|m| m.contains("rooms")),
+        "{e}"
+    );
+    let e = ws
+        .request(json!({"op": "publish", "id": 2, "topic": "admin.users", "data": {}}))
+        .await;
+    assert_eq!(e["code"], "forbidden", "{e}");
+    let ok = ws
+        .request(json!({"op": "subscribe", "id": 3, "topic": "chat.room.1"}))
+        .await;
+    assert_eq!(ok["op"], "ack");
+
+    let mut admin = gw.ws(&token(json!({"sub": "root", "role": "admin"}))).await;
+    let ok = admin
+        .request(json!({"op": "publish", "id": 1, "topic": "admin.users", "data": {}}))
+        .await;
+    assert_eq!(ok["op"], "ack", "{ok}");
+    // SSE refuses the whole stream when a topic is refused.
+    let member = token(json!({"sub": "bob", "rooms": ["1"]}));
+    assert_eq!(
+        gw.sse_status("topic=chat.room.1&topic=chat.room.9", Some(&member))
+            .await,
+        403
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_frames_get_typed_errors_and_the_session_survives() {
+    let gw = TestGateway::start(config("")).await;
+    let mut ws = gw.ws(&token(json!({"sub": "bob", "rooms": ["1"]}))).await;
+    ws.send_text("{not json").await;
+    assert_eq!(ws.next_json().await["code"], "bad_frame");
+    ws.send(json!({"op": "dance", "id": 4})).await;
+    let e = ws.next_json().await;
+    assert_eq!(
+        (e["code"].as_str(), e["id"].as_u64()),
+        (Some("unknown_op"), Some(4))
+    );
+    let e = ws
+        .request(json!({"op": "subscribe", "id": 5, "topic": "chat..x"}))
+        .await;
+    assert_eq!(e["code"], "invalid_topic");
+    let e = ws
+        .request(json!({"op": "unsubscribe", "id": 6, "topic": "news.x"}))
+        .await;
+    assert_eq!(e["code"], "not_subscribed");
+    let ok = ws
+        .request(json!({"op": "subscribe", "id": 7, "topic": "news.x"}))
+        .await;
+    assert_eq!(ok["op"], "ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn limits_on_subscriptions_and_publish_rate_answer_with_errors() {
+    let gw = TestGateway::start(config("[limits]\nmax_subscriptions = 2\npublish_rate = 3")).await;
+    let mut ws = gw.ws(&token(json!({"sub": "u"}))).await;
+    for i in 0..2 {
+        let ok = ws
+            .request(json!({"op": "subscribe", "id": i, "topic": format!("news.{i}")}))
+            .await;
+        assert_eq!(ok["op"], "ack");
+    }
+    let e = ws
+        .request(json!({"op": "subscribe", "id": 9, "topic": "news.9"}))
+        .await;
+    assert_eq!(e["code"], "too_many_subscriptions");
+    let mut codes = Vec::new();
+    for i in 10..15 {
+        let r = ws
+            .request(json!({"op": "publish", "id": i, "topic": "news.0", "data": i}))
+            .await;
+        codes.push(r["code"].as_str().unwrap_or("ok").to_owned());
+    }
+    assert_eq!(
+        codes.iter().filter(|c| *c == "rate_limited").count(),
+        2,
+        "{codes:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refusals_at_the_door_are_clear() {
+    let gw = TestGateway::start(config("")).await;
+    let good = token(json!({"sub": "u"}));
+    let (status, body) = gw
+        .ws_refused(
+            "/v1/ws",
+            &[
+                ("authorization", format!("Bearer {good}")),
+                ("origin", "http://evil.example".into()),
+            ],
+        )
+        .await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["error"]["code"], "forbidden");
+
+    let expired = token(json!({"sub": "u", "exp": now() - 120}));
+    let (status, body) = gw
+        .ws_refused("/v1/ws", &[("authorization", format!("Bearer {expired}"))])
+        .await;
+    assert_eq!(status, 401);
+    assert!(
+        body["error"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("expired")),
+        "{body}"
+    );
+
+    use base64::Engine as _;
+    let b64 = |v: Value| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string());
+    let none = format!(
+        "{}.{}.",
+        b64(json!({"alg": "none"})),
+        b64(json!({"sub": "u", "exp": now() + 60}))
+    );
+    let (status, _) = gw
+        .ws_refused("/v1/ws", &[("authorization", format!("Bearer {none}"))])
+        .await;
+    assert_eq!(status, 401);
+    let (status, _) = gw.ws_refused("/v1/ws", &[]).await;
+    assert_eq!(status, 401);
+    assert_eq!(gw.sse_status("topic=news.x", Some(&none)).await, 401);
+    assert_eq!(gw.sse_status("topic=news.x", None).await, 401);
+    assert_eq!(gw.sse_status("", Some(&good)).await, 400);
+    let (status, body) = gw
+        .post(
+            "/v1/publish",
+            Some("wrong-key"),
+            json!({"topic": "a", "data": 1}),
+        )
+        .await;
+    assert_eq!(status, 401, "{body}");
+    let (status, body) = gw
+        .post(
+            "/v1/publish",
+            Some(SERVICE_KEY),
+            json!({"topic": "a.*", "data": 1}),
+        )
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (400, Some("bad_request"))
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_frames_and_invalid_utf8_close_with_their_codes() {
+    let gw = TestGateway::start(config("[limits]\nmax_frame_bytes = 1024")).await;
+    let t = token(json!({"sub": "u"}));
+    let mut ws = gw.ws(&t).await;
+    ws.send(json!({"op": "publish", "id": 1, "topic": "news.x", "data": "x".repeat(4000)}))
+        .await;
+    assert_eq!(ws.closed().await.0, 1009);
+
+    let mut ws = gw.ws(&t).await;
+    ws.send_raw_text(&[0x7b, 0xff, 0xfe, 0x7d]).await;
+    assert_eq!(ws.closed().await.0, 1007);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_closes_when_its_token_expires() {
+    let gw = TestGateway::start(config("")).await;
+    let mut ws = gw.ws(&token(json!({"sub": "u", "exp": now() + 2}))).await;
+    let (code, reason) = ws.closed().await;
+    assert_eq!((code, reason.as_str()), (1008, "token expired"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ticket_opens_one_stream_once() {
+    let gw = TestGateway::start(config("")).await;
+    let t = token(json!({"sub": "u"}));
+    let (status, body) = gw.post("/v1/tickets", Some(&t), json!({})).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["expires_in"], 30);
+    let ticket = body["ticket"].as_str().expect("ticket").to_owned();
+    let mut sse = gw.sse(&format!("topic=news.a&ticket={ticket}"), None).await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    assert_eq!(
+        gw.sse_status(&format!("topic=news.a&ticket={ticket}"), None)
+            .await,
+        401
+    );
+    let (status, _) = gw.post("/v1/tickets", None, json!({})).await;
+    assert_eq!(status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_readiness_and_presence() {
+    let gw = TestGateway::start(config("")).await;
+    assert_eq!(gw.get("/healthz").await, (200, json!({"status": "ok"})));
+    let (status, ready) = gw.get("/readyz").await;
+    assert_eq!((status, ready["plugins"].as_u64()), (200, Some(3)));
+    let mut ws = gw.ws(&token(json!({"sub": "bob", "rooms": ["1"]}))).await;
+    ws.request(json!({"op": "subscribe", "id": 1, "topic": "chat.room.1"}))
+        .await;
+    let (_, p) = gw.get("/v1/presence/chat.room.1").await;
+    assert_eq!(p, json!({"topic": "chat.room.1", "users": ["bob"]}));
+}

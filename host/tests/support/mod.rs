@@ -1,0 +1,384 @@
+//! A gateway on a free port with the example plugins, and clients that talk
+//! to it through real sockets.
+
+#![allow(dead_code, missing_docs)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
+use serde_json::{Value, json};
+use switchyard_host::config::Config;
+use switchyard_host::gateway::Gateway;
+use switchyard_host::plugin::{EngineSettings, PluginEngine, PluginSet};
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+
+pub const SECRET: &str = "end-to-end-test-secret-0123456789abcdef";
+pub const SERVICE_KEY: &str = "test-service-key";
+
+/// The config of the e2e tests: the three example plugins, as in gateway.toml.
+pub fn config(extra: &str) -> Config {
+    let fixtures = switchyard_fixtures::dir();
+    let text = format!(
+        r#"
+{extra}
+[auth]
+jwt_hs256_secret = "{SECRET}"
+service_keys = ["{SERVICE_KEY}"]
+[server]
+node_id = "test"
+allowed_origins = ["http://allowed.example"]
+
+[[plugins]]
+name = "acl"
+path = "{acl}"
+[plugins.config]
+default = "deny"
+rules = [
+  {{ topic = "chat.room.{{room}}", actions = ["subscribe", "publish"], claim = "rooms", claim_value = "{{room}}" }},
+  {{ topic = "dm.*", actions = ["publish"] }},
+  {{ topic = "admin.>", roles = ["admin"] }},
+  {{ topic = "news.>" }},
+]
+
+[[plugins]]
+name = "chat-router"
+path = "{router}"
+topics = ["chat.>", "dm.*"]
+
+[[plugins]]
+name = "redact"
+path = "{redact}"
+topics = ["chat.>"]
+[plugins.config]
+fields = ["email"]
+reveal_roles = ["support"]
+"#,
+        acl = fixtures.join("acl.wasm").display(),
+        router = fixtures.join("chat_router.wasm").display(),
+        redact = fixtures.join("redact.wasm").display(),
+    );
+    Config::from_toml_str(&text).expect("test config")
+}
+
+pub struct TestGateway {
+    pub addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    http: reqwest::Client,
+}
+
+impl TestGateway {
+    /// Starts a gateway on 127.0.0.1:0 with `config`.
+    pub async fn start(config: Config) -> Self {
+        let specs = config.plugins.clone();
+        let per_plugin = config.runtime.instances_per_plugin;
+        // Plugin loading runs synchronous calls: keep it off the async workers.
+        let plugins = tokio::task::spawn_blocking(move || {
+            let engine = PluginEngine::new(EngineSettings {
+                pool_instances: 64,
+                ..EngineSettings::default()
+            })
+            .expect("engine");
+            PluginSet::load(&engine, None, &specs, per_plugin).expect("plugins")
+        })
+        .await
+        .expect("load");
+        let listener =
+            switchyard_host::server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let gateway = Gateway::start(config, plugins).expect("gateway");
+        let gw = gateway.clone();
+        tokio::spawn(async move {
+            let _ = switchyard_host::server::run(listener, gw, std::future::pending()).await;
+        });
+        TestGateway {
+            addr,
+            gateway,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Publishes with the service key; returns the status and body.
+    pub async fn publish(&self, body: Value) -> (u16, Value) {
+        let resp = self
+            .http
+            .post(self.url("/v1/publish"))
+            .bearer_auth(SERVICE_KEY)
+            .json(&body)
+            .send()
+            .await
+            .expect("publish");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
+        let mut req = self.http.post(self.url(path)).json(&body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("post");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, Value) {
+        let resp = self.http.get(self.url(path)).send().await.expect("get");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    /// Opens a WebSocket with a bearer token and reads the welcome.
+    pub async fn ws(&self, token: &str) -> Ws {
+        let mut req = format!("ws://{}/v1/ws", self.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "switchyard.v1".parse().expect("header"),
+        );
+        let (stream, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap_or("")),
+            Some("switchyard.v1")
+        );
+        let mut ws = Ws { stream };
+        let welcome = ws.next_json().await;
+        assert_eq!(welcome["op"], "welcome", "{welcome}");
+        ws
+    }
+
+    /// Tries an upgrade with extra headers; returns the HTTP status on refusal.
+    pub async fn ws_refused(&self, path: &str, headers: &[(&str, String)]) -> (u16, Value) {
+        let mut req = format!("ws://{}{path}", self.addr)
+            .into_client_request()
+            .expect("request");
+        for (k, v) in headers {
+            let name: tokio_tungstenite::tungstenite::http::HeaderName = k.parse().expect("name");
+            req.headers_mut().insert(name, v.parse().expect("header"));
+        }
+        match tokio_tungstenite::connect_async(req).await {
+            Ok(_) => panic!("the upgrade should have been refused"),
+            Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+                let body = resp
+                    .body()
+                    .as_ref()
+                    .map(|b| serde_json::from_slice(b).unwrap_or(Value::Null));
+                (resp.status().as_u16(), body.unwrap_or(Value::Null))
+            }
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    /// Opens an SSE stream.
+    pub async fn sse(&self, query: &str, token: Option<&str>) -> Sse {
+        let mut req = self.http.get(self.url(&format!("/v1/sse?{query}")));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("sse");
+        assert_eq!(resp.status().as_u16(), 200, "sse refused");
+        Sse {
+            resp,
+            buf: String::new(),
+        }
+    }
+
+    pub async fn sse_status(&self, query: &str, token: Option<&str>) -> u16 {
+        let mut req = self.http.get(self.url(&format!("/v1/sse?{query}")));
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        req.send().await.expect("sse").status().as_u16()
+    }
+}
+
+/// A JWT signed with the test secret, valid for an hour unless `claims` says otherwise.
+pub fn token(claims: Value) -> String {
+    let mut claims = claims;
+    if claims.get("exp").is_none() {
+        claims["exp"] = json!(now() + 3600);
+    }
+    encode(
+        &Header::new(Algorithm::HS256),
+        &claims,
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .expect("token")
+}
+
+pub fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+pub struct Ws {
+    pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+pub const WAIT: Duration = Duration::from_secs(10);
+
+impl Ws {
+    pub async fn send(&mut self, v: Value) {
+        self.stream
+            .send(Message::Text(v.to_string().into()))
+            .await
+            .expect("send");
+    }
+
+    /// Sends a text frame as it is.
+    pub async fn send_text(&mut self, text: &str) {
+        self.stream
+            .send(Message::Text(text.into()))
+            .await
+            .expect("send");
+    }
+
+    /// Writes a masked text frame carrying `payload` straight to the socket,
+    /// bypassing the client library's UTF-8 check.
+    pub async fn send_raw_text(&mut self, payload: &[u8]) {
+        use tokio::io::AsyncWriteExt;
+        assert!(payload.len() < 126);
+        let mask = [0x12u8, 0x34, 0x56, 0x78];
+        let mut frame = vec![0x81, 0x80 | payload.len() as u8];
+        frame.extend_from_slice(&mask);
+        frame.extend(payload.iter().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+        match self.stream.get_mut() {
+            MaybeTlsStream::Plain(tcp) => tcp.write_all(&frame).await.expect("raw write"),
+            _ => panic!("plain TCP expected"),
+        }
+    }
+
+    /// The next text frame as JSON (pings are skipped).
+    pub async fn next_json(&mut self) -> Value {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("a frame in time")
+                .expect("open")
+                .expect("frame");
+            match msg {
+                Message::Text(t) => return serde_json::from_str(&t).expect("json frame"),
+                Message::Ping(_) | Message::Pong(_) => continue,
+                other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a request and returns the reply (ack or error) with its id.
+    pub async fn request(&mut self, v: Value) -> Value {
+        let id = v["id"].clone();
+        self.send(v).await;
+        loop {
+            let f = self.next_json().await;
+            if f["id"] == id && (f["op"] == "ack" || f["op"] == "error") {
+                return f;
+            }
+        }
+    }
+
+    /// The next `event` frame.
+    pub async fn next_event(&mut self) -> Value {
+        loop {
+            let f = self.next_json().await;
+            if f["op"] == "event" {
+                return f;
+            }
+        }
+    }
+
+    /// Reads until the server closes; returns the close code and reason.
+    pub async fn closed(&mut self) -> (u16, String) {
+        loop {
+            match tokio::time::timeout(WAIT, self.stream.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => {
+                    return (frame.code.into(), frame.reason.to_string());
+                }
+                Some(Ok(Message::Close(None))) | None => return (0, String::new()),
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error before close: {e}"),
+            }
+        }
+    }
+}
+
+pub struct Sse {
+    resp: reqwest::Response,
+    buf: String,
+}
+
+/// One parsed SSE block.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct SseEvent {
+    pub id: Option<String>,
+    pub event: Option<String>,
+    pub data: String,
+    pub retry: Option<String>,
+    pub comment: bool,
+}
+
+impl Sse {
+    /// The next block (event or comment).
+    pub async fn next_block(&mut self) -> SseEvent {
+        loop {
+            if let Some(end) = self.buf.find("\n\n") {
+                let block: String = self.buf.drain(..end + 2).collect();
+                let mut ev = SseEvent::default();
+                let mut data = Vec::new();
+                for line in block.lines() {
+                    if line.starts_with(':') {
+                        ev.comment = true;
+                    } else if let Some((k, v)) = line.split_once(": ") {
+                        match k {
+                            "id" => ev.id = Some(v.to_owned()),
+                            "event" => ev.event = Some(v.to_owned()),
+                            "data" => data.push(v.to_owned()),
+                            "retry" => ev.retry = Some(v.to_owned()),
+                            _ => {}
+                        }
+                    }
+                }
+                ev.data = data.join("\n");
+                return ev;
+            }
+            let chunk = tokio::time::timeout(WAIT, self.resp.chunk())
+                .await
+                .expect("sse data in time")
+                .expect("sse chunk")
+                .expect("stream open");
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
+    /// The next named event (comments skipped).
+    pub async fn next_event(&mut self) -> SseEvent {
+        loop {
+            let b = self.next_block().await;
+            if !b.comment || b.event.is_some() {
+                return b;
+            }
+        }
+    }
+}
