@@ -109,11 +109,19 @@ impl<T> OutboundQueue<T> {
         pushed
     }
 
-    /// Queues a control entry (ack, error) regardless of depth: these come
-    /// from the session's own requests, which are rate-limited.
+    /// Queues a control entry (ack, error): it may exceed the depth, since
+    /// it answers the session's own request and must not be dropped, but
+    /// not twice the depth: a client that sends without reading is a slow
+    /// consumer too.
     pub fn push_control(&self, item: T) -> bool {
         let mut s = self.lock();
         if s.closed.is_some() {
+            return false;
+        }
+        if s.items.len() >= self.depth.saturating_mul(2) {
+            s.closed = Some(CloseReason::SlowConsumer);
+            drop(s);
+            self.ready.notify_one();
             return false;
         }
         s.items.push_back(item);
@@ -239,12 +247,16 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn control_entries_bypass_the_depth_but_not_closure() {
-        let q = OutboundQueue::new(1, SlowConsumerPolicy::Disconnect);
+    async fn control_entries_may_exceed_the_depth_up_to_twice_it() {
+        let q = OutboundQueue::new(2, SlowConsumerPolicy::DropOldest);
         q.push(1);
-        assert!(q.push_control(2));
-        assert_eq!(q.len(), 2);
-        q.close(CloseReason::SlowConsumer);
-        assert!(!q.push_control(3));
+        q.push(2);
+        assert!(q.push_control(3));
+        assert!(q.push_control(4));
+        assert!(!q.push_control(5), "a client that never reads is cut off");
+        assert_eq!(q.next_batch().await.closed, Some(CloseReason::SlowConsumer));
+        let q = OutboundQueue::new(2, SlowConsumerPolicy::Disconnect);
+        q.close(CloseReason::Server(1001, "bye".into()));
+        assert!(!q.push_control(1));
     }
 }
