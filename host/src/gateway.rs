@@ -104,9 +104,14 @@ impl Gateway {
         Ok(())
     }
 
-    /// Whether `origin` may open a WebSocket (absent: not a browser, allowed).
-    pub fn origin_allowed(&self, origin: Option<&str>) -> bool {
+    /// Whether `origin` may open a WebSocket: absent (not a browser), the
+    /// gateway's own origin (same `Host`), or listed in `allowed_origins`.
+    pub fn origin_allowed(&self, origin: Option<&str>, host: Option<&str>) -> bool {
         let Some(origin) = origin else { return true };
+        let origin_host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        if host.is_some_and(|h| h.eq_ignore_ascii_case(origin_host)) {
+            return true;
+        }
         self.config
             .server
             .allowed_origins

@@ -3,12 +3,13 @@
 //! - [`queue`]: the bounded queue and slow-consumer policy (pure logic);
 //! - [`json`]: the `switchyard.v1` frames (pure);
 //! - [`frame`]: an event encoded once per protocol and shared;
-//! - [`ws`], [`sse`]: the socket loops.
+//! - [`ws`], [`stomp`], [`sse`]: the protocol adapters.
 
 pub mod frame;
 pub mod json;
 pub mod queue;
 pub mod sse;
+pub mod stomp;
 pub mod ws;
 
 use std::collections::HashSet;

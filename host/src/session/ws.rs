@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
 use axum::extract::{Query, State};
 use axum::http::HeaderMap;
-use axum::http::header::{AUTHORIZATION, ORIGIN};
+use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
@@ -56,6 +56,16 @@ pub async fn upgrade(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
+    let offered = offered_protocols(&headers);
+    if !offered.is_empty() && !offered.contains(&JSON_PROTOCOL) {
+        if offered.iter().any(|p| super::stomp::PROTOCOLS.contains(p)) {
+            return upgrade_stomp(gw, query, headers, ws).await;
+        }
+        return ApiError::bad_request(format!(
+            "unsupported subprotocols {offered:?}: use {JSON_PROTOCOL}, v12.stomp or v11.stomp"
+        ))
+        .into_response();
+    }
     match prepare(&gw, &query, &headers).await {
         Ok(session) => {
             let max = gw.config.limits.max_frame_bytes;
@@ -76,30 +86,71 @@ pub async fn upgrade(
     }
 }
 
-async fn prepare(
-    gw: &Arc<Gateway>,
-    query: &WsQuery,
-    headers: &HeaderMap,
-) -> Result<(Arc<SessionHandle>, u64), ApiError> {
-    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
-    if !gw.origin_allowed(origin) {
-        return Err(ApiError::forbidden(format!(
-            "origin {} is not allowed",
-            origin.unwrap_or_default()
-        )));
-    }
-    let offered: Vec<&str> = headers
+fn offered_protocols(headers: &HeaderMap) -> Vec<&str> {
+    headers
         .get_all("sec-websocket-protocol")
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(str::trim)
-        .collect();
-    if !offered.is_empty() && !offered.contains(&JSON_PROTOCOL) {
-        return Err(ApiError::bad_request(format!(
-            "unsupported subprotocols {offered:?}: this endpoint speaks {JSON_PROTOCOL}"
-        )));
+        .filter(|p| !p.is_empty())
+        .collect()
+}
+
+fn check_origin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+    let origin = headers.get(ORIGIN).and_then(|v| v.to_str().ok());
+    let host = headers.get(HOST).and_then(|v| v.to_str().ok());
+    if gw.origin_allowed(origin, host) {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden(format!(
+            "origin {} is not allowed",
+            origin.unwrap_or_default()
+        )))
     }
+}
+
+/// STOMP: the client authenticates in CONNECT, after the upgrade, unless
+/// the upgrade itself carries a token or ticket.
+async fn upgrade_stomp(
+    gw: Arc<Gateway>,
+    query: WsQuery,
+    headers: HeaderMap,
+    ws: WebSocketUpgrade,
+) -> Response {
+    let pre = (|| {
+        check_origin(&gw, &headers)?;
+        gw.admit()?;
+        let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+        match (bearer, query.ticket.as_deref()) {
+            (None, None) => Ok(None),
+            (b, t) => gw.auth.identify(b, t).map(Some).map_err(ApiError::from),
+        }
+    })();
+    let pre = match pre {
+        Ok(p) => p,
+        Err(e) => return e.into_response(),
+    };
+    let max = gw.config.limits.max_frame_bytes;
+    ws.protocols(super::stomp::PROTOCOLS)
+        .max_message_size(max)
+        .max_frame_size(max)
+        .on_upgrade(move |socket| async move {
+            let tracker = gw.tasks.clone();
+            tracker
+                .track_future(
+                    super::stomp::run(gw, socket, pre).instrument(tracing::info_span!("stomp")),
+                )
+                .await;
+        })
+}
+
+async fn prepare(
+    gw: &Arc<Gateway>,
+    query: &WsQuery,
+    headers: &HeaderMap,
+) -> Result<(Arc<SessionHandle>, u64), ApiError> {
+    check_origin(gw, headers)?;
     gw.admit()?;
     let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
     let identity = gw.auth.identify(bearer, query.ticket.as_deref())?;
