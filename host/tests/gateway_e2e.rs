@@ -2,8 +2,10 @@
 
 mod support;
 
+use futures_util::StreamExt;
 use serde_json::{Value, json};
 use support::*;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ws_and_sse_clients_receive_an_http_publish_redacted_per_role() {
@@ -292,4 +294,105 @@ async fn health_readiness_and_presence() {
         .await;
     let (_, p) = gw.get("/v1/presence/chat.room.1").await;
     assert_eq!(p, json!({"topic": "chat.room.1", "users": ["bob"]}));
+}
+
+fn fast_heartbeats() -> switchyard_host::config::Config {
+    let mut c = config("");
+    c.server.heartbeat_s = 1;
+    c.server.heartbeat_timeout_s = 1;
+    c
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_that_stops_answering_pings_is_dropped() {
+    let gw = TestGateway::start(fast_heartbeats()).await;
+    // A client that completes the handshake and then never reads, so never pongs.
+    let ws = gw.ws(&token(json!({"sub": "u"}))).await;
+    assert_eq!(gw.gateway.hub.len(), 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while gw.gateway.hub.len() > 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the dead peer was never dropped"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    drop(ws);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_responsive_peer_survives_heartbeats() {
+    let gw = TestGateway::start(fast_heartbeats()).await;
+    let mut ws = gw.ws(&token(json!({"sub": "u"}))).await;
+    // Reading answers pings (the client library pongs); after several
+    // heartbeat periods the session still works.
+    let reader = tokio::spawn(async move {
+        let ack = ws
+            .request(json!({"op": "subscribe", "id": 1, "topic": "news.x"}))
+            .await;
+        assert_eq!(ack["op"], "ack");
+        let until = tokio::time::Instant::now() + std::time::Duration::from_millis(3500);
+        while tokio::time::timeout_at(until, ws.stream.next())
+            .await
+            .is_ok()
+        {}
+        ws
+    });
+    let mut ws = reader.await.expect("reader");
+    let ack = ws
+        .request(json!({"op": "subscribe", "id": 2, "topic": "news.y"}))
+        .await;
+    assert_eq!(ack["op"], "ack");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_limits_refuse_upgrades_with_503() {
+    let gw = TestGateway::start(config("[limits]\nmax_sessions = 2")).await;
+    let t = token(json!({"sub": "u"}));
+    let _a = gw.ws(&t).await;
+    let _b = gw.ws(&t).await;
+    let (status, body) = gw
+        .ws_refused("/v1/ws", &[("authorization", format!("Bearer {t}"))])
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("unavailable")),
+        "{body}"
+    );
+
+    let gw = TestGateway::start(config("[limits]\naccept_rate = 2")).await;
+    let _a = gw.ws(&t).await;
+    let _b = gw.ws(&t).await;
+    let (status, body) = gw
+        .ws_refused("/v1/ws", &[("authorization", format!("Bearer {t}"))])
+        .await;
+    assert_eq!(
+        (status, body["error"]["code"].as_str()),
+        (503, Some("rate_limited")),
+        "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listed_and_same_host_origins_may_upgrade() {
+    let gw = TestGateway::start(config("")).await;
+    let t = token(json!({"sub": "u"}));
+    for origin in [
+        "http://allowed.example".to_owned(),
+        format!("http://{}", gw.addr),
+    ] {
+        let mut req = format!("ws://{}/v1/ws", gw.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {t}").parse().expect("header"),
+        );
+        req.headers_mut()
+            .insert("origin", origin.parse().expect("header"));
+        assert!(
+            tokio_tungstenite::connect_async(req).await.is_ok(),
+            "{origin} refused"
+        );
+    }
 }

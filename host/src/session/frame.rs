@@ -4,6 +4,7 @@
 
 use std::sync::{Arc, OnceLock};
 
+use axum::extract::ws::Utf8Bytes;
 use base64::Engine as _;
 use serde_json::value::RawValue;
 
@@ -36,7 +37,8 @@ pub fn data_kind(data: &[u8]) -> DataKind {
 pub struct EventFrame {
     event: Arc<Event>,
     kind: DataKind,
-    json: OnceLock<String>,
+    /// Shared by every WebSocket recipient without copying.
+    json: OnceLock<Utf8Bytes>,
     sse: OnceLock<String>,
 }
 
@@ -59,6 +61,12 @@ impl EventFrame {
 
     /// `{"op":"event","topic":...,"id":...,"event":...,"data":...}`
     pub fn json(&self) -> &str {
+        self.json_message().as_str()
+    }
+
+    /// The JSON frame as a shareable WebSocket payload (a reference-counted
+    /// buffer: cloning it copies nothing).
+    pub fn json_message(&self) -> &Utf8Bytes {
         self.json.get_or_init(|| {
             let e = &self.event;
             let mut out = String::with_capacity(64 + e.data.len() + e.topic.as_str().len());
@@ -71,7 +79,7 @@ impl EventFrame {
             out.push_str(r#","data":"#);
             self.push_data(&mut out);
             out.push('}');
-            out
+            Utf8Bytes::from(out)
         })
     }
 

@@ -173,20 +173,23 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
     )));
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(write_loop(
+    let mut writer = tokio::spawn(write_loop(
         gw.clone(),
         session.clone(),
         sink,
         started,
         last_seen.clone(),
     ));
-    read_loop(&gw, &session, stream, started, &last_seen, expires_at).await;
-    // Whatever ended the reader, the writer flushes and closes.
-    session.queue.close(CloseReason::Server(
-        close::GOING_AWAY,
-        "session ended".into(),
-    ));
-    let _ = writer.await;
+    tokio::select! {
+        () = read_loop(&gw, &session, stream, started, &last_seen, expires_at) => {
+            // Whatever ended the reader, the writer flushes and closes.
+            session.queue.close(CloseReason::Server(close::GOING_AWAY, "session ended".into()));
+            let _ = writer.await;
+        }
+        // The writer ended first (it closed the session, or the socket
+        // failed): a silent peer may never send again, so stop reading too.
+        _ = &mut writer => {}
+    }
     gw.close_session(&session);
 }
 
@@ -384,10 +387,10 @@ async fn write_loop(
             batch = session.queue.next_batch() => {
                 for item in batch.items {
                     let text = match item {
-                        Outbound::Event(frame) => frame.json().to_owned(),
-                        Outbound::Control(text) => text,
+                        Outbound::Event(frame) => frame.json_message().clone(),
+                        Outbound::Control(text) => Utf8Bytes::from(text),
                     };
-                    if sink.feed(Message::Text(Utf8Bytes::from(text))).await.is_err() {
+                    if sink.feed(Message::Text(text)).await.is_err() {
                         return;
                     }
                 }

@@ -128,7 +128,7 @@ pub async fn run(gw: Arc<Gateway>, socket: WebSocket, pre: Option<Identity>) {
     let subs = Arc::new(Mutex::new(Subscriptions::default()));
     let started = Instant::now();
     let last_heard = Arc::new(AtomicU64::new(0));
-    let writer = tokio::spawn(write_loop(session.clone(), subs.clone(), sink, heart));
+    let mut writer = tokio::spawn(write_loop(session.clone(), subs.clone(), sink, heart));
     let reader = Reader {
         gw: &gw,
         session: &session,
@@ -141,12 +141,14 @@ pub async fn run(gw: Arc<Gateway>, socket: WebSocket, pre: Option<Identity>) {
             Instant::now(),
         ),
     };
-    reader.run(&mut stream, heart, expires_at).await;
-    session.queue.close(CloseReason::Server(
-        close::GOING_AWAY,
-        "session ended".into(),
-    ));
-    let _ = writer.await;
+    tokio::select! {
+        () = reader.run(&mut stream, heart, expires_at) => {
+            session.queue.close(CloseReason::Server(close::GOING_AWAY, "session ended".into()));
+            let _ = writer.await;
+        }
+        // The writer ended first: stop reading from a peer that may be gone.
+        _ = &mut writer => {}
+    }
     gw.close_session(&session);
 }
 
