@@ -310,7 +310,7 @@ async fn a_peer_that_stops_answering_pings_is_dropped() {
     let ws = gw.ws(&token(json!({"sub": "u"}))).await;
     assert_eq!(gw.gateway.hub.len(), 1);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while gw.gateway.hub.len() > 0 {
+    while !gw.gateway.hub.is_empty() {
         assert!(
             std::time::Instant::now() < deadline,
             "the dead peer was never dropped"
