@@ -28,6 +28,21 @@ enum Command {
         #[arg(long, default_value = "config/gateway.toml")]
         config: PathBuf,
     },
+    /// Sign a development token with `auth.jwt_hs256_secret` of a config.
+    Token {
+        /// The config file holding the secret.
+        #[arg(long, default_value = "config/gateway.toml")]
+        config: PathBuf,
+        /// The user (`sub`).
+        #[arg(long)]
+        sub: String,
+        /// Extra claims as a JSON object, e.g. '{"rooms":["1"],"roles":["support"]}'.
+        #[arg(long, default_value = "{}")]
+        claims: String,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 3600)]
+        ttl: u64,
+    },
     /// Work with plugin components.
     Plugin {
         #[command(subcommand)]
@@ -78,6 +93,15 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Serve { config } => serve(&config),
+        Command::Token {
+            config,
+            sub,
+            claims,
+            ttl,
+        } => {
+            println!("{}", dev_token(&config, &sub, &claims, ttl)?);
+            Ok(())
+        }
         Command::Plugin {
             command: PluginCommand::Check { file },
         } => {
@@ -99,6 +123,29 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+fn dev_token(
+    config: &std::path::Path,
+    sub: &str,
+    claims: &str,
+    ttl: u64,
+) -> anyhow::Result<String> {
+    let config = Config::load(config)?;
+    let secret = config
+        .auth
+        .jwt_hs256_secret
+        .context("the config has no auth.jwt_hs256_secret to sign with")?;
+    let mut claims: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_str(claims).context("--claims must be a JSON object")?;
+    claims.insert("sub".into(), sub.into());
+    claims.insert("exp".into(), (Gateway::now_s() + ttl).into());
+    let key = jsonwebtoken::EncodingKey::from_secret(secret.as_bytes());
+    Ok(jsonwebtoken::encode(
+        &jsonwebtoken::Header::default(),
+        &claims,
+        &key,
+    )?)
 }
 
 fn serve(path: &std::path::Path) -> anyhow::Result<()> {

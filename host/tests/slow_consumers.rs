@@ -12,9 +12,9 @@ use support::*;
 const EVENTS: u64 = 1500;
 const DEPTH: usize = 16;
 
-fn flood_config(policy: &str) -> switchyard_host::config::Config {
+fn flood_config(policy: &str, grace_ms: u64) -> switchyard_host::config::Config {
     config(&format!(
-        "[limits]\nqueue_depth = {DEPTH}\nslow_consumer = \"{policy}\""
+        "[limits]\nqueue_depth = {DEPTH}\nslow_consumer = \"{policy}\"\nslow_consumer_grace_ms = {grace_ms}"
     ))
 }
 
@@ -59,7 +59,7 @@ fn fast_reader(mut ws: Ws) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_and_the_fast_one_gets_everything() {
-    let gw = Arc::new(TestGateway::start(flood_config("disconnect")).await);
+    let gw = Arc::new(TestGateway::start(flood_config("disconnect", 30_000)).await);
     let t = token(json!({"sub": "u"}));
     let mut fast = gw.ws(&t).await;
     let mut slow = gw.ws(&t).await;
@@ -87,7 +87,7 @@ async fn a_client_that_stops_reading_is_disconnected_and_the_fast_one_gets_every
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn under_drop_oldest_a_slow_client_is_told_how_many_events_it_lost() {
-    let gw = Arc::new(TestGateway::start(flood_config("drop_oldest")).await);
+    let gw = Arc::new(TestGateway::start(flood_config("drop_oldest", 30_000)).await);
     let t = token(json!({"sub": "u"}));
     let mut fast = gw.ws(&t).await;
     let mut slow = gw.ws(&t).await;
@@ -123,4 +123,37 @@ async fn under_drop_oldest_a_slow_client_is_told_how_many_events_it_lost() {
     assert!(dropped > 0, "the slow client must have lost some");
     assert_eq!(received + dropped, EVENTS);
     assert_eq!(last_seq, EVENTS as i64 - 1, "the newest event survives");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_whose_socket_accepts_nothing_is_dropped_after_the_grace() {
+    // Under drop_oldest the queue never overflows: the stalled socket is what
+    // gives the client away.
+    let gw = Arc::new(TestGateway::start(flood_config("drop_oldest", 300)).await);
+    let t = token(json!({"sub": "u"}));
+    let mut stuck = gw.ws(&t).await;
+    stuck
+        .request(json!({"op": "subscribe", "id": 1, "topic": "news.flood"}))
+        .await;
+    let pad = "x".repeat(8 * 1024);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut seq = 0;
+    while !gw.gateway.hub.is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the stalled session was never dropped"
+        );
+        gw.publish(json!({"topic": "news.flood", "data": {"seq": seq, "pad": pad}}))
+            .await;
+        seq += 1;
+    }
+    assert!(
+        gw.gateway
+            .ingest
+            .stats
+            .slow_consumers
+            .load(Ordering::Relaxed)
+            >= 1
+    );
+    drop(stuck);
 }

@@ -123,6 +123,8 @@ async fn feed(
         serde_json::json!({ "session": session.id, "user": session.subject.user })
     );
     let heartbeat = Duration::from_secs(gw.config.server.heartbeat_s);
+    // A client whose stream accepts nothing for this long stopped reading.
+    let stall = Duration::from_millis(gw.config.limits.slow_consumer_grace_ms);
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let expiry = tokio::time::sleep(Duration::from_secs(
         expires_at.saturating_sub(Gateway::now_s()),
@@ -147,7 +149,7 @@ async fn feed(
                             CloseReason::Server(_, why) => why,
                         };
                         out.push_str(&format!(": closing: {why}\n\n"));
-                        let _ = tx.send(Ok(Bytes::from(out))).await;
+                        let _ = tokio::time::timeout(stall, tx.send(Ok(Bytes::from(out)))).await;
                         break;
                     }
                     out
@@ -160,8 +162,16 @@ async fn feed(
                 () = tx.closed() => break,
                 () = gw.shutdown.cancelled() => break,
             };
-            if !chunk.is_empty() && tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-                break;
+            if chunk.is_empty() {
+                continue;
+            }
+            match tokio::time::timeout(stall, tx.send(Ok(Bytes::from(chunk)))).await {
+                Ok(Ok(())) => {}
+                Ok(Err(_)) => break,
+                Err(_) => {
+                    super::ws::stalled(&gw);
+                    break;
+                }
             }
         }
     }

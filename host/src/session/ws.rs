@@ -381,31 +381,26 @@ async fn write_loop(
     let cfg = &gw.config.server;
     let heartbeat = Duration::from_secs(cfg.heartbeat_s);
     let dead_after = Duration::from_secs(cfg.heartbeat_s + cfg.heartbeat_timeout_s);
+    // A socket that accepts no writes for this long belongs to a client
+    // that stopped reading: its session ends rather than hold a task.
+    let stall = Duration::from_millis(gw.config.limits.slow_consumer_grace_ms);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     loop {
         tokio::select! {
             batch = session.queue.next_batch() => {
-                for item in batch.items {
-                    let text = match item {
-                        Outbound::Event(frame) => frame.json_message().clone(),
-                        Outbound::Control(text) => Utf8Bytes::from(text),
-                    };
-                    if sink.feed(Message::Text(text)).await.is_err() {
-                        return;
-                    }
+                let closed = batch.closed.clone();
+                match tokio::time::timeout(stall, write_batch(&mut sink, batch)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return stalled(&gw),
                 }
-                if batch.dropped > 0 {
-                    let _ = sink.feed(Message::Text(Utf8Bytes::from(json::dropped(batch.dropped)))).await;
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-                if let Some(reason) = batch.closed {
+                if let Some(reason) = closed {
                     let (code, text) = match reason {
                         CloseReason::SlowConsumer => (close::POLICY, "slow consumer: outbound queue full".to_owned()),
                         CloseReason::Server(code, text) => (code, text),
                     };
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(text) }))).await;
+                    let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(text) }));
+                    let _ = tokio::time::timeout(stall, sink.send(close)).await;
                     return;
                 }
             }
@@ -416,10 +411,42 @@ async fn write_loop(
                     session.queue.close(CloseReason::Server(close::POLICY, "heartbeat timeout".into()));
                     continue;
                 }
-                if sink.send(Message::Ping(Default::default())).await.is_err() {
-                    return;
+                match tokio::time::timeout(stall, sink.send(Message::Ping(Default::default()))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return stalled(&gw),
                 }
             }
         }
     }
+}
+
+/// Writes a batch in one flush.
+async fn write_batch(
+    sink: &mut Sink,
+    batch: super::queue::Batch<Outbound>,
+) -> Result<(), axum::Error> {
+    for item in batch.items {
+        let text = match item {
+            Outbound::Event(frame) => frame.json_message().clone(),
+            Outbound::Control(text) => Utf8Bytes::from(text),
+        };
+        sink.feed(Message::Text(text)).await?;
+    }
+    if batch.dropped > 0 {
+        sink.feed(Message::Text(Utf8Bytes::from(json::dropped(batch.dropped))))
+            .await?;
+    }
+    sink.flush().await
+}
+
+/// Ends a session whose socket stopped accepting writes.
+pub(crate) fn stalled(gw: &Gateway) {
+    gw.ingest
+        .stats
+        .slow_consumers
+        .fetch_add(1, Ordering::Relaxed);
+    tracing::info!(
+        "slow consumer: the socket accepted no writes within slow_consumer_grace_ms; dropping it"
+    );
 }

@@ -128,7 +128,13 @@ pub async fn run(gw: Arc<Gateway>, socket: WebSocket, pre: Option<Identity>) {
     let subs = Arc::new(Mutex::new(Subscriptions::default()));
     let started = Instant::now();
     let last_heard = Arc::new(AtomicU64::new(0));
-    let mut writer = tokio::spawn(write_loop(session.clone(), subs.clone(), sink, heart));
+    let mut writer = tokio::spawn(write_loop(
+        gw.clone(),
+        session.clone(),
+        subs.clone(),
+        sink,
+        heart,
+    ));
     let reader = Reader {
         gw: &gw,
         session: &session,
@@ -419,6 +425,7 @@ fn message(frame: &EventFrame, subscription: &str) -> Frame {
 }
 
 async fn write_loop(
+    gw: Arc<Gateway>,
     session: Arc<SessionHandle>,
     subs: Arc<Mutex<Subscriptions>>,
     mut sink: Sink,
@@ -429,53 +436,73 @@ async fn write_loop(
     } else {
         heart.send_ms
     });
+    let stall = Duration::from_millis(gw.config.limits.slow_consumer_grace_ms);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
     loop {
         tokio::select! {
             batch = session.queue.next_batch() => {
-                for item in batch.items {
-                    let msg = match item {
-                        Outbound::Control(t) => Message::Text(Utf8Bytes::from(t)),
-                        Outbound::Event(frame) => {
-                            let sub = subs.lock().unwrap_or_else(PoisonError::into_inner)
-                                .for_event(frame.event().topic.as_str()).map(str::to_owned);
-                            let Some(sub) = sub else { continue };
-                            text(message(&frame, &sub).encode())
-                        }
-                    };
-                    if sink.feed(msg).await.is_err() {
-                        return;
-                    }
+                let closed = batch.closed.clone();
+                match tokio::time::timeout(stall, write_batch(&mut sink, &subs, batch)).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return super::ws::stalled(&gw),
                 }
-                if batch.dropped > 0 {
-                    let warn = Frame::new("ERROR")
-                        .header("message", format!("{} events dropped: the session fell behind", batch.dropped));
-                    let _ = sink.feed(text(warn.encode())).await;
-                }
-                if sink.flush().await.is_err() {
-                    return;
-                }
-                if let Some(reason) = batch.closed {
+                if let Some(reason) = closed {
                     let (code, why) = match reason {
                         CloseReason::SlowConsumer => {
                             let err = error_frame(None, "slow consumer: outbound queue full");
-                            let _ = sink.send(text(err.encode())).await;
+                            let _ = tokio::time::timeout(stall, sink.send(text(err.encode()))).await;
                             (close::POLICY, "slow consumer".to_owned())
                         }
                         CloseReason::Server(code, why) => (code, why),
                     };
-                    let _ = sink.send(Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(why) }))).await;
+                    let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(why) }));
+                    let _ = tokio::time::timeout(stall, sink.send(close)).await;
                     return;
                 }
                 ticker.reset();
             }
             _ = ticker.tick() => {
-                if sink.send(Message::Text(Utf8Bytes::from_static("\n"))).await.is_err() {
-                    return;
+                match tokio::time::timeout(stall, sink.send(Message::Text(Utf8Bytes::from_static("\n")))).await {
+                    Ok(Ok(())) => {}
+                    Ok(Err(_)) => return,
+                    Err(_) => return super::ws::stalled(&gw),
                 }
             }
         }
     }
+}
+
+/// Writes a batch in one flush. Events dropped under `drop_oldest` are
+/// reported in a `switchyard-dropped` header on the next MESSAGE: an ERROR
+/// frame would end the STOMP connection.
+async fn write_batch(
+    sink: &mut Sink,
+    subs: &Mutex<Subscriptions>,
+    batch: super::queue::Batch<Outbound>,
+) -> Result<(), axum::Error> {
+    let mut dropped = batch.dropped;
+    for item in batch.items {
+        let msg = match item {
+            Outbound::Control(t) => Message::Text(Utf8Bytes::from(t)),
+            Outbound::Event(frame) => {
+                let sub = subs
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .for_event(frame.event().topic.as_str())
+                    .map(str::to_owned);
+                let Some(sub) = sub else { continue };
+                let mut m = message(&frame, &sub);
+                if dropped > 0 {
+                    m = m.header("switchyard-dropped", dropped.to_string());
+                    dropped = 0;
+                }
+                text(m.encode())
+            }
+        };
+        sink.feed(msg).await?;
+    }
+    sink.flush().await
 }
 
 #[cfg(test)]
