@@ -165,6 +165,7 @@ impl Gateway {
             protocol,
             limits.queue_depth,
             limits.slow_consumer,
+            std::time::Duration::from_millis(limits.slow_consumer_grace_ms),
         );
         let mut actions = vec![AuthAction::Connect];
         actions.extend(topics.iter().cloned().map(AuthAction::Subscribe));

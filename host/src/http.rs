@@ -87,10 +87,8 @@ async fn publish(
         }
         Some(identity.subject.user)
     };
-    let data = match body.data {
-        Value::String(s) => s.into_bytes(),
-        other => other.to_string().into_bytes(),
-    };
+    // The payload is carried as the JSON value it was: a string stays a string.
+    let data = body.data.to_string().into_bytes();
     let mut event = Event::new(String::new(), topic, data);
     if let Some(name) = body.event {
         event.name = name;
@@ -106,9 +104,25 @@ async fn publish(
 
 async fn presence(
     State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
     Path(topic): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let topic = Topic::parse(&topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    // Who listens is as private as what is said: a service, or a user the
+    // authorizer would let subscribe.
+    let token = bearer(&headers).ok_or(crate::auth::AuthError::Missing)?;
+    if !gw.auth.is_service_key(token) {
+        let identity = gw.auth.verify_token(token)?;
+        let decision = gw
+            .authorize(
+                &identity.subject,
+                vec![AuthAction::Subscribe(topic.clone())],
+            )
+            .await;
+        if let Some(AuthDecision::Deny(why)) = decision.into_iter().next() {
+            return Err(ApiError::forbidden(why));
+        }
+    }
     Ok(Json(
         json!({ "topic": topic.as_str(), "users": gw.hub.subscribers(topic.as_str()) }),
     ))

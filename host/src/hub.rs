@@ -153,6 +153,7 @@ mod tests {
             Protocol::Json,
             8,
             SlowConsumerPolicy::Disconnect,
+            std::time::Duration::ZERO,
         ))
     }
 

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use crate::executor::PluginExecutor;
 use crate::hub::Hub;
@@ -118,16 +119,26 @@ struct Lane {
 
 impl Lane {
     async fn run(self, mut rx: mpsc::Receiver<Event>, shutdown: CancellationToken) {
+        let mut closing = false;
         loop {
             let event = tokio::select! {
                 e = rx.recv() => match e { Some(e) => e, None => return },
-                () = shutdown.cancelled() => return,
+                // On shutdown take no more, but finish what was accepted:
+                // those events already have ids.
+                () = shutdown.cancelled(), if !closing => {
+                    rx.close();
+                    closing = true;
+                    continue;
+                }
             };
             let span = tracing::debug_span!("event", id = %event.id, topic = %event.topic);
-            let _guard = span.enter();
             let event = Arc::new(event);
-            let outcome = self.route(&event).await;
-            self.deliver(event, outcome).await;
+            async {
+                let outcome = self.route(&event).await;
+                self.deliver(event, outcome).await;
+            }
+            .instrument(span)
+            .await;
         }
     }
 
@@ -233,6 +244,9 @@ impl Lane {
         match session.queue.push(Outbound::Event(frame.clone())) {
             Pushed::Queued => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::DroppedNewest => {
+                self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
             }
             Pushed::DroppedOldest => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);

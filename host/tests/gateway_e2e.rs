@@ -292,8 +292,22 @@ async fn health_readiness_and_presence() {
     let mut ws = gw.ws(&token(json!({"sub": "bob", "rooms": ["1"]}))).await;
     ws.request(json!({"op": "subscribe", "id": 1, "topic": "chat.room.1"}))
         .await;
-    let (_, p) = gw.get("/v1/presence/chat.room.1").await;
+    let (_, p) = gw
+        .get_as("/v1/presence/chat.room.1", Some(SERVICE_KEY))
+        .await;
     assert_eq!(p, json!({"topic": "chat.room.1", "users": ["bob"]}));
+    let member = token(json!({"sub": "carol", "rooms": ["1"]}));
+    let (status, p) = gw.get_as("/v1/presence/chat.room.1", Some(&member)).await;
+    assert_eq!((status, p["users"].clone()), (200, json!(["bob"])));
+    // Presence is as private as the topic: strangers and anonymous callers are refused.
+    let stranger = token(json!({"sub": "eve"}));
+    assert_eq!(
+        gw.get_as("/v1/presence/chat.room.1", Some(&stranger))
+            .await
+            .0,
+        403
+    );
+    assert_eq!(gw.get("/v1/presence/chat.room.1").await.0, 401);
 }
 
 fn fast_heartbeats() -> switchyard_host::config::Config {

@@ -59,7 +59,7 @@ fn fast_reader(mut ws: Ws) -> tokio::task::JoinHandle<()> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_stops_reading_is_disconnected_and_the_fast_one_gets_everything() {
-    let gw = Arc::new(TestGateway::start(flood_config("disconnect", 30_000)).await);
+    let gw = Arc::new(TestGateway::start(flood_config("disconnect", 100)).await);
     let t = token(json!({"sub": "u"}));
     let mut fast = gw.ws(&t).await;
     let mut slow = gw.ws(&t).await;
@@ -126,10 +126,12 @@ async fn under_drop_oldest_a_slow_client_is_told_how_many_events_it_lost() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_client_whose_socket_accepts_nothing_is_dropped_after_the_grace() {
+async fn a_client_whose_socket_accepts_nothing_is_dropped_after_the_heartbeat_timeout() {
     // Under drop_oldest the queue never overflows: the stalled socket is what
     // gives the client away.
-    let gw = Arc::new(TestGateway::start(flood_config("drop_oldest", 300)).await);
+    let mut c = flood_config("drop_oldest", 300);
+    c.server.heartbeat_timeout_s = 1;
+    let gw = Arc::new(TestGateway::start(c).await);
     let t = token(json!({"sub": "u"}));
     let mut stuck = gw.ws(&t).await;
     stuck

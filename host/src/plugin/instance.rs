@@ -166,10 +166,12 @@ impl InstancePool {
                 state.live += 1;
                 break;
             }
+            state.waiting += 1;
             state = self
                 .freed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            state.waiting -= 1;
         }
         drop(state);
         match self.recipe.instantiate() {

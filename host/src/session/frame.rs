@@ -102,9 +102,10 @@ impl EventFrame {
                     s
                 }
             };
-            for line in data.split('\n') {
+            // EventSource ends a line at CRLF, LF or a lone CR.
+            for line in data.replace("\r\n", "\n").split(['\r', '\n']) {
                 out.push_str("data: ");
-                out.push_str(line.strip_suffix('\r').unwrap_or(line));
+                out.push_str(line);
                 out.push('\n');
             }
             out.push('\n');
@@ -180,6 +181,11 @@ mod tests {
 
     #[test]
     fn multi_line_payloads_become_several_data_lines() {
+        let cr = frame(b"a\rb\r\nc");
+        assert_eq!(
+            cr.sse(),
+            "id: 7-1\nevent: message\ndata: a\ndata: b\ndata: c\n\n"
+        );
         let f = frame(b"{\n  \"a\": 1\n}");
         assert_eq!(
             f.sse(),

@@ -78,6 +78,7 @@ impl SessionHandle {
         protocol: Protocol,
         depth: usize,
         policy: SlowConsumerPolicy,
+        grace: std::time::Duration,
     ) -> Self {
         let id = format!("{node}-{num}");
         subject.id = num;
@@ -87,7 +88,7 @@ impl SessionHandle {
             id,
             subject,
             protocol,
-            queue: OutboundQueue::new(depth, policy),
+            queue: OutboundQueue::new(depth, policy, grace),
             audience: None,
             subscriptions: Mutex::new(HashSet::new()),
         }

@@ -1,12 +1,20 @@
 //! A session's bounded outbound queue and its slow-consumer policy.
 //!
-//! Producers (fan-out) never wait: `push` either queues, drops the oldest
-//! entry (`drop_oldest`), or marks the session for disconnection
-//! (`disconnect`). The session's one writer task drains everything queued in
-//! one go, so a burst becomes one socket write.
+//! Producers (fan-out) never wait. When the queue holds `depth` events:
+//! - `drop_oldest` drops the oldest queued event to make room;
+//! - `disconnect` drops the new event, and closes the session once the
+//!   queue has stayed full for the grace period (a short burst costs a few
+//!   events, reported; a client that stays behind is disconnected).
+//!
+//! Dropped events are counted and reported to the client with the next
+//! batch. Control entries (welcome, acks, errors, receipts) are never
+//! dropped, but a client that sends without reading is cut off once they
+//! pile up past twice the depth. The session's one writer task drains
+//! everything queued in one go, so a burst becomes one socket write.
 
 use std::collections::VecDeque;
 use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
 use tokio::sync::Notify;
 
@@ -15,7 +23,8 @@ use crate::config::SlowConsumerPolicy;
 /// Why a session's queue was closed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum CloseReason {
-    /// The queue overflowed under the `disconnect` policy.
+    /// The queue stayed full past the grace period under `disconnect`, or
+    /// control entries piled up.
     SlowConsumer,
     /// The server is closing the session (drain, token expiry, a protocol
     /// error), with the WebSocket close code and reason to send.
@@ -27,18 +36,29 @@ pub enum CloseReason {
 pub enum Pushed {
     /// Queued.
     Queued,
-    /// Queued after dropping the oldest entry.
+    /// Queued after dropping the oldest queued event (`drop_oldest`).
     DroppedOldest,
-    /// Not queued: the session overflowed and is being disconnected.
+    /// Not queued: the queue is full, within the grace period (`disconnect`).
+    DroppedNewest,
+    /// Not queued: the queue stayed full too long; the session is closing.
     Overflowed,
     /// Not queued: the session is closed.
     Closed,
 }
 
+struct Entry<T> {
+    item: T,
+    control: bool,
+}
+
 struct State<T> {
-    items: VecDeque<T>,
+    items: VecDeque<Entry<T>>,
+    /// Events (not controls) queued.
+    events: usize,
     /// Dropped since the writer last reported it.
     dropped: u64,
+    /// Since when the queue has been full (`disconnect`).
+    full_since: Option<Instant>,
     closed: Option<CloseReason>,
 }
 
@@ -46,6 +66,7 @@ struct State<T> {
 pub struct OutboundQueue<T> {
     depth: usize,
     policy: SlowConsumerPolicy,
+    grace: Duration,
     state: Mutex<State<T>>,
     ready: Notify,
 }
@@ -55,21 +76,24 @@ pub struct OutboundQueue<T> {
 pub struct Batch<T> {
     /// Entries in order.
     pub items: Vec<T>,
-    /// Entries dropped (oldest first) since the last batch.
+    /// Events dropped since the last batch.
     pub dropped: u64,
-    /// Set once the queue is closed and drained: write `items`, then close.
+    /// Set once the queue is closed: write `items`, then close.
     pub closed: Option<CloseReason>,
 }
 
 impl<T> OutboundQueue<T> {
-    /// An empty queue holding at most `depth` entries.
-    pub fn new(depth: usize, policy: SlowConsumerPolicy) -> Self {
+    /// An empty queue holding at most `depth` events.
+    pub fn new(depth: usize, policy: SlowConsumerPolicy, grace: Duration) -> Self {
         OutboundQueue {
             depth: depth.max(1),
             policy,
+            grace,
             state: Mutex::new(State {
                 items: VecDeque::new(),
+                events: 0,
                 dropped: 0,
+                full_since: None,
                 closed: None,
             }),
             ready: Notify::new(),
@@ -81,26 +105,42 @@ impl<T> OutboundQueue<T> {
         self.state.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Queues `item` without waiting, applying the policy when full.
+    /// Queues an event without waiting, applying the policy when full.
     pub fn push(&self, item: T) -> Pushed {
         let mut s = self.lock();
         if s.closed.is_some() {
             return Pushed::Closed;
         }
-        let pushed = if s.items.len() < self.depth {
-            s.items.push_back(item);
+        let pushed = if s.events < self.depth {
+            s.items.push_back(Entry {
+                item,
+                control: false,
+            });
+            s.events += 1;
             Pushed::Queued
         } else {
             match self.policy {
                 SlowConsumerPolicy::DropOldest => {
-                    s.items.pop_front();
-                    s.items.push_back(item);
+                    if let Some(i) = s.items.iter().position(|e| !e.control) {
+                        s.items.remove(i);
+                    }
+                    s.items.push_back(Entry {
+                        item,
+                        control: false,
+                    });
                     s.dropped += 1;
                     Pushed::DroppedOldest
                 }
                 SlowConsumerPolicy::Disconnect => {
-                    s.closed = Some(CloseReason::SlowConsumer);
-                    Pushed::Overflowed
+                    let now = Instant::now();
+                    let since = *s.full_since.get_or_insert(now);
+                    if now.duration_since(since) >= self.grace {
+                        s.closed = Some(CloseReason::SlowConsumer);
+                        Pushed::Overflowed
+                    } else {
+                        s.dropped += 1;
+                        Pushed::DroppedNewest
+                    }
                 }
             }
         };
@@ -109,10 +149,9 @@ impl<T> OutboundQueue<T> {
         pushed
     }
 
-    /// Queues a control entry (ack, error): it may exceed the depth, since
-    /// it answers the session's own request and must not be dropped, but
-    /// not twice the depth: a client that sends without reading is a slow
-    /// consumer too.
+    /// Queues a control entry (ack, error, receipt). It is never dropped,
+    /// and may exceed the depth, but not twice it: past that the client,
+    /// which sends without reading, is cut off.
     pub fn push_control(&self, item: T) -> bool {
         let mut s = self.lock();
         if s.closed.is_some() {
@@ -124,7 +163,10 @@ impl<T> OutboundQueue<T> {
             self.ready.notify_one();
             return false;
         }
-        s.items.push_back(item);
+        s.items.push_back(Entry {
+            item,
+            control: true,
+        });
         drop(s);
         self.ready.notify_one();
         true
@@ -162,8 +204,10 @@ impl<T> OutboundQueue<T> {
             {
                 let mut s = self.lock();
                 if !s.items.is_empty() || s.dropped > 0 || s.closed.is_some() {
+                    s.events = 0;
+                    s.full_since = None;
                     return Batch {
-                        items: s.items.drain(..).collect(),
+                        items: s.items.drain(..).map(|e| e.item).collect(),
                         dropped: std::mem::take(&mut s.dropped),
                         closed: s.closed.clone(),
                     };
@@ -178,16 +222,20 @@ impl<T> OutboundQueue<T> {
 mod tests {
     use super::*;
 
+    const NO_GRACE: Duration = Duration::ZERO;
+    const LONG: Duration = Duration::from_secs(3600);
+
     #[tokio::test]
     async fn entries_come_out_in_order_in_one_batch() {
-        let q = OutboundQueue::new(4, SlowConsumerPolicy::Disconnect);
+        let q = OutboundQueue::new(4, SlowConsumerPolicy::Disconnect, NO_GRACE);
         assert_eq!(q.push(1), Pushed::Queued);
-        assert_eq!(q.push(2), Pushed::Queued);
+        assert!(q.push_control(2));
+        assert_eq!(q.push(3), Pushed::Queued);
         let b = q.next_batch().await;
         assert_eq!(
             b,
             Batch {
-                items: vec![1, 2],
+                items: vec![1, 2, 3],
                 dropped: 0,
                 closed: None
             }
@@ -196,13 +244,18 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn drop_oldest_keeps_the_newest_and_counts_the_rest() {
-        let q = OutboundQueue::new(2, SlowConsumerPolicy::DropOldest);
+    async fn drop_oldest_keeps_the_newest_events_and_every_control() {
+        let q = OutboundQueue::new(2, SlowConsumerPolicy::DropOldest, NO_GRACE);
+        assert!(q.push_control(100));
         for i in 0..5 {
             q.push(i);
         }
         let b = q.next_batch().await;
-        assert_eq!(b.items, [3, 4]);
+        assert_eq!(
+            b.items,
+            [100, 3, 4],
+            "the control survives, the oldest events go"
+        );
         assert_eq!(b.dropped, 3);
         assert_eq!(q.push(9), Pushed::Queued);
         assert_eq!(
@@ -213,8 +266,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn disconnect_closes_on_overflow_and_still_hands_over_what_was_queued() {
-        let q = OutboundQueue::new(2, SlowConsumerPolicy::Disconnect);
+    async fn disconnect_without_grace_closes_at_the_first_overflow() {
+        let q = OutboundQueue::new(2, SlowConsumerPolicy::Disconnect, NO_GRACE);
         q.push(1);
         q.push(2);
         assert_eq!(q.push(3), Pushed::Overflowed);
@@ -225,8 +278,34 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn within_the_grace_a_burst_drops_and_reports_new_events_and_draining_resets_it() {
+        let q = OutboundQueue::new(2, SlowConsumerPolicy::Disconnect, LONG);
+        q.push(1);
+        q.push(2);
+        assert_eq!(q.push(3), Pushed::DroppedNewest);
+        assert_eq!(q.push(4), Pushed::DroppedNewest);
+        let b = q.next_batch().await;
+        assert_eq!((b.items, b.dropped, b.closed), (vec![1, 2], 2, None));
+        assert_eq!(q.push(5), Pushed::Queued, "draining ends the full period");
+    }
+
+    #[tokio::test]
+    async fn a_queue_full_past_the_grace_is_closed() {
+        let q = OutboundQueue::new(1, SlowConsumerPolicy::Disconnect, Duration::from_millis(20));
+        q.push(1);
+        assert_eq!(q.push(2), Pushed::DroppedNewest);
+        std::thread::sleep(Duration::from_millis(30));
+        assert_eq!(q.push(3), Pushed::Overflowed);
+        assert_eq!(q.next_batch().await.closed, Some(CloseReason::SlowConsumer));
+    }
+
+    #[tokio::test]
     async fn a_waiting_writer_wakes_on_push_and_on_close() {
-        let q = std::sync::Arc::new(OutboundQueue::new(2, SlowConsumerPolicy::Disconnect));
+        let q = std::sync::Arc::new(OutboundQueue::new(
+            2,
+            SlowConsumerPolicy::Disconnect,
+            NO_GRACE,
+        ));
         let writer = {
             let q = q.clone();
             tokio::spawn(async move { q.next_batch().await })
@@ -248,14 +327,14 @@ mod tests {
 
     #[tokio::test]
     async fn control_entries_may_exceed_the_depth_up_to_twice_it() {
-        let q = OutboundQueue::new(2, SlowConsumerPolicy::DropOldest);
+        let q = OutboundQueue::new(2, SlowConsumerPolicy::DropOldest, NO_GRACE);
         q.push(1);
         q.push(2);
         assert!(q.push_control(3));
         assert!(q.push_control(4));
         assert!(!q.push_control(5), "a client that never reads is cut off");
         assert_eq!(q.next_batch().await.closed, Some(CloseReason::SlowConsumer));
-        let q = OutboundQueue::new(2, SlowConsumerPolicy::Disconnect);
+        let q = OutboundQueue::new(2, SlowConsumerPolicy::Disconnect, NO_GRACE);
         q.close(CloseReason::Server(1001, "bye".into()));
         assert!(!q.push_control(1));
     }

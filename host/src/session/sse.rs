@@ -124,7 +124,7 @@ async fn feed(
     );
     let heartbeat = Duration::from_secs(gw.config.server.heartbeat_s);
     // A client whose stream accepts nothing for this long stopped reading.
-    let stall = Duration::from_millis(gw.config.limits.slow_consumer_grace_ms);
+    let stall = Duration::from_secs(gw.config.server.heartbeat_timeout_s);
     let mut beat = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     let expiry = tokio::time::sleep(Duration::from_secs(
         expires_at.saturating_sub(Gateway::now_s()),

@@ -163,7 +163,6 @@ type Sink = SplitSink<WebSocket, Message>;
 
 async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, expires_at: u64) {
     let (sink, stream) = socket.split();
-    gw.activate(&session);
     let cfg = &gw.config.server;
     session.queue.push_control(Outbound::Control(json::welcome(
         &session.id,
@@ -171,6 +170,8 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
         &cfg.node_id,
         cfg.heartbeat_s,
     )));
+    // Welcome first: only then may events be queued behind it.
+    gw.activate(&session);
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let mut writer = tokio::spawn(write_loop(
@@ -381,9 +382,9 @@ async fn write_loop(
     let cfg = &gw.config.server;
     let heartbeat = Duration::from_secs(cfg.heartbeat_s);
     let dead_after = Duration::from_secs(cfg.heartbeat_s + cfg.heartbeat_timeout_s);
-    // A socket that accepts no writes for this long belongs to a client
-    // that stopped reading: its session ends rather than hold a task.
-    let stall = Duration::from_millis(gw.config.limits.slow_consumer_grace_ms);
+    // A socket that accepts no write for this long belongs to a dead or
+    // stuck client: its session ends rather than hold a task.
+    let stall = Duration::from_secs(cfg.heartbeat_timeout_s);
     let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
     loop {
         tokio::select! {

@@ -224,9 +224,13 @@ async fn refuse(sink: &mut Sink, receipt: Option<&str>, why: &str, code: u16) {
         .await;
 }
 
-/// Close reasons must fit in a control frame.
+/// Close reasons must fit in a control frame (125 bytes with the code).
 fn short(s: &str) -> String {
-    s.chars().take(100).collect()
+    let mut end = s.len().min(120);
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    s[..end].to_owned()
 }
 
 struct Reader<'a> {
@@ -329,6 +333,19 @@ impl Reader<'_> {
                     .get("id")
                     .ok_or_else(|| Stop::Error(close::PROTOCOL, "SUBSCRIBE needs an id".into()))?;
                 let dest = f.get("destination").unwrap_or_default();
+                let max = self.gw.config.limits.max_subscriptions;
+                {
+                    let subs = self.lock();
+                    if subs.by_id.contains_key(id) {
+                        return Err(Stop::Error(
+                            close::PROTOCOL,
+                            format!("subscription id {id:?} is already in use"),
+                        ));
+                    }
+                    if subs.by_id.len() >= max {
+                        return Err(refuse(format!("at most {max} subscriptions per session")));
+                    }
+                }
                 let destination = if let Some(topic) = dest.strip_prefix("/topic/") {
                     super::ws::subscribe(self.gw, self.session, topic)
                         .await
@@ -436,13 +453,16 @@ async fn write_loop(
     } else {
         heart.send_ms
     });
-    let stall = Duration::from_millis(gw.config.limits.slow_consumer_grace_ms);
+    // A socket that accepts no write for this long belongs to a dead or
+    // stuck client.
+    let stall = Duration::from_secs(gw.config.server.heartbeat_timeout_s);
     let mut ticker = tokio::time::interval_at(tokio::time::Instant::now() + beat, beat);
+    let mut dropped = 0u64;
     loop {
         tokio::select! {
             batch = session.queue.next_batch() => {
                 let closed = batch.closed.clone();
-                match tokio::time::timeout(stall, write_batch(&mut sink, &subs, batch)).await {
+                match tokio::time::timeout(stall, write_batch(&mut sink, &subs, batch, &mut dropped)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => return super::ws::stalled(&gw),
@@ -480,8 +500,10 @@ async fn write_batch(
     sink: &mut Sink,
     subs: &Mutex<Subscriptions>,
     batch: super::queue::Batch<Outbound>,
+    dropped: &mut u64,
 ) -> Result<(), axum::Error> {
-    let mut dropped = batch.dropped;
+    // A count not reported in this batch waits for the next MESSAGE.
+    *dropped += batch.dropped;
     for item in batch.items {
         let msg = match item {
             Outbound::Control(t) => Message::Text(Utf8Bytes::from(t)),
@@ -493,9 +515,9 @@ async fn write_batch(
                     .map(str::to_owned);
                 let Some(sub) = sub else { continue };
                 let mut m = message(&frame, &sub);
-                if dropped > 0 {
+                if *dropped > 0 {
                     m = m.header("switchyard-dropped", dropped.to_string());
-                    dropped = 0;
+                    *dropped = 0;
                 }
                 text(m.encode())
             }
