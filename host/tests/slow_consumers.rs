@@ -10,7 +10,7 @@ use serde_json::json;
 use support::*;
 
 const EVENTS: u64 = 1500;
-const DEPTH: usize = 16;
+const DEPTH: usize = 64;
 
 fn flood_config(policy: &str, grace_ms: u64) -> switchyard_host::config::Config {
     config(&format!(
