@@ -28,6 +28,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/v1/presence/{topic}", get(presence))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
         .with_state(gateway)
 }
 
@@ -139,4 +140,14 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiError>
     Ok(Json(
         json!({ "status": "ready", "plugins": gw.executor.plugins().len(), "sessions": gw.hub.len() }),
     ))
+}
+
+async fn metrics(State(gw): State<Arc<Gateway>>) -> impl axum::response::IntoResponse {
+    (
+        [(
+            axum::http::header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
+        crate::metrics::collect(&gw).render(),
+    )
 }

@@ -11,6 +11,7 @@
 //! - [`ingest`]: the event path (id, route, fan-out, transform, enqueue);
 //! - [`session`]: sessions, their queues and the WebSocket/SSE adapters;
 //! - [`gateway`], [`http`], [`server`]: shared state, routes, listener;
+//! - [`metrics`]: Prometheus exposition;
 //! - [`cli`]: the `switchyard plugin check|test` commands.
 
 pub mod auth;
@@ -23,6 +24,7 @@ pub mod http;
 pub mod hub;
 pub mod ingest;
 pub mod limits;
+pub mod metrics;
 pub mod plugin;
 pub mod routing;
 pub mod server;

@@ -409,3 +409,46 @@ async fn listed_and_same_host_origins_may_upgrade() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_expose_sessions_events_and_plugin_calls() {
+    let gw = TestGateway::start(config("")).await;
+    let bob = token(json!({"sub": "bob", "rooms": ["1"]}));
+    let mut ws = gw.ws(&bob).await;
+    ws.request(json!({"op": "subscribe", "id": 1, "topic": "chat.room.1"}))
+        .await;
+    let _sse = gw.sse("topic=chat.room.1", Some(&bob)).await;
+    for i in 0..3 {
+        gw.publish(json!({"topic": "chat.room.1", "data": {"n": i}}))
+            .await;
+        ws.next_event().await;
+    }
+    let text = reqwest::get(gw.url("/metrics"))
+        .await
+        .expect("metrics")
+        .text()
+        .await
+        .expect("body");
+    let value = |line: &str| -> f64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(line).and_then(|v| v.trim().parse().ok()))
+            .unwrap_or_else(|| panic!("no {line} in\n{text}"))
+    };
+    assert_eq!(value("switchyard_sessions{protocol=\"json\"}"), 1.0);
+    assert_eq!(value("switchyard_sessions{protocol=\"sse\"}"), 1.0);
+    assert_eq!(value("switchyard_subscriptions"), 2.0);
+    assert_eq!(value("switchyard_events_ingested_total"), 3.0);
+    assert_eq!(
+        value("switchyard_deliveries_total"),
+        6.0,
+        "three events to two sessions"
+    );
+    // acl: the probe, the WS connect, the subscribe, the SSE connect with its topic.
+    assert_eq!(value("switchyard_plugin_calls_total{plugin=\"acl\"}"), 4.0);
+    assert_eq!(value("switchyard_plugin_traps_total{plugin=\"acl\"}"), 0.0);
+    assert_eq!(
+        value("switchyard_plugin_call_seconds_count{plugin=\"acl\"}"),
+        4.0
+    );
+    assert!(text.contains("# TYPE switchyard_plugin_call_seconds histogram"));
+}
