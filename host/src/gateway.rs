@@ -43,7 +43,11 @@ pub struct Gateway {
     pub executor: Arc<PluginExecutor>,
     /// The event path.
     pub ingest: Ingest,
-    /// Cancelled when the gateway shuts down.
+    /// Cancelled first on shutdown: no new sessions or events; the event
+    /// path finishes what it accepted.
+    pub draining: CancellationToken,
+    /// Cancelled once the event path is drained: sessions get a reconnect
+    /// hint, flush and close.
     pub shutdown: CancellationToken,
     /// Session tasks, awaited on shutdown.
     pub tasks: TaskTracker,
@@ -63,11 +67,12 @@ impl Gateway {
             Arc::new(PluginExecutor::start(plugins, threads).map_err(StartError::Workers)?);
         let hub = Arc::new(Hub::default());
         let shutdown = CancellationToken::new();
+        let draining = CancellationToken::new();
         let ingest = Ingest::start(
             INGEST_LANES,
             hub.clone(),
             executor.clone(),
-            shutdown.clone(),
+            draining.clone(),
         );
         let rate = config.limits.accept_rate;
         Ok(Arc::new(Gateway {
@@ -75,6 +80,7 @@ impl Gateway {
             hub,
             executor,
             ingest,
+            draining,
             shutdown,
             tasks: TaskTracker::new(),
             next_session: AtomicU64::new(1),
@@ -85,7 +91,7 @@ impl Gateway {
 
     /// Checks the per-node limits before a session is accepted.
     pub fn admit(&self) -> Result<(), ApiError> {
-        if self.shutdown.is_cancelled() {
+        if self.draining.is_cancelled() {
             return Err(ApiError::unavailable("the gateway is shutting down"));
         }
         if self.hub.len() >= self.config.limits.max_sessions {
@@ -215,6 +221,13 @@ impl Gateway {
     /// Publishes an event (its id is assigned here).
     pub fn publish(&self, event: Event) -> Result<String, IngestError> {
         self.ingest.publish(event)
+    }
+
+    /// How long a client should wait before reconnecting after a drain:
+    /// spread over the drain window so that clients do not all come back at once.
+    pub fn reconnect_after_ms(&self) -> u64 {
+        let window = (self.config.server.drain_timeout_s * 1000).max(1000);
+        500 + rand::random_range(0..window)
     }
 
     /// Seconds since the epoch, now.

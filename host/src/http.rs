@@ -134,7 +134,7 @@ async fn healthz() -> Json<Value> {
 }
 
 async fn readyz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiError> {
-    if gw.shutdown.is_cancelled() {
+    if gw.draining.is_cancelled() {
         return Err(ApiError::unavailable("draining"));
     }
     Ok(Json(

@@ -54,6 +54,7 @@ const LANE_DEPTH: usize = 8192;
 /// The ingest side of the gateway.
 pub struct Ingest {
     lanes: Vec<mpsc::Sender<Event>>,
+    lane_tasks: tokio_util::task::TaskTracker,
     epoch: u64,
     seq: AtomicU64,
     /// Counters.
@@ -69,6 +70,7 @@ impl Ingest {
         shutdown: CancellationToken,
     ) -> Self {
         let stats = Arc::new(IngestStats::default());
+        let lane_tasks = tokio_util::task::TaskTracker::new();
         let senders = (0..lanes.max(1))
             .map(|_| {
                 let (tx, rx) = mpsc::channel(LANE_DEPTH);
@@ -77,7 +79,7 @@ impl Ingest {
                     executor: executor.clone(),
                     stats: stats.clone(),
                 };
-                tokio::spawn(lane.run(rx, shutdown.clone()));
+                lane_tasks.spawn(lane.run(rx, shutdown.clone()));
                 tx
             })
             .collect();
@@ -85,12 +87,19 @@ impl Ingest {
             .duration_since(std::time::UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
+        lane_tasks.close();
         Ingest {
             lanes: senders,
+            lane_tasks,
             epoch,
             seq: AtomicU64::new(0),
             stats,
         }
+    }
+
+    /// Completes once every lane has finished (after the drain token).
+    pub async fn drained(&self) {
+        self.lane_tasks.wait().await;
     }
 
     /// Accepts an event: assigns its id and queues it on its topic's lane.

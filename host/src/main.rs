@@ -182,8 +182,12 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             names.join(", ")
         );
         let shutdown = async {
-            let _ = tokio::signal::ctrl_c().await;
-            println!("switchyard: shutting down");
+            let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                Some(()) = async { match term.as_mut() { Some(t) => t.recv().await, None => std::future::pending().await } } => {}
+            }
+            println!("switchyard: draining");
         };
         switchyard_host::server::run(listener, gateway, shutdown).await?;
         anyhow::Ok(())

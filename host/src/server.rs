@@ -33,20 +33,43 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let app = crate::http::app(gateway.clone());
-    let token = gateway.shutdown.clone();
+    let draining = gateway.draining.clone();
+    // Stop accepting once draining starts; open SSE streams end in phase 2.
     let serve = axum::serve(listener, app).with_graceful_shutdown({
-        let token = token.clone();
-        async move {
-            tokio::select! {
-                () = shutdown => token.cancel(),
-                () = token.cancelled() => {}
-            }
-        }
+        let draining = draining.clone();
+        async move { draining.cancelled().await }
     });
-    let result = serve.await;
-    token.cancel();
+    let serve = tokio::spawn(async move { serve.await });
+    tokio::select! {
+        () = shutdown => {}
+        () = draining.cancelled() => {}
+    }
+    drain(&gateway).await;
+    match tokio::time::timeout(std::time::Duration::from_secs(1), serve).await {
+        Ok(Ok(result)) => result,
+        _ => Ok(()),
+    }
+}
+
+/// Drains within `server.drain_timeout_s`: refuse new sessions and events,
+/// let the event path deliver what it accepted, then send every session a
+/// reconnect hint, flush its queue and close it.
+pub async fn drain(gateway: &Gateway) {
+    let budget = std::time::Duration::from_secs(gateway.config.server.drain_timeout_s);
+    let started = tokio::time::Instant::now();
+    tracing::info!(sessions = gateway.hub.len(), "draining");
+    gateway.draining.cancel();
+    let _ = tokio::time::timeout(budget / 2, gateway.ingest.drained()).await;
+    gateway.shutdown.cancel();
     gateway.tasks.close();
-    let drain = std::time::Duration::from_secs(gateway.config.server.drain_timeout_s);
-    let _ = tokio::time::timeout(drain, gateway.tasks.wait()).await;
-    result
+    let left = budget.saturating_sub(started.elapsed());
+    if tokio::time::timeout(left, gateway.tasks.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            sessions = gateway.hub.len(),
+            "drain timeout: closing the rest"
+        );
+    }
 }

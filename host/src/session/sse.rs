@@ -160,7 +160,12 @@ async fn feed(
                     break;
                 }
                 () = tx.closed() => break,
-                () = gw.shutdown.cancelled() => break,
+                () = gw.shutdown.cancelled() => {
+                    // EventSource reconnects by itself after `retry`: spread it.
+                    let bye = format!("retry: {}\n: server shutting down\n\n", gw.reconnect_after_ms());
+                    let _ = tokio::time::timeout(stall, tx.send(Ok(Bytes::from(bye)))).await;
+                    break;
+                }
             };
             if chunk.is_empty() {
                 continue;

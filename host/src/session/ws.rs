@@ -216,7 +216,12 @@ async fn read_loop(
                 session.queue.close(CloseReason::Server(close::POLICY, "token expired".into()));
                 return;
             }
-            () = gw.shutdown.cancelled() => return,
+            () = gw.shutdown.cancelled() => {
+                // Drain: tell the client when to come back, then close.
+                session.queue.push_control(Outbound::Control(json::reconnect(gw.reconnect_after_ms())));
+                session.queue.close(CloseReason::Server(close::GOING_AWAY, "server shutting down".into()));
+                return;
+            }
         };
         last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
         let text = match msg {

@@ -269,7 +269,15 @@ impl Reader<'_> {
                     }
                     continue;
                 }
-                () = self.gw.shutdown.cancelled() => return,
+                () = self.gw.shutdown.cancelled() => {
+                    let after = self.gw.reconnect_after_ms();
+                    let frame = error_frame(None, "server shutting down")
+                        .header("reconnect-after-ms", after.to_string())
+                        .encode();
+                    self.session.queue.push_control(Outbound::Control(String::from_utf8_lossy(&frame).into_owned()));
+                    self.session.queue.close(CloseReason::Server(close::GOING_AWAY, "server shutting down".into()));
+                    return;
+                }
             };
             self.last_heard
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
