@@ -29,6 +29,12 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
+        .route("/admin/plugins", get(crate::admin::plugins))
+        .route("/admin/sessions", get(crate::admin::sessions))
+        .route(
+            "/admin/users/{user}/sessions",
+            axum::routing::delete(crate::admin::disconnect_user),
+        )
         .with_state(gateway)
 }
 

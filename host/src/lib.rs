@@ -11,9 +11,10 @@
 //! - [`ingest`]: the event path (id, route, fan-out, transform, enqueue);
 //! - [`session`]: sessions, their queues and the WebSocket/SSE adapters;
 //! - [`gateway`], [`http`], [`server`]: shared state, routes, listener;
-//! - [`metrics`]: Prometheus exposition;
+//! - [`metrics`]: Prometheus exposition; [`admin`]: the admin API;
 //! - [`cli`]: the `switchyard plugin check|test` commands.
 
+pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;

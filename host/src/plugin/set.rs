@@ -175,6 +175,16 @@ impl PluginSet {
             .map(|e| (&*e.plugin, e.interfaces.as_slice()))
     }
 
+    /// The topic patterns each plugin applies to, in config order.
+    pub fn topics(&self) -> impl Iterator<Item = (&str, Vec<&str>)> {
+        self.entries.iter().map(|e| {
+            (
+                e.plugin.name(),
+                e.topics.iter().map(TopicPattern::as_str).collect(),
+            )
+        })
+    }
+
     /// Decides every action for `subject`, one decision per action. Fails
     /// closed: an authorizer that traps or times out denies what it was asked.
     pub fn authorize(&self, subject: &Subject, actions: &[AuthAction]) -> Vec<AuthDecision> {

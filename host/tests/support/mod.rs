@@ -20,6 +20,7 @@ use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 pub const SECRET: &str = "end-to-end-test-secret-0123456789abcdef";
 pub const SERVICE_KEY: &str = "test-service-key";
+pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// The config of the e2e tests: the three example plugins, as in gateway.toml.
 pub fn config(extra: &str) -> Config {
@@ -30,6 +31,7 @@ pub fn config(extra: &str) -> Config {
 [auth]
 jwt_hs256_secret = "{SECRET}"
 service_keys = ["{SERVICE_KEY}"]
+admin_token = "{ADMIN_TOKEN}"
 [server]
 node_id = "test"
 allowed_origins = ["http://allowed.example"]
@@ -127,6 +129,18 @@ impl TestGateway {
             req = req.bearer_auth(t);
         }
         let resp = req.send().await.expect("post");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
+    pub async fn delete_as(&self, path: &str, token: &str) -> (u16, Value) {
+        let resp = self
+            .http
+            .delete(self.url(path))
+            .bearer_auth(token)
+            .send()
+            .await
+            .expect("delete");
         let status = resp.status().as_u16();
         (status, resp.json().await.unwrap_or(Value::Null))
     }

@@ -1,0 +1,114 @@
+//! The admin API (`Authorization: Bearer <auth.admin_token>`): loaded
+//! plugins with their counters, session counts, and disconnecting a user.
+
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use axum::Json;
+use axum::extract::{Path, State};
+use axum::http::HeaderMap;
+use axum::http::header::AUTHORIZATION;
+use serde_json::{Value, json};
+
+use crate::error::ApiError;
+use crate::gateway::Gateway;
+use crate::session::{CloseReason, Protocol};
+
+fn require_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
+    let token = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
+        .ok_or_else(|| {
+            ApiError::unauthorized("the admin API needs `Authorization: Bearer <admin token>`")
+        })?;
+    if gw.config.auth.admin_token.is_none() {
+        return Err(ApiError::forbidden(
+            "the admin API is disabled: set auth.admin_token",
+        ));
+    }
+    if !gw.auth.is_admin(token) {
+        return Err(ApiError::unauthorized("wrong admin token"));
+    }
+    Ok(())
+}
+
+/// `GET /admin/plugins`
+pub async fn plugins(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    let set = gw.executor.plugins();
+    let topics: Vec<(String, Vec<String>)> = set
+        .topics()
+        .map(|(n, t)| (n.to_owned(), t.into_iter().map(str::to_owned).collect()))
+        .collect();
+    let plugins: Vec<Value> = set
+        .plugins()
+        .map(|(p, interfaces)| {
+            let m = p.metrics().snapshot();
+            let loaded_at_ms = p
+                .loaded_at()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            json!({
+                "name": p.name(),
+                "path": p.path().display().to_string(),
+                "sha256": p.sha256(),
+                "interfaces": interfaces,
+                "topics": topics.iter().find(|(n, _)| n == p.name()).map(|(_, t)| t.clone()).unwrap_or_default(),
+                "loaded_at_ms": loaded_at_ms,
+                "timeout_ms": p.timeout().as_millis() as u64,
+                "memory_mb": p.memory_mb(),
+                "instances": p.live_instances(),
+                "calls": m.calls,
+                "traps": m.traps,
+                "timeouts": m.timeouts,
+                "memory_limits": m.memory_limits,
+                "instantiations": m.instantiations,
+                "latency_p50_us": m.p50_us,
+                "latency_p99_us": m.p99_us,
+            })
+        })
+        .collect();
+    Ok(Json(
+        json!({ "node": gw.config.server.node_id, "plugins": plugins }),
+    ))
+}
+
+/// `GET /admin/sessions`: counts per protocol on this node.
+pub async fn sessions(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    let sessions = gw.hub.sessions();
+    let count = |p: Protocol| sessions.iter().filter(|s| s.protocol == p).count();
+    Ok(Json(json!({
+        "node": gw.config.server.node_id,
+        "total": sessions.len(),
+        "by_protocol": {
+            "json": count(Protocol::Json),
+            "stomp": count(Protocol::Stomp),
+            "sse": count(Protocol::Sse),
+        },
+    })))
+}
+
+/// `DELETE /admin/users/{user}/sessions`: closes every session of a user on
+/// this node (flushing what is queued, close code 1008).
+pub async fn disconnect_user(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    Path(user): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    let sessions = gw.hub.recipients(&[], &[user.as_str()]);
+    for s in &sessions {
+        s.queue.close(CloseReason::Server(
+            1008,
+            "disconnected by an administrator".into(),
+        ));
+    }
+    tracing::info!(%user, sessions = sessions.len(), "admin disconnected a user");
+    Ok(Json(json!({ "user": user, "closed": sessions.len() })))
+}
