@@ -15,7 +15,7 @@ use crate::executor::PluginExecutor;
 use crate::hub::Hub;
 use crate::ingest::{Ingest, IngestError};
 use crate::limits::TokenBucket;
-use crate::plugin::{AuthAction, AuthDecision, Interface, PluginSet};
+use crate::plugin::{AuthAction, AuthDecision, Interface, PluginEngine, PluginSet};
 use crate::routing::{Event, Topic};
 use crate::session::{Protocol, SessionHandle};
 use crate::subject::Subject;
@@ -41,6 +41,9 @@ pub struct Gateway {
     pub hub: Arc<Hub>,
     /// Plugin calls.
     pub executor: Arc<PluginExecutor>,
+    /// The wasmtime engine: it drives the call deadlines, so it lives as
+    /// long as the gateway.
+    pub engine: Arc<PluginEngine>,
     /// The event path.
     pub ingest: Ingest,
     /// Cancelled first on shutdown: no new sessions or events; the event
@@ -59,8 +62,13 @@ pub struct Gateway {
 const INGEST_LANES: usize = 4;
 
 impl Gateway {
-    /// Builds the gateway on the current tokio runtime with loaded plugins.
-    pub fn start(config: Config, plugins: PluginSet) -> Result<Arc<Self>, StartError> {
+    /// Builds the gateway on the current tokio runtime with plugins loaded
+    /// by `engine`.
+    pub fn start(
+        config: Config,
+        engine: Arc<PluginEngine>,
+        plugins: PluginSet,
+    ) -> Result<Arc<Self>, StartError> {
         let auth = Authenticator::new(&config.auth)?;
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let executor =
@@ -79,6 +87,7 @@ impl Gateway {
             auth,
             hub,
             executor,
+            engine,
             ingest,
             draining,
             shutdown,

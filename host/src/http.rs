@@ -143,6 +143,11 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiError>
     if gw.draining.is_cancelled() {
         return Err(ApiError::unavailable("draining"));
     }
+    if !gw.engine.ticking() {
+        return Err(ApiError::unavailable(
+            "the plugin deadline ticker has stopped",
+        ));
+    }
     Ok(Json(
         json!({ "status": "ready", "plugins": gw.executor.plugins().len(), "sessions": gw.hub.len() }),
     ))

@@ -452,3 +452,39 @@ async fn metrics_expose_sessions_events_and_plugin_calls() {
     );
     assert!(text.contains("# TYPE switchyard_plugin_call_seconds histogram"));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runaway_authorizer_is_stopped_by_its_deadline_inside_the_gateway() {
+    use switchyard_host::config::{OnError, PluginSpec};
+    use switchyard_host::plugin::Interface;
+    let mut c = config("");
+    c.plugins.insert(
+        0,
+        PluginSpec {
+            name: "hostile".into(),
+            path: switchyard_fixtures::hostile(),
+            topics: vec!["loop".into()],
+            interfaces: vec![Interface::Authorizer],
+            timeout_ms: 10,
+            memory_mb: 16,
+            on_error: OnError::Drop,
+            max_instances: None,
+            config: Default::default(),
+        },
+    );
+    let gw = TestGateway::start(c).await;
+    let mut ws = gw.ws(&token(json!({"sub": "u"}))).await;
+    // The engine's ticker must outlive plugin loading, or this never returns.
+    let e = ws
+        .request(json!({"op": "subscribe", "id": 1, "topic": "loop"}))
+        .await;
+    assert_eq!(
+        (e["code"].as_str(), e["message"].as_str()),
+        (Some("forbidden"), Some("authorization is unavailable"))
+    );
+    let ok = ws
+        .request(json!({"op": "subscribe", "id": 2, "topic": "news.x"}))
+        .await;
+    assert_eq!(ok["op"], "ack");
+    assert_eq!(gw.get("/readyz").await.0, 200);
+}

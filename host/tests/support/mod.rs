@@ -80,20 +80,21 @@ impl TestGateway {
         let specs = config.plugins.clone();
         let per_plugin = config.runtime.instances_per_plugin;
         // Plugin loading runs synchronous calls: keep it off the async workers.
-        let plugins = tokio::task::spawn_blocking(move || {
+        let (engine, plugins) = tokio::task::spawn_blocking(move || {
             let engine = PluginEngine::new(EngineSettings {
                 pool_instances: 64,
                 ..EngineSettings::default()
             })
             .expect("engine");
-            PluginSet::load(&engine, None, &specs, per_plugin).expect("plugins")
+            let plugins = PluginSet::load(&engine, None, &specs, per_plugin).expect("plugins");
+            (engine, plugins)
         })
         .await
         .expect("load");
         let listener =
             switchyard_host::server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let gateway = Gateway::start(config, plugins).expect("gateway");
+        let gateway = Gateway::start(config, engine, plugins).expect("gateway");
         let gw = gateway.clone();
         tokio::spawn(async move {
             let _ = switchyard_host::server::run(listener, gw, std::future::pending()).await;
