@@ -10,7 +10,6 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::json;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 const SESSIONS: usize = 200;
 
@@ -31,14 +30,7 @@ async fn drain_delivers_accepted_events_hints_every_client_and_finishes_in_time(
         .await;
     let mut sse = gw.sse("topic=news.drain", Some(&t)).await;
     assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
-    let mut req = format!("ws://{}/v1/ws", gw.addr)
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "v12.stomp".parse().expect("header"),
-    );
-    let (mut stomp, _) = tokio_tungstenite::connect_async(req).await.expect("stomp");
+    let mut stomp = gw.stomp_raw().await;
     stomp
         .send(Message::Text(
             format!("CONNECT\naccept-version:1.2\npasscode:{t}\n\n\0").into(),

@@ -11,7 +11,6 @@ use serde_json::{Value, json};
 use support::*;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
 fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/stomp-clients")
@@ -170,29 +169,6 @@ async fn stomp_py_connects_with_a_passcode_jwt_subscribes_sends_and_receives() {
     );
 }
 
-/// A raw STOMP-over-WebSocket connection for protocol edge cases.
-async fn raw(
-    gw: &TestGateway,
-) -> tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>> {
-    let mut req = format!("ws://{}/v1/ws", gw.addr)
-        .into_client_request()
-        .expect("request");
-    req.headers_mut().insert(
-        "sec-websocket-protocol",
-        "v12.stomp".parse().expect("header"),
-    );
-    let (ws, resp) = tokio_tungstenite::connect_async(req)
-        .await
-        .expect("connect");
-    assert_eq!(
-        resp.headers()
-            .get("sec-websocket-protocol")
-            .and_then(|v| v.to_str().ok()),
-        Some("v12.stomp")
-    );
-    ws
-}
-
 async fn next_text(
     ws: &mut (impl StreamExt<Item = Result<Message, tokio_tungstenite::tungstenite::Error>> + Unpin),
 ) -> Option<String> {
@@ -213,7 +189,7 @@ async fn next_text(
 async fn refused_auth_and_malformed_frames_get_an_error_frame_then_close() {
     let gw = TestGateway::start(config("")).await;
 
-    let mut ws = raw(&gw).await;
+    let mut ws = gw.stomp_raw().await;
     ws.send(Message::Text(
         "CONNECT\naccept-version:1.2\npasscode:not-a-jwt\n\n\0".into(),
     ))
@@ -229,7 +205,7 @@ async fn refused_auth_and_malformed_frames_get_an_error_frame_then_close() {
         "then the connection closes"
     );
 
-    let mut ws = raw(&gw).await;
+    let mut ws = gw.stomp_raw().await;
     ws.send(Message::Text("SEND\ndestination:/app/x\n\nhi\0".into()))
         .await
         .expect("send");
@@ -237,7 +213,7 @@ async fn refused_auth_and_malformed_frames_get_an_error_frame_then_close() {
     assert!(err.contains("expected CONNECT"), "{err:?}");
 
     let jwt = token(json!({"sub": "u"}));
-    let mut ws = raw(&gw).await;
+    let mut ws = gw.stomp_raw().await;
     ws.send(Message::Text(
         format!("CONNECT\naccept-version:1.1,1.2\nheart-beat:0,0\npasscode:{jwt}\n\n\0").into(),
     ))
@@ -267,7 +243,7 @@ async fn refused_auth_and_malformed_frames_get_an_error_frame_then_close() {
     assert!(next_text(&mut ws).await.is_none());
 
     // A subscription the authorizer refuses ends the connection with ERROR.
-    let mut ws = raw(&gw).await;
+    let mut ws = gw.stomp_raw().await;
     ws.send(Message::Text(
         format!("CONNECT\naccept-version:1.2\nAuthorization:Bearer {jwt}\n\n\0").into(),
     ))
@@ -290,7 +266,7 @@ async fn refused_auth_and_malformed_frames_get_an_error_frame_then_close() {
 async fn stomp_and_json_sessions_share_topics() {
     let gw = TestGateway::start(config("")).await;
     let jwt = token(json!({"sub": "u"}));
-    let mut stomp = raw(&gw).await;
+    let mut stomp = gw.stomp_raw().await;
     stomp
         .send(Message::Text(
             format!("CONNECT\naccept-version:1.2\npasscode:{jwt}\n\n\0").into(),

@@ -210,6 +210,27 @@ impl TestGateway {
         }
     }
 
+    /// A raw STOMP-over-WebSocket connection (subprotocol `v12.stomp`), not yet CONNECTed.
+    pub async fn stomp_raw(&self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+        let mut req = format!("ws://{}/v1/ws", self.addr)
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "v12.stomp".parse().expect("header"),
+        );
+        let (ws, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .and_then(|v| v.to_str().ok()),
+            Some("v12.stomp")
+        );
+        ws
+    }
+
     /// Opens an SSE stream.
     pub async fn sse(&self, query: &str, token: Option<&str>) -> Sse {
         let mut req = self.http.get(self.url(&format!("/v1/sse?{query}")));
