@@ -16,7 +16,7 @@ use tracing::Instrument;
 
 use crate::executor::PluginExecutor;
 use crate::hub::Hub;
-use crate::plugin::{Audience, Delivery, Interface, RouteOutcome};
+use crate::plugin::{Audience, Delivery, Interface, PluginSet, RouteOutcome};
 use crate::routing::Event;
 use crate::session::{EventFrame, Outbound, Pushed, SessionHandle};
 
@@ -143,20 +143,18 @@ impl Lane {
             let span = tracing::debug_span!("event", id = %event.id, topic = %event.topic);
             let event = Arc::new(event);
             async {
-                let outcome = self.route(&event).await;
-                self.deliver(event, outcome).await;
+                // One snapshot of the plugin set per event.
+                let set = self.executor.plugins();
+                let outcome = self.route(&set, &event).await;
+                self.deliver(&set, event, outcome).await;
             }
             .instrument(span)
             .await;
         }
     }
 
-    async fn route(&self, event: &Arc<Event>) -> RouteOutcome {
-        if !self
-            .executor
-            .plugins()
-            .applies(Interface::Router, Some(&event.topic))
-        {
+    async fn route(&self, set: &PluginSet, event: &Arc<Event>) -> RouteOutcome {
+        if !set.applies(Interface::Router, Some(&event.topic)) {
             return RouteOutcome::AsPublished;
         }
         let e = event.clone();
@@ -173,7 +171,7 @@ impl Lane {
         }
     }
 
-    async fn deliver(&self, event: Arc<Event>, outcome: RouteOutcome) {
+    async fn deliver(&self, set: &PluginSet, event: Arc<Event>, outcome: RouteOutcome) {
         let recipients = match &outcome {
             RouteOutcome::Drop => {
                 self.stats.dropped_by_router.fetch_add(1, Ordering::Relaxed);
@@ -192,7 +190,7 @@ impl Lane {
         if recipients.is_empty() {
             return;
         }
-        if !self.executor.plugins().transforms(&event.topic) {
+        if !set.transforms(&event.topic) {
             let frame = EventFrame::new(event);
             for r in &recipients {
                 self.enqueue(r, &frame);

@@ -54,6 +54,11 @@ impl EventFrame {
         })
     }
 
+    /// How the payload travels (classified once).
+    pub fn kind(&self) -> DataKind {
+        self.kind
+    }
+
     /// The event.
     pub fn event(&self) -> &Arc<Event> {
         &self.event

@@ -99,6 +99,11 @@ impl SessionHandle {
         self.subs().iter().cloned().collect()
     }
 
+    /// Whether it subscribes to `topic`.
+    pub fn is_subscribed(&self, topic: &str) -> bool {
+        self.subs().contains(topic)
+    }
+
     /// How many topics it subscribes to.
     pub fn subscription_count(&self) -> usize {
         self.subs().len()

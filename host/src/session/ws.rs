@@ -333,7 +333,7 @@ pub(crate) async fn subscribe(
     topic: &str,
 ) -> Result<(), (ErrorCode, String)> {
     let topic = Topic::parse(topic).map_err(|e| (ErrorCode::InvalidTopic, e.to_string()))?;
-    if session.subscriptions().iter().any(|t| t == topic.as_str()) {
+    if session.is_subscribed(topic.as_str()) {
         return Ok(());
     }
     let max = gw.config.limits.max_subscriptions;

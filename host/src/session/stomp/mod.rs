@@ -20,7 +20,7 @@ use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
 
 use self::frame::{Frame, HeartBeat, negotiate, parse_all, parse_heart_beat};
-use super::frame::{DataKind, data_kind};
+use super::frame::DataKind;
 use super::ws::close;
 use super::{CloseReason, EventFrame, Outbound, Protocol, SessionHandle};
 use crate::auth::Identity;
@@ -435,7 +435,8 @@ impl Reader<'_> {
 /// MESSAGE for one event on one subscription.
 fn message(frame: &EventFrame, subscription: &str) -> Frame {
     let e = frame.event();
-    let content_type = match data_kind(&e.data) {
+    // Classified once per event, not parsed again per recipient.
+    let content_type = match frame.kind() {
         DataKind::Json => "application/json",
         DataKind::Text => "text/plain;charset=utf-8",
         DataKind::Binary => "application/octet-stream",
