@@ -166,6 +166,18 @@ pub struct BusConfig {
     pub urls: Vec<String>,
     /// `bus.subject_prefix`
     pub subject_prefix: String,
+    /// `bus.replicas`: JetStream replicas of the ingest stream, the
+    /// delivery log and the router lease (3 in a three-server cluster).
+    pub replicas: usize,
+    /// `bus.ingest_max_age_s`: how long an ingested event may wait for a
+    /// router (while no node can route) before NATS discards it.
+    pub ingest_max_age_s: u64,
+    /// `bus.recovery_window_s`: how long routed deliveries are kept so that
+    /// a node that lost its NATS connection can catch up on reconnect.
+    pub recovery_window_s: u64,
+    /// `bus.lease_ttl_ms`: the router lease; a node that stops renewing it
+    /// is replaced as router after this long.
+    pub lease_ttl_ms: u64,
 }
 
 impl Default for BusConfig {
@@ -174,6 +186,10 @@ impl Default for BusConfig {
             kind: BusKind::Local,
             urls: vec!["nats://127.0.0.1:4222".to_owned()],
             subject_prefix: "sy".to_owned(),
+            replicas: 1,
+            ingest_max_age_s: 86_400,
+            recovery_window_s: 300,
+            lease_ttl_ms: 3000,
         }
     }
 }
@@ -418,6 +434,22 @@ impl Config {
                 "bus.subject_prefix",
                 prefix,
                 "must be a NATS subject without wildcards",
+            ));
+        }
+        if !(1..=5).contains(&self.bus.replicas) {
+            return Err(invalid(
+                "bus.replicas",
+                self.bus.replicas,
+                "must be between 1 and 5",
+            ));
+        }
+        positive("bus.ingest_max_age_s", self.bus.ingest_max_age_s)?;
+        positive("bus.recovery_window_s", self.bus.recovery_window_s)?;
+        if self.bus.lease_ttl_ms < 500 {
+            return Err(invalid(
+                "bus.lease_ttl_ms",
+                self.bus.lease_ttl_ms,
+                "must be at least 500",
             ));
         }
         if !(self.store.url.starts_with("sqlite:")

@@ -60,8 +60,14 @@ impl From<crate::auth::AuthError> for ApiError {
     }
 }
 
-impl From<crate::ingest::IngestError> for ApiError {
-    fn from(e: crate::ingest::IngestError) -> Self {
+impl From<crate::pipeline::PublishError> for ApiError {
+    fn from(e: crate::pipeline::PublishError) -> Self {
+        ApiError::unavailable(e.to_string())
+    }
+}
+
+impl From<crate::bus::BusError> for ApiError {
+    fn from(e: crate::bus::BusError) -> Self {
         ApiError::unavailable(e.to_string())
     }
 }

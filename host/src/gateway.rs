@@ -9,12 +9,13 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{Authenticator, Identity, KeyError};
+use crate::bus::{Bus, BusError, BusParts};
 use crate::config::Config;
 use crate::error::ApiError;
 use crate::executor::PluginExecutor;
 use crate::hub::Hub;
-use crate::ingest::{Ingest, IngestError};
 use crate::limits::TokenBucket;
+use crate::pipeline::{EventStats, PublishError};
 use crate::plugin::{AuthAction, AuthDecision, Interface, PluginEngine, PluginSet};
 use crate::routing::{Event, Topic};
 use crate::session::{Protocol, SessionHandle};
@@ -29,6 +30,9 @@ pub enum StartError {
     /// Threads could not start.
     #[error("cannot start plugin workers: {0}")]
     Workers(std::io::Error),
+    /// The bus did not start.
+    #[error(transparent)]
+    Bus(#[from] BusError),
 }
 
 /// Everything the handlers share.
@@ -44,8 +48,10 @@ pub struct Gateway {
     /// The wasmtime engine: it drives the call deadlines, so it lives as
     /// long as the gateway.
     pub engine: Arc<PluginEngine>,
-    /// The event path.
-    pub ingest: Ingest,
+    /// The event path between nodes.
+    pub bus: Bus,
+    /// Event counters.
+    pub stats: Arc<EventStats>,
     /// Cancelled first on shutdown: no new sessions or events; the event
     /// path finishes what it accepted.
     pub draining: CancellationToken,
@@ -58,13 +64,10 @@ pub struct Gateway {
     accept: Mutex<TokenBucket>,
 }
 
-/// Lanes of the event path.
-const INGEST_LANES: usize = 4;
-
 impl Gateway {
     /// Builds the gateway on the current tokio runtime with plugins loaded
     /// by `engine`.
-    pub fn start(
+    pub async fn start(
         config: Config,
         engine: Arc<PluginEngine>,
         plugins: PluginSet,
@@ -73,22 +76,36 @@ impl Gateway {
         let threads = std::thread::available_parallelism().map_or(2, |n| n.get());
         let executor =
             Arc::new(PluginExecutor::start(plugins, threads).map_err(StartError::Workers)?);
-        let hub = Arc::new(Hub::default());
+        let (hub, interest) = if Bus::wants_interest(&config) {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            (Hub::with_interest(tx), Some(rx))
+        } else {
+            (Hub::default(), None)
+        };
+        let hub = Arc::new(hub);
         let shutdown = CancellationToken::new();
         let draining = CancellationToken::new();
-        let ingest = Ingest::start(
-            INGEST_LANES,
-            hub.clone(),
-            executor.clone(),
-            draining.clone(),
-        );
+        let stats = Arc::new(EventStats::default());
+        let bus = Bus::start(
+            &config,
+            BusParts {
+                hub: hub.clone(),
+                executor: executor.clone(),
+                stats: stats.clone(),
+                draining: draining.clone(),
+                node_id: config.server.node_id.clone(),
+                interest,
+            },
+        )
+        .await?;
         let rate = config.limits.accept_rate;
         Ok(Arc::new(Gateway {
             auth,
             hub,
             executor,
             engine,
-            ingest,
+            bus,
+            stats,
             draining,
             shutdown,
             tasks: TaskTracker::new(),
@@ -210,9 +227,11 @@ impl Gateway {
         Ok(session)
     }
 
-    /// Registers a prepared session: from now on it receives events.
-    pub fn activate(&self, session: &Arc<SessionHandle>) {
+    /// Registers a prepared session: once this returns, it receives every
+    /// event routed to its topics and user.
+    pub async fn activate(&self, session: &Arc<SessionHandle>) {
         self.hub.register(session.clone());
+        self.bus.settle_interest(self.hub.interest_sent()).await;
         tracing::info!(
             session = %session.id,
             user = %session.subject.user,
@@ -227,9 +246,22 @@ impl Gateway {
         tracing::info!(session = %session.id, "session closed");
     }
 
-    /// Publishes an event (its id is assigned here).
-    pub fn publish(&self, event: Event) -> Result<String, IngestError> {
-        self.ingest.publish(event)
+    /// Subscribes a live session to `topic`; once this returns, events of
+    /// the topic reach it. False if it already was subscribed.
+    pub async fn subscribe(&self, session: &SessionHandle, topic: &str) -> bool {
+        let added = self.hub.subscribe(session, topic);
+        if added {
+            self.bus.settle_interest(self.hub.interest_sent()).await;
+        }
+        added
+    }
+
+    /// Publishes an event; the bus assigns its id.
+    pub async fn publish(&self, event: Event) -> Result<String, PublishError> {
+        if self.draining.is_cancelled() {
+            return Err(PublishError::Stopped);
+        }
+        self.bus.publish(event).await
     }
 
     /// How long a client should wait before reconnecting after a drain:

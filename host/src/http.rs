@@ -105,7 +105,7 @@ async fn publish(
     if let Some(key) = body.idempotency_key {
         event = event.with_header("idempotency-key", key);
     }
-    let id = gw.publish(event)?;
+    let id = gw.publish(event).await?;
     Ok(Json(json!({ "id": id })))
 }
 
@@ -131,7 +131,7 @@ async fn presence(
         }
     }
     Ok(Json(
-        json!({ "topic": topic.as_str(), "users": gw.hub.subscribers(topic.as_str()) }),
+        json!({ "topic": topic.as_str(), "users": gw.bus.presence(topic.as_str()).await? }),
     ))
 }
 
@@ -148,6 +148,7 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiError>
             "the plugin deadline ticker has stopped",
         ));
     }
+    gw.bus.ready().map_err(ApiError::unavailable)?;
     Ok(Json(
         json!({ "status": "ready", "plugins": gw.executor.plugins().len(), "sessions": gw.hub.len() }),
     ))

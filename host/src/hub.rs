@@ -4,7 +4,19 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
+use tokio::sync::mpsc;
+
 use crate::session::SessionHandle;
+
+/// A change in what this node needs from the bus: the first local session
+/// of a topic or user arrived (`true`), or the last one left (`false`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Interest {
+    /// Subscribers of a topic.
+    Topic(String, bool),
+    /// Sessions of a user.
+    User(String, bool),
+}
 
 #[derive(Default)]
 struct Index {
@@ -17,9 +29,49 @@ struct Index {
 #[derive(Default)]
 pub struct Hub {
     index: RwLock<Index>,
+    /// Told of every interest change, in order (sent under the index lock,
+    /// so that a quick subscribe/unsubscribe cannot arrive reversed).
+    interest: Option<mpsc::UnboundedSender<Interest>>,
+    /// Interest changes sent so far.
+    sent: std::sync::atomic::AtomicU64,
 }
 
 impl Hub {
+    /// A hub that reports interest changes to `interest`.
+    pub fn with_interest(interest: mpsc::UnboundedSender<Interest>) -> Self {
+        Hub {
+            index: RwLock::default(),
+            interest: Some(interest),
+            sent: std::sync::atomic::AtomicU64::new(0),
+        }
+    }
+
+    fn tell(&self, change: Interest) {
+        if let Some(tx) = &self.interest {
+            let _ = tx.send(change);
+            self.sent.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// How many interest changes were sent so far (wait for the bus to
+    /// apply this many to know a subscription is in effect).
+    pub fn interest_sent(&self) -> u64 {
+        // Read under the lock so no change in progress is missed.
+        let _ix = self.read();
+        self.sent.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Every topic and user with a local session, as interest changes (to
+    /// restore them on a fresh bus connection).
+    pub fn interests(&self) -> Vec<Interest> {
+        let ix = self.read();
+        ix.topics
+            .keys()
+            .map(|t| Interest::Topic(t.clone(), true))
+            .chain(ix.users.keys().map(|u| Interest::User(u.clone(), true)))
+            .collect()
+    }
+
     fn read(&self) -> RwLockReadGuard<'_, Index> {
         self.index.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -31,12 +83,14 @@ impl Hub {
     /// Adds a session (with the subscriptions it already has).
     pub fn register(&self, session: Arc<SessionHandle>) {
         let mut ix = self.write();
-        ix.users
-            .entry(session.subject.user.clone())
-            .or_default()
-            .insert(session.num);
+        let user = &session.subject.user;
+        if add_member(&mut ix.users, user, session.num) {
+            self.tell(Interest::User(user.clone(), true));
+        }
         for topic in session.subscriptions() {
-            ix.topics.entry(topic).or_default().insert(session.num);
+            if add_member(&mut ix.topics, &topic, session.num) {
+                self.tell(Interest::Topic(topic, true));
+            }
         }
         ix.sessions.insert(session.num, session);
     }
@@ -48,9 +102,13 @@ impl Hub {
             return;
         };
         for topic in session.subscriptions() {
-            remove_member(&mut ix.topics, &topic, num);
+            if remove_member(&mut ix.topics, &topic, num) {
+                self.tell(Interest::Topic(topic, false));
+            }
         }
-        remove_member(&mut ix.users, &session.subject.user, num);
+        if remove_member(&mut ix.users, &session.subject.user, num) {
+            self.tell(Interest::User(session.subject.user.clone(), false));
+        }
     }
 
     /// Subscribes a registered session to `topic`; false if it already was.
@@ -59,10 +117,9 @@ impl Hub {
         if !session.add_subscription(topic) {
             return false;
         }
-        ix.topics
-            .entry(topic.to_owned())
-            .or_default()
-            .insert(session.num);
+        if add_member(&mut ix.topics, topic, session.num) {
+            self.tell(Interest::Topic(topic.to_owned(), true));
+        }
         true
     }
 
@@ -72,7 +129,9 @@ impl Hub {
         if !session.remove_subscription(topic) {
             return false;
         }
-        remove_member(&mut ix.topics, topic, session.num);
+        if remove_member(&mut ix.topics, topic, session.num) {
+            self.tell(Interest::Topic(topic.to_owned(), false));
+        }
         true
     }
 
@@ -129,13 +188,30 @@ impl Hub {
     }
 }
 
-fn remove_member(map: &mut HashMap<String, HashSet<u64>>, key: &str, num: u64) {
+/// Adds `num` under `key`; true if `key` had no member before.
+fn add_member(map: &mut HashMap<String, HashSet<u64>>, key: &str, num: u64) -> bool {
+    match map.get_mut(key) {
+        Some(set) => {
+            set.insert(num);
+            false
+        }
+        None => {
+            map.insert(key.to_owned(), HashSet::from([num]));
+            true
+        }
+    }
+}
+
+/// Removes `num` from `key`; true if that was the last member.
+fn remove_member(map: &mut HashMap<String, HashSet<u64>>, key: &str, num: u64) -> bool {
     if let Some(set) = map.get_mut(key) {
         set.remove(&num);
         if set.is_empty() {
             map.remove(key);
+            return true;
         }
     }
+    false
 }
 
 #[cfg(test)]
@@ -195,5 +271,32 @@ mod tests {
         hub.unregister(1);
         assert!(hub.recipients(&["t"], &["alice"]).is_empty());
         assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn interest_is_reference_counted_per_topic_and_user() {
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let hub = Hub::with_interest(tx);
+        let (a1, a2) = (session(1, "alice"), session(2, "alice"));
+        hub.register(a1.clone());
+        hub.register(a2.clone());
+        hub.subscribe(&a1, "t");
+        hub.subscribe(&a2, "t");
+        hub.unsubscribe(&a1, "t");
+        hub.unregister(2);
+        hub.unregister(1);
+        let mut changes = Vec::new();
+        while let Ok(c) = rx.try_recv() {
+            changes.push(c);
+        }
+        assert_eq!(
+            changes,
+            [
+                Interest::User("alice".into(), true),
+                Interest::Topic("t".into(), true),
+                Interest::Topic("t".into(), false),
+                Interest::User("alice".into(), false),
+            ]
+        );
     }
 }

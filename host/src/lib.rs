@@ -8,7 +8,8 @@
 //! - [`auth`]: JWTs, tickets, service and admin keys;
 //! - [`executor`]: plugin calls on dedicated threads;
 //! - [`hub`]: this node's sessions by topic and user;
-//! - [`ingest`]: the event path (id, route, fan-out, transform, enqueue);
+//! - [`pipeline`]: the event path in a node (route, fan-out, transform, enqueue);
+//! - [`bus`]: between nodes: in-process, or NATS and JetStream;
 //! - [`session`]: sessions, their queues and the WebSocket/SSE adapters;
 //! - [`gateway`], [`http`], [`server`]: shared state, routes, listener;
 //! - [`metrics`]: Prometheus exposition; [`admin`]: the admin API;
@@ -16,6 +17,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod bus;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -23,9 +25,9 @@ pub mod executor;
 pub mod gateway;
 pub mod http;
 pub mod hub;
-pub mod ingest;
 pub mod limits;
 pub mod metrics;
+pub mod pipeline;
 pub mod plugin;
 pub mod routing;
 pub mod server;

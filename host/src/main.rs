@@ -174,7 +174,7 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             .with_context(|| format!("binding {}", config.server.listen))?;
         let addr = listener.local_addr()?;
         let node = config.server.node_id.clone();
-        let gateway = Gateway::start(config, engine, plugins)?;
+        let gateway = Gateway::start(config, engine, plugins).await?;
         println!(
             "switchyard {}: node {node} listening on http://{addr}, {} plugins loaded ({})",
             env!("CARGO_PKG_VERSION"),

@@ -154,7 +154,7 @@ pub fn collect(gw: &Gateway) -> Exposition {
         queued as f64,
     );
 
-    let s = &gw.ingest.stats;
+    let s = &gw.stats;
     let counters: [(&'static str, &'static str, u64); 6] = [
         (
             "switchyard_events_ingested_total",
@@ -189,6 +189,10 @@ pub fn collect(gw: &Gateway) -> Exposition {
     ];
     for (name, help, value) in counters {
         x.sample(name, help, Kind::Counter, &[], value as f64);
+    }
+
+    if let Some(b) = gw.bus.stats() {
+        bus_series(&mut x, b);
     }
 
     let set = gw.executor.plugins();
@@ -240,6 +244,79 @@ pub fn collect(gw: &Gateway) -> Exposition {
         );
     }
     x
+}
+
+fn bus_series(x: &mut Exposition, b: &crate::bus::BusStats) {
+    let gauges: [(&'static str, &'static str, f64); 3] = [
+        (
+            "switchyard_bus_connected",
+            "1 while the NATS connection is up.",
+            f64::from(u8::from(b.connected.load(Ordering::Relaxed))),
+        ),
+        (
+            "switchyard_bus_router_leader",
+            "1 while this node holds the router lease.",
+            f64::from(u8::from(b.leader.load(Ordering::Relaxed))),
+        ),
+        (
+            "switchyard_bus_interest_subjects",
+            "Delivery subjects this node subscribes to.",
+            b.interest_subjects.load(Ordering::Relaxed) as f64,
+        ),
+    ];
+    for (name, help, value) in gauges {
+        x.sample(name, help, Kind::Gauge, &[], value);
+    }
+    let counters: [(&'static str, &'static str, u64); 9] = [
+        (
+            "switchyard_bus_disconnects_total",
+            "NATS connections lost.",
+            b.disconnects.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_malformed_total",
+            "Messages from NATS that could not be read (dropped).",
+            b.malformed.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_publish_errors_total",
+            "Events NATS did not accept (the publisher got an error).",
+            b.publish_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_delivery_errors_total",
+            "Routed deliveries NATS did not take (routed again later).",
+            b.delivery_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_deliveries_received_total",
+            "Deliveries received from NATS.",
+            b.received.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_duplicates_total",
+            "Deliveries received more than once and fanned out once.",
+            b.duplicates.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_slow_consumer_total",
+            "Times the NATS client dropped deliveries because this node fell behind.",
+            b.slow_consumer.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_recovered_total",
+            "Deliveries caught up on after a reconnect.",
+            b.recovered.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_recovery_errors_total",
+            "Catch-ups after a reconnect that failed (deliveries may be missing).",
+            b.recovery_errors.load(Ordering::Relaxed),
+        ),
+    ];
+    for (name, help, value) in counters {
+        x.sample(name, help, Kind::Counter, &[], value as f64);
+    }
 }
 
 #[cfg(test)]

@@ -59,7 +59,7 @@ pub async fn drain(gateway: &Gateway) {
     let started = tokio::time::Instant::now();
     tracing::info!(sessions = gateway.hub.len(), "draining");
     gateway.draining.cancel();
-    let _ = tokio::time::timeout(budget / 2, gateway.ingest.drained()).await;
+    gateway.bus.drain(budget / 2).await;
     gateway.shutdown.cancel();
     gateway.tasks.close();
     let left = budget.saturating_sub(started.elapsed());

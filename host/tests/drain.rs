@@ -125,7 +125,7 @@ async fn drain_delivers_accepted_events_hints_every_client_and_finishes_in_time(
     let topic = switchyard_host::routing::Topic::parse("news.drain").expect("topic");
     let late = switchyard_host::routing::Event::new("", topic, b"1".to_vec());
     assert_eq!(
-        gw.gateway.publish(late),
-        Err(switchyard_host::ingest::IngestError::Stopped)
+        gw.gateway.publish(late).await,
+        Err(switchyard_host::pipeline::PublishError::Stopped)
     );
 }

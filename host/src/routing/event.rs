@@ -44,3 +44,16 @@ impl Event {
         self
     }
 }
+
+/// An event with its routing decision: the topics and users it reaches.
+/// This is what travels from the node that routed it to the nodes that
+/// hold its recipients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Routed {
+    /// The event, shared by every lane and frame that carries it.
+    pub event: std::sync::Arc<Event>,
+    /// Topics whose subscribers receive it.
+    pub topics: Vec<String>,
+    /// Users whose every live session receives it.
+    pub users: Vec<String>,
+}

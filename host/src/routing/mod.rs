@@ -3,5 +3,5 @@
 pub mod event;
 pub mod topic;
 
-pub use event::Event;
+pub use event::{Event, Routed};
 pub use topic::{Topic, TopicError, TopicPattern};

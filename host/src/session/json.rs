@@ -58,6 +58,8 @@ pub enum ErrorCode {
     EventsDropped,
     /// The server failed; details are in its log.
     Internal,
+    /// The event bus could not take the event now; retry.
+    Unavailable,
 }
 
 impl ErrorCode {
@@ -68,6 +70,7 @@ impl ErrorCode {
             ErrorCode::UnknownOp => "unknown_op",
             ErrorCode::Forbidden => "forbidden",
             ErrorCode::RateLimited => "rate_limited",
+            ErrorCode::Unavailable => "unavailable",
             ErrorCode::InvalidTopic => "invalid_topic",
             ErrorCode::TooManySubscriptions => "too_many_subscriptions",
             ErrorCode::NotSubscribed => "not_subscribed",

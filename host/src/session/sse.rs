@@ -97,7 +97,7 @@ async fn open(
     let identity = gw.auth.identify(bearer, query.ticket.as_deref())?;
     let expires_at = identity.expires_at;
     let session = gw.open_session(identity, Protocol::Sse, &topics).await?;
-    gw.activate(&session);
+    gw.activate(&session).await;
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let span = tracing::info_span!("session", id = %session.id, user = %session.subject.user);

@@ -171,7 +171,7 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
         cfg.heartbeat_s,
     )));
     // Welcome first: only then may events be queued behind it.
-    gw.activate(&session);
+    gw.activate(&session).await;
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
     let mut writer = tokio::spawn(write_loop(
@@ -349,7 +349,7 @@ pub(crate) async fn subscribe(
     if let Some(AuthDecision::Deny(why)) = decision.into_iter().next() {
         return Err((ErrorCode::Forbidden, why));
     }
-    gw.hub.subscribe(session, topic.as_str());
+    gw.subscribe(session, topic.as_str()).await;
     Ok(())
 }
 
@@ -373,8 +373,13 @@ pub(crate) async fn publish(
         event.name = name;
     }
     event.sender = Some(session.subject.user.clone());
-    gw.publish(event)
-        .map_err(|e| (ErrorCode::RateLimited, e.to_string()))
+    gw.publish(event).await.map_err(|e| {
+        let code = match e {
+            crate::pipeline::PublishError::Overloaded => ErrorCode::RateLimited,
+            _ => ErrorCode::Unavailable,
+        };
+        (code, e.to_string())
+    })
 }
 
 async fn write_loop(
@@ -448,10 +453,7 @@ async fn write_batch(
 
 /// Ends a session whose socket stopped accepting writes.
 pub(crate) fn stalled(gw: &Gateway) {
-    gw.ingest
-        .stats
-        .slow_consumers
-        .fetch_add(1, Ordering::Relaxed);
+    gw.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
     tracing::info!(
         "slow consumer: the socket accepted no writes within slow_consumer_grace_ms; dropping it"
     );

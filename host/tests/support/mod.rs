@@ -3,6 +3,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod nats;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
@@ -24,6 +26,11 @@ pub const ADMIN_TOKEN: &str = "test-admin-token";
 
 /// The config of the e2e tests: the three example plugins, as in gateway.toml.
 pub fn config(extra: &str) -> Config {
+    node_config("test", extra)
+}
+
+/// [`config`] for the node `node` (node ids must differ within a cluster).
+pub fn node_config(node: &str, extra: &str) -> Config {
     let fixtures = switchyard_fixtures::dir();
     let text = format!(
         r#"
@@ -33,7 +40,7 @@ jwt_hs256_secret = "{SECRET}"
 service_keys = ["{SERVICE_KEY}"]
 admin_token = "{ADMIN_TOKEN}"
 [server]
-node_id = "test"
+node_id = "{node}"
 allowed_origins = ["http://allowed.example"]
 
 [[plugins]]
@@ -77,6 +84,13 @@ pub struct TestGateway {
 impl TestGateway {
     /// Starts a gateway on 127.0.0.1:0 with `config`.
     pub async fn start(config: Config) -> Self {
+        // `RUST_LOG=switchyard_host=debug cargo test ...` shows the gateway's log.
+        if std::env::var_os("RUST_LOG").is_some() {
+            let _ = tracing_subscriber::fmt()
+                .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+                .with_test_writer()
+                .try_init();
+        }
         let specs = config.plugins.clone();
         let per_plugin = config.runtime.instances_per_plugin;
         // Plugin loading runs synchronous calls: keep it off the async workers.
@@ -94,7 +108,9 @@ impl TestGateway {
         let listener =
             switchyard_host::server::bind("127.0.0.1:0".parse().expect("addr")).expect("bind");
         let addr = listener.local_addr().expect("addr");
-        let gateway = Gateway::start(config, engine, plugins).expect("gateway");
+        let gateway = Gateway::start(config, engine, plugins)
+            .await
+            .expect("gateway");
         let gw = gateway.clone();
         tokio::spawn(async move {
             let _ = switchyard_host::server::run(listener, gw, std::future::pending()).await;
@@ -148,6 +164,13 @@ impl TestGateway {
 
     pub async fn get(&self, path: &str) -> (u16, Value) {
         self.get_as(path, None).await
+    }
+
+    /// GET returning the body as text.
+    pub async fn get_text(&self, path: &str) -> (u16, String) {
+        let resp = self.http.get(self.url(path)).send().await.expect("get");
+        let status = resp.status().as_u16();
+        (status, resp.text().await.expect("body"))
     }
 
     pub async fn get_as(&self, path: &str, token: Option<&str>) -> (u16, Value) {

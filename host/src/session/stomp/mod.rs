@@ -124,7 +124,7 @@ pub async fn run(gw: Arc<Gateway>, socket: WebSocket, pre: Option<Identity>) {
     if sink.send(text(connected.encode())).await.is_err() {
         return;
     }
-    gw.activate(&session);
+    gw.activate(&session).await;
     let subs = Arc::new(Mutex::new(Subscriptions::default()));
     let started = Instant::now();
     let last_heard = Arc::new(AtomicU64::new(0));

@@ -1,0 +1,84 @@
+//! The in-process bus: ids from a counter, the router stage feeding this
+//! node's edge directly.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use super::{BusParts, LANES};
+use crate::hub::Hub;
+use crate::pipeline::{Edge, EventStats, Job, Outlet, PublishError, Router};
+use crate::routing::Event;
+
+/// The local bus.
+pub struct LocalBus {
+    router: Router,
+    edge: Arc<Edge>,
+    hub: Arc<Hub>,
+    stats: Arc<EventStats>,
+    epoch: u64,
+    seq: AtomicU64,
+    node_id: String,
+}
+
+impl LocalBus {
+    /// Starts both stages on the current runtime.
+    pub fn start(parts: BusParts) -> Self {
+        let edge = Edge::start(
+            LANES,
+            parts.hub.clone(),
+            parts.executor.clone(),
+            parts.stats.clone(),
+        );
+        let router = Router::start(
+            LANES,
+            parts.executor,
+            Outlet::Edge(edge.clone()),
+            parts.stats.clone(),
+            parts.draining.clone(),
+        );
+        let epoch = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        LocalBus {
+            router,
+            edge,
+            hub: parts.hub,
+            stats: parts.stats,
+            epoch,
+            seq: AtomicU64::new(0),
+            node_id: parts.node_id,
+        }
+    }
+
+    /// Assigns the id and queues the event for routing.
+    pub fn publish(&self, mut event: Event) -> Result<String, PublishError> {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
+        event.id = format!("{:x}-{seq}", self.epoch);
+        let id = event.id.clone();
+        self.router.try_submit(Job { event, ack: None })?;
+        self.stats.ingested.fetch_add(1, Ordering::Relaxed);
+        Ok(id)
+    }
+
+    /// Subscribers of `topic` here, which is everywhere.
+    pub fn presence(&self, topic: &str) -> Vec<String> {
+        self.hub.subscribers(topic)
+    }
+
+    /// This node.
+    pub fn node_id(&self) -> &str {
+        &self.node_id
+    }
+
+    /// Routes what was accepted, then delivers it.
+    pub async fn drain(&self, budget: Duration) {
+        let _ = tokio::time::timeout(budget, async {
+            self.router.drained().await;
+            self.edge.close();
+            self.edge.drained().await;
+        })
+        .await;
+    }
+}

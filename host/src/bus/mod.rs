@@ -1,0 +1,185 @@
+//! The bus between the routing stage and the edges: `local` (in-process,
+//! one node) or `nats` (a cluster of nodes over NATS and JetStream). Both
+//! carry the same messages, so a single node behaves as a cluster of one.
+//!
+//! The event path over NATS:
+//! 1. an event is published to `<prefix>.in.<topic>`, which the JetStream
+//!    stream `<PREFIX>_IN` captures; its stream sequence is the event id;
+//! 2. the one node holding the router lease (a key with a TTL in the KV
+//!    bucket `<PREFIX>_ROUTER`) pulls the stream in order, routes each event
+//!    once and publishes it to `<prefix>.out.t.<topic>` and
+//!    `<prefix>.out.u.<user>` (the stream `<PREFIX>_OUT` keeps those for a
+//!    short window), then acknowledges it;
+//! 3. each node subscribes to the delivery subjects of its own sessions'
+//!    topics and users only, and hands deliveries to its edge.
+
+pub mod local;
+pub mod nats;
+pub mod recent;
+pub mod wire;
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64};
+use std::time::Duration;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::{BusKind, Config};
+use crate::executor::PluginExecutor;
+use crate::hub::{Hub, Interest};
+use crate::pipeline::{EventStats, PublishError};
+use crate::routing::Event;
+
+/// Counters of the NATS bus.
+#[derive(Debug, Default)]
+pub struct BusStats {
+    /// Whether the connection is up.
+    pub connected: AtomicBool,
+    /// Whether this node holds the router lease.
+    pub leader: AtomicBool,
+    /// Connections lost.
+    pub disconnects: AtomicU64,
+    /// Ingest messages that could not be read (counted, acknowledged, dropped).
+    pub malformed: AtomicU64,
+    /// Publishes NATS did not confirm (the caller got an error).
+    pub publish_errors: AtomicU64,
+    /// Routed deliveries NATS did not take (the event is routed again later).
+    pub delivery_errors: AtomicU64,
+    /// Deliveries received from NATS.
+    pub received: AtomicU64,
+    /// Deliveries received twice and fanned out once.
+    pub duplicates: AtomicU64,
+    /// Messages the NATS client dropped because this node fell behind.
+    pub slow_consumer: AtomicU64,
+    /// Deliveries caught up on after a reconnect.
+    pub recovered: AtomicU64,
+    /// Catch-ups that failed (events in that window may be missing).
+    pub recovery_errors: AtomicU64,
+    /// Delivery subjects this node subscribes to.
+    pub interest_subjects: AtomicI64,
+}
+
+/// Why the bus could not start or answer.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    /// No NATS server answered.
+    #[error("cannot connect to NATS at {urls}: {reason}")]
+    Connect {
+        /// The configured URLs.
+        urls: String,
+        /// Why.
+        reason: String,
+    },
+    /// A JetStream stream, consumer or bucket could not be set up.
+    #[error("cannot set up JetStream {what}: {reason} (is JetStream enabled on the server?)")]
+    Setup {
+        /// Which object.
+        what: String,
+        /// Why.
+        reason: String,
+    },
+    /// NATS is unreachable now.
+    #[error("the event bus is unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// What the bus is built from.
+pub struct BusParts {
+    /// Local sessions.
+    pub hub: Arc<Hub>,
+    /// Plugin calls.
+    pub executor: Arc<PluginExecutor>,
+    /// Event counters.
+    pub stats: Arc<EventStats>,
+    /// Cancelled when the node starts draining: stop routing new events.
+    pub draining: CancellationToken,
+    /// This node's id.
+    pub node_id: String,
+    /// The hub's interest changes (the NATS bus subscribes accordingly).
+    pub interest: Option<mpsc::UnboundedReceiver<Interest>>,
+}
+
+/// The bus of this node.
+pub enum Bus {
+    /// In-process.
+    Local(local::LocalBus),
+    /// NATS.
+    Nats(Box<nats::NatsBus>),
+}
+
+/// Lanes of each pipeline stage.
+pub const LANES: usize = 4;
+
+impl Bus {
+    /// Whether `config` needs the hub to report interest changes.
+    pub fn wants_interest(config: &Config) -> bool {
+        config.bus.kind == BusKind::Nats
+    }
+
+    /// Starts the configured bus.
+    pub async fn start(config: &Config, parts: BusParts) -> Result<Self, BusError> {
+        Ok(match config.bus.kind {
+            BusKind::Local => Bus::Local(local::LocalBus::start(parts)),
+            BusKind::Nats => Bus::Nats(Box::new(nats::NatsBus::start(config, parts).await?)),
+        })
+    }
+
+    /// Accepts an event and returns its id.
+    pub async fn publish(&self, event: Event) -> Result<String, PublishError> {
+        match self {
+            Bus::Local(b) => b.publish(event),
+            Bus::Nats(b) => b.publish(event).await,
+        }
+    }
+
+    /// Waits until the interest changes the hub reported so far are in
+    /// effect (so that an acknowledged subscribe misses nothing after it).
+    pub async fn settle_interest(&self, upto: u64) {
+        if let Bus::Nats(b) = self {
+            b.settle_interest(upto).await;
+        }
+    }
+
+    /// Users with a live session subscribed to `topic`, on every node.
+    pub async fn presence(&self, topic: &str) -> Result<Vec<String>, BusError> {
+        match self {
+            Bus::Local(b) => Ok(b.presence(topic)),
+            Bus::Nats(b) => b.presence(topic).await,
+        }
+    }
+
+    /// `Err(why)` when the bus cannot carry events now.
+    pub fn ready(&self) -> Result<(), String> {
+        match self {
+            Bus::Local(_) => Ok(()),
+            Bus::Nats(b) => b.ready(),
+        }
+    }
+
+    /// The NATS counters, if on NATS.
+    pub fn stats(&self) -> Option<&BusStats> {
+        match self {
+            Bus::Local(_) => None,
+            Bus::Nats(b) => Some(b.stats()),
+        }
+    }
+
+    /// Live nodes, by id, with their last heartbeat age (this node alone on
+    /// the local bus).
+    pub fn nodes(&self) -> Vec<String> {
+        match self {
+            Bus::Local(b) => vec![b.node_id().to_owned()],
+            Bus::Nats(b) => b.nodes(),
+        }
+    }
+
+    /// Finishes the event path after the drain token: routes what was
+    /// accepted, delivers what arrived, within `budget`.
+    pub async fn drain(&self, budget: Duration) {
+        match self {
+            Bus::Local(b) => b.drain(budget).await,
+            Bus::Nats(b) => b.drain(budget).await,
+        }
+    }
+}

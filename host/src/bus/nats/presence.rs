@@ -1,0 +1,138 @@
+//! Who is where: nodes announce themselves every second on `<prefix>.nodes`,
+//! and a presence query is scattered to every node on `<prefix>.presence`
+//! and gathered until each live node has answered (or a deadline passes).
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use futures_util::StreamExt;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+
+use crate::bus::BusError;
+use crate::bus::wire::Subjects;
+use crate::hub::Hub;
+
+/// How often a node announces itself.
+const BEAT: Duration = Duration::from_secs(1);
+/// A node unheard of for this long is gone.
+const GONE_AFTER: Duration = Duration::from_secs(3);
+/// The longest a presence query waits for answers.
+const QUERY_DEADLINE: Duration = Duration::from_millis(1500);
+
+/// The nodes heard from lately.
+#[derive(Default)]
+pub struct Members {
+    seen: Mutex<HashMap<String, Instant>>,
+}
+
+impl Members {
+    fn heard(&self, node: String) {
+        self.seen
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .insert(node, Instant::now());
+    }
+
+    /// Live nodes, sorted.
+    pub fn live(&self) -> Vec<String> {
+        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.retain(|_, at| at.elapsed() < GONE_AFTER);
+        let mut nodes: Vec<String> = seen.keys().cloned().collect();
+        nodes.sort();
+        nodes
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct Answer {
+    node: String,
+    users: Vec<String>,
+}
+
+/// Announces this node, tracks the others and answers presence queries
+/// from the local hub, until `stop`.
+pub async fn serve(
+    client: async_nats::Client,
+    subjects: Subjects,
+    node_id: String,
+    hub: Arc<Hub>,
+    members: Arc<Members>,
+    stop: CancellationToken,
+) {
+    let (mut beats, mut queries) = match (
+        client.subscribe(subjects.nodes()).await,
+        client.subscribe(subjects.presence()).await,
+    ) {
+        (Ok(b), Ok(q)) => (b, q),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot subscribe to presence subjects");
+            return;
+        }
+    };
+    let mut tick = tokio::time::interval(BEAT);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                // A beat queued while disconnected is sent on reconnect: harmless.
+                let _ = client.publish(subjects.nodes(), Bytes::from(node_id.clone())).await;
+            }
+            Some(m) = beats.next() => {
+                if let Ok(node) = std::str::from_utf8(&m.payload) {
+                    members.heard(node.to_owned());
+                }
+            }
+            Some(q) = queries.next() => {
+                let Some(reply) = q.reply else { continue };
+                let topic = String::from_utf8_lossy(&q.payload);
+                let answer = Answer { node: node_id.clone(), users: hub.subscribers(&topic) };
+                if let Ok(body) = serde_json::to_vec(&answer) {
+                    let _ = client.publish(reply, body.into()).await;
+                }
+            }
+            () = stop.cancelled() => return,
+        }
+    }
+}
+
+/// Asks every node for the users subscribed to `topic` and merges the
+/// answers.
+pub async fn query(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    members: &Members,
+    topic: &str,
+) -> Result<Vec<String>, BusError> {
+    let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
+    let inbox = client.new_inbox();
+    let mut answers = client
+        .subscribe(inbox.clone())
+        .await
+        .map_err(|e| unavailable(&e))?;
+    client
+        .publish_with_reply(subjects.presence(), inbox, Bytes::from(topic.to_owned()))
+        .await
+        .map_err(|e| unavailable(&e))?;
+    client.flush().await.map_err(|e| unavailable(&e))?;
+    let expected: BTreeSet<String> = members.live().into_iter().collect();
+    let mut heard = BTreeSet::new();
+    let mut users = BTreeSet::new();
+    let deadline = tokio::time::Instant::now() + QUERY_DEADLINE;
+    while !expected.is_subset(&heard) || heard.is_empty() {
+        match tokio::time::timeout_at(deadline, answers.next()).await {
+            Ok(Some(m)) => {
+                if let Ok(a) = serde_json::from_slice::<Answer>(&m.payload) {
+                    heard.insert(a.node);
+                    users.extend(a.users);
+                }
+            }
+            Ok(None) | Err(_) => break,
+        }
+    }
+    if heard.is_empty() {
+        return Err(BusError::Unavailable("no node answered".into()));
+    }
+    Ok(users.into_iter().collect())
+}

@@ -1,0 +1,191 @@
+//! The edge stage: fans a routed event out to this node's sessions, asks
+//! the transformers once per distinct audience, and enqueues.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{EventStats, LANE_DEPTH, lane_of};
+use crate::executor::PluginExecutor;
+use crate::hub::Hub;
+use crate::plugin::{Audience, Delivery, PluginSet};
+use crate::routing::{Event, Routed};
+use crate::session::{EventFrame, Outbound, Pushed, SessionHandle};
+
+/// The edge stage.
+pub struct Edge {
+    lanes: Vec<mpsc::Sender<Routed>>,
+    tasks: TaskTracker,
+    stop: CancellationToken,
+}
+
+impl Edge {
+    /// Starts `lanes` lane tasks delivering to the sessions of `hub`.
+    pub fn start(
+        lanes: usize,
+        hub: Arc<Hub>,
+        executor: Arc<PluginExecutor>,
+        stats: Arc<EventStats>,
+    ) -> Arc<Self> {
+        let tasks = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let senders = (0..lanes.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(LANE_DEPTH);
+                let lane = Lane {
+                    hub: hub.clone(),
+                    executor: executor.clone(),
+                    stats: stats.clone(),
+                };
+                tasks.spawn(lane.run(rx, stop.clone()));
+                tx
+            })
+            .collect();
+        tasks.close();
+        Arc::new(Edge {
+            lanes: senders,
+            tasks,
+            stop,
+        })
+    }
+
+    /// Queues a routed event on its topic's lane, waiting for room (the
+    /// router or the bus slows down rather than lose it).
+    pub async fn submit(&self, routed: Routed) {
+        let lane = &self.lanes[lane_of(routed.event.topic.as_str(), self.lanes.len())];
+        if lane.send(routed).await.is_err() {
+            tracing::debug!("edge stopped; delivery discarded");
+        }
+    }
+
+    /// Stops taking deliveries; the lanes finish what they hold.
+    pub fn close(&self) {
+        self.stop.cancel();
+    }
+
+    /// Completes once every lane has finished (after [`Edge::close`]).
+    pub async fn drained(&self) {
+        self.tasks.wait().await;
+    }
+}
+
+struct Lane {
+    hub: Arc<Hub>,
+    executor: Arc<PluginExecutor>,
+    stats: Arc<EventStats>,
+}
+
+impl Lane {
+    async fn run(self, mut rx: mpsc::Receiver<Routed>, stop: CancellationToken) {
+        let mut closing = false;
+        loop {
+            let routed = tokio::select! {
+                r = rx.recv() => match r { Some(r) => r, None => return },
+                () = stop.cancelled(), if !closing => {
+                    rx.close();
+                    closing = true;
+                    continue;
+                }
+            };
+            let span =
+                tracing::debug_span!("deliver", id = %routed.event.id, topic = %routed.event.topic);
+            async {
+                let set = self.executor.plugins();
+                self.deliver(&set, routed).await;
+            }
+            .instrument(span)
+            .await;
+        }
+    }
+
+    async fn deliver(&self, set: &PluginSet, routed: Routed) {
+        let topics: Vec<&str> = routed.topics.iter().map(String::as_str).collect();
+        let users: Vec<&str> = routed.users.iter().map(String::as_str).collect();
+        let recipients = self.hub.recipients(&topics, &users);
+        let event = routed.event;
+        if recipients.is_empty() {
+            return;
+        }
+        if !set.transforms(&event.topic) {
+            let frame = EventFrame::new(event);
+            for r in &recipients {
+                self.enqueue(r, &frame);
+            }
+            return;
+        }
+        self.deliver_transformed(event, recipients).await;
+    }
+
+    /// Groups recipients by audience and asks the transformers once for all.
+    async fn deliver_transformed(&self, event: Arc<Event>, recipients: Vec<Arc<SessionHandle>>) {
+        let mut distinct: Vec<Arc<Audience>> = Vec::new();
+        let mut index: HashMap<Arc<Audience>, usize> = HashMap::new();
+        let mut of_session = Vec::with_capacity(recipients.len());
+        for r in &recipients {
+            let audience = r.audience.clone().unwrap_or_default();
+            let i = *index.entry(audience.clone()).or_insert_with(|| {
+                distinct.push(audience);
+                distinct.len() - 1
+            });
+            of_session.push(i);
+        }
+        let e = event.clone();
+        let deliveries = match self
+            .executor
+            .run(move |set| {
+                let refs: Vec<&Audience> = distinct.iter().map(|a| &**a).collect();
+                set.transform(&e, &refs)
+            })
+            .await
+        {
+            Ok(d) => d,
+            Err(err) => {
+                tracing::warn!(error = %err, "transforms unavailable; event withheld");
+                return;
+            }
+        };
+        let original = EventFrame::new(event);
+        let frames: Vec<Option<Arc<EventFrame>>> = deliveries
+            .into_iter()
+            .map(|d| match d {
+                Delivery::Original => Some(original.clone()),
+                Delivery::Changed(e) => Some(EventFrame::new(e)),
+                Delivery::Withheld => None,
+            })
+            .collect();
+        for (r, i) in recipients.iter().zip(of_session) {
+            match &frames[i] {
+                Some(frame) => self.enqueue(r, frame),
+                None => {
+                    self.stats.withheld.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+    }
+
+    fn enqueue(&self, session: &SessionHandle, frame: &Arc<EventFrame>) {
+        match session.queue.push(Outbound::Event(frame.clone())) {
+            Pushed::Queued => {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::DroppedNewest => {
+                self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::DroppedOldest => {
+                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
+                self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+            }
+            Pushed::Overflowed => {
+                self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(session = %session.id, "slow consumer: queue full, disconnecting");
+            }
+            Pushed::Closed => {}
+        }
+    }
+}

@@ -1,0 +1,175 @@
+//! The router stage: asks the matching routers where each event goes, once
+//! per event, and hands the result to the outlet: this node's edge (local
+//! bus) or NATS (the delivery subjects of the recipients).
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::Instrument;
+
+use super::{Edge, EventStats, LANE_DEPTH, PublishError, lane_of};
+use crate::executor::PluginExecutor;
+use crate::plugin::{Interface, PluginSet, RouteOutcome};
+use crate::routing::{Event, Routed};
+
+/// An event to route, with what settles it on the bus once its deliveries
+/// are out (the JetStream acknowledgement of the ingest message).
+pub struct Job {
+    /// The event, its id assigned.
+    pub event: Event,
+    /// Acknowledges the ingest message; `None` on the local bus.
+    pub ack: Option<async_nats::jetstream::message::Acker>,
+}
+
+/// Where routed events go.
+#[derive(Clone)]
+pub enum Outlet {
+    /// Straight to this node's sessions.
+    Edge(Arc<Edge>),
+    /// To the delivery subjects on NATS.
+    Nats(Arc<crate::bus::nats::Outlet>),
+}
+
+/// The router stage.
+pub struct Router {
+    lanes: Vec<mpsc::Sender<Job>>,
+    tasks: TaskTracker,
+}
+
+impl Router {
+    /// Starts `lanes` lane tasks; they stop taking jobs once `stop` is
+    /// cancelled and finish the ones they hold.
+    pub fn start(
+        lanes: usize,
+        executor: Arc<PluginExecutor>,
+        outlet: Outlet,
+        stats: Arc<EventStats>,
+        stop: CancellationToken,
+    ) -> Self {
+        let tasks = TaskTracker::new();
+        let senders = (0..lanes.max(1))
+            .map(|_| {
+                let (tx, rx) = mpsc::channel(LANE_DEPTH);
+                let lane = Lane {
+                    executor: executor.clone(),
+                    outlet: outlet.clone(),
+                    stats: stats.clone(),
+                };
+                tasks.spawn(lane.run(rx, stop.clone()));
+                tx
+            })
+            .collect();
+        tasks.close();
+        Router {
+            lanes: senders,
+            tasks,
+        }
+    }
+
+    fn lane(&self, job: &Job) -> &mpsc::Sender<Job> {
+        &self.lanes[lane_of(job.event.topic.as_str(), self.lanes.len())]
+    }
+
+    /// Queues a job without waiting: a full lane is the caller's to handle.
+    pub fn try_submit(&self, job: Job) -> Result<(), PublishError> {
+        self.lane(&job).try_send(job).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => PublishError::Overloaded,
+            mpsc::error::TrySendError::Closed(_) => PublishError::Stopped,
+        })
+    }
+
+    /// Queues a job, waiting for room.
+    pub async fn submit(&self, job: Job) -> Result<(), PublishError> {
+        self.lane(&job)
+            .send(job)
+            .await
+            .map_err(|_| PublishError::Stopped)
+    }
+
+    /// Completes once every lane has finished (after the stop token).
+    pub async fn drained(&self) {
+        self.tasks.wait().await;
+    }
+}
+
+struct Lane {
+    executor: Arc<PluginExecutor>,
+    outlet: Outlet,
+    stats: Arc<EventStats>,
+}
+
+impl Lane {
+    async fn run(self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
+        let mut closing = false;
+        loop {
+            let job = tokio::select! {
+                j = rx.recv() => match j { Some(j) => j, None => return },
+                // Take no more, but finish what was accepted: those events
+                // already have ids.
+                () = stop.cancelled(), if !closing => {
+                    rx.close();
+                    closing = true;
+                    continue;
+                }
+            };
+            let span = tracing::debug_span!("route", id = %job.event.id, topic = %job.event.topic);
+            self.handle(job).instrument(span).await;
+        }
+    }
+
+    async fn handle(&self, job: Job) {
+        let event = Arc::new(job.event);
+        let set = self.executor.plugins();
+        let outcome = self.route(&set, &event).await;
+        self.stats.routed.fetch_add(1, Ordering::Relaxed);
+        let routed = match outcome {
+            RouteOutcome::Drop => {
+                self.stats.dropped_by_router.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!("router dropped the event");
+                None
+            }
+            RouteOutcome::AsPublished => Some(Routed {
+                topics: vec![event.topic.as_str().to_owned()],
+                users: event.to_users.clone(),
+                event,
+            }),
+            RouteOutcome::Deliver { topics, users } => {
+                tracing::debug!(?topics, ?users, "routed");
+                Some(Routed {
+                    event,
+                    topics,
+                    users,
+                })
+            }
+        };
+        match &self.outlet {
+            Outlet::Edge(edge) => {
+                if let Some(r) = routed {
+                    edge.submit(r).await;
+                }
+            }
+            Outlet::Nats(out) => out.send(routed, job.ack).await,
+        }
+    }
+
+    async fn route(&self, set: &PluginSet, event: &Arc<Event>) -> RouteOutcome {
+        if !set.applies(Interface::Router, Some(&event.topic)) {
+            return RouteOutcome::AsPublished;
+        }
+        let e = event.clone();
+        match self
+            .executor
+            .run(move |set| set.route(std::slice::from_ref(&*e)))
+            .await
+        {
+            Ok(mut outcomes) => outcomes.pop().unwrap_or(RouteOutcome::AsPublished),
+            Err(err) => {
+                tracing::warn!(error = %err, "routing unavailable; event dropped");
+                RouteOutcome::Drop
+            }
+        }
+    }
+}

@@ -1,0 +1,368 @@
+//! The NATS backplane end to end: real `nats-server` processes (one, or a
+//! cluster of three), two gateway nodes each, clients on real sockets.
+
+mod support;
+
+use std::collections::HashSet;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::nats::{NatsServer, bus_section};
+use support::*;
+use switchyard_host::bus::BusStats;
+
+async fn node(name: &str, urls: &[String], replicas: usize) -> TestGateway {
+    TestGateway::start(node_config(name, &bus_section(urls, replicas))).await
+}
+
+fn bus(gw: &TestGateway) -> &BusStats {
+    gw.gateway.bus.stats().expect("a NATS bus")
+}
+
+/// Calls into the `chat-router` plugin (a router only) on this node.
+fn router_calls(gw: &TestGateway) -> u64 {
+    let set = gw.gateway.executor.plugins();
+    set.plugins()
+        .filter(|(p, _)| p.name() == "chat-router")
+        .map(|(p, _)| p.metrics().calls.load(Ordering::Relaxed))
+        .sum()
+}
+
+async fn service(url: &str) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(url).await.expect("service connects");
+    async_nats::jetstream::new(client)
+}
+
+/// Publishes like a service: to `sy.in.<topic>`, metadata in headers;
+/// returns the stream sequence once JetStream has it.
+async fn publish_nats(
+    js: &async_nats::jetstream::Context,
+    topic: &str,
+    data: Value,
+    headers: &[(&str, &str)],
+) -> Result<u64, String> {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(*k, *v);
+    }
+    let ack = js
+        .publish_with_headers(format!("sy.in.{topic}"), h, data.to_string().into())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ack.sequence)
+}
+
+async fn subscribed(gw: &TestGateway, user: Value, topic: &str) -> Ws {
+    let mut ws = gw.ws(&token(user)).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "id": 1, "topic": topic}))
+        .await;
+    assert_eq!(ack["op"], "ack", "{ack}");
+    ws
+}
+
+/// Waits until `cond` holds, polling.
+async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn seq_of(id: &str) -> u64 {
+    id.rsplit('-')
+        .next()
+        .and_then(|s| s.parse().ok())
+        .expect("id ends with its sequence")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_from_nats_reaches_sessions_on_both_nodes_and_is_routed_once() {
+    let nats = NatsServer::single();
+    let urls = [nats.url()];
+    let (a, b) = (node("a", &urls, 1).await, node("b", &urls, 1).await);
+    let alice = json!({"sub": "alice", "rooms": ["1"]});
+    let bob = json!({"sub": "bob"});
+    let mut alice_a = subscribed(&a, alice.clone(), "chat.room.1").await;
+    let mut alice_b = subscribed(&b, alice, "chat.room.1").await;
+    // Bob subscribes to nothing: mentions reach him as a user.
+    let mut bob_a = a.ws(&token(bob.clone())).await;
+    let mut bob_b = b.ws(&token(bob)).await;
+    let before = (router_calls(&a), router_calls(&b));
+
+    let js = service(&nats.url()).await;
+    let mut seqs = Vec::new();
+    for i in 0..20 {
+        let data = json!({"text": format!("hi {i}"), "mentions": ["bob"]});
+        seqs.push(
+            publish_nats(&js, "chat.room.1", data, &[("Sy-Event", "chat")])
+                .await
+                .expect("accepted"),
+        );
+    }
+    for ws in [&mut alice_a, &mut alice_b, &mut bob_a, &mut bob_b] {
+        for (i, seq) in seqs.iter().enumerate() {
+            let e = ws.next_event().await;
+            assert_eq!(e["topic"], "chat.room.1");
+            assert_eq!(e["event"], "chat");
+            assert_eq!(e["data"]["text"], format!("hi {i}"), "in order, once each");
+            assert_eq!(
+                seq_of(e["id"].as_str().expect("id")),
+                *seq,
+                "the id is the stream sequence"
+            );
+        }
+    }
+    // Routed once per event, on one node, whichever holds the lease.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ca, cb) = (router_calls(&a) - before.0, router_calls(&b) - before.1);
+    assert_eq!(ca + cb, 20, "router calls: a={ca} b={cb}");
+    assert!(ca == 0 || cb == 0, "one node routes: a={ca} b={cb}");
+    let leaders = [&a, &b]
+        .iter()
+        .filter(|g| bus(g).leader.load(Ordering::Relaxed))
+        .count();
+    assert_eq!(leaders, 1);
+
+    // An HTTP publish on either node takes the same path, with the same id everywhere.
+    let (status, body) = b
+        .publish(json!({"topic": "dm.bob", "data": {"text": "psst"}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let id = body["id"].as_str().expect("id");
+    for ws in [&mut bob_a, &mut bob_b] {
+        let e = ws.next_event().await;
+        assert_eq!(e["topic"], "dm.bob");
+        assert_eq!(e["id"], id);
+    }
+    // Repeating an idempotency key yields the first id and no second delivery.
+    let body =
+        json!({"topic": "news.once", "data": 1, "to_users": ["bob"], "idempotency_key": "k-1"});
+    let (_, first) = a.publish(body.clone()).await;
+    let (_, again) = b.publish(body).await;
+    assert_eq!(first["id"], again["id"]);
+    let (_, marker) = a
+        .publish(json!({"topic": "news.after", "data": 2, "to_users": ["bob"]}))
+        .await;
+    for ws in [&mut bob_a, &mut bob_b] {
+        assert_eq!(ws.next_event().await["id"], first["id"]);
+        assert_eq!(ws.next_event().await["id"], marker["id"], "no second copy");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_receives_only_what_its_sessions_need() {
+    let nats = NatsServer::single();
+    let urls = [nats.url()];
+    let (a, b) = (node("a", &urls, 1).await, node("b", &urls, 1).await);
+    let mut carol = subscribed(&a, json!({"sub": "carol"}), "news.a").await;
+    let mut dave = subscribed(&b, json!({"sub": "dave"}), "news.b").await;
+    // One subject per local user and per subscribed topic.
+    assert_eq!(bus(&a).interest_subjects.load(Ordering::Relaxed), 2);
+
+    let js = service(&nats.url()).await;
+    for i in 0..30 {
+        publish_nats(&js, "news.a", json!(i), &[])
+            .await
+            .expect("accepted");
+    }
+    publish_nats(&js, "news.b", json!("b"), &[])
+        .await
+        .expect("accepted");
+    for i in 0..30 {
+        assert_eq!(carol.next_event().await["data"], i);
+    }
+    assert_eq!(dave.next_event().await["data"], "b");
+    assert_eq!(bus(&a).received.load(Ordering::Relaxed), 30);
+    assert_eq!(
+        bus(&b).received.load(Ordering::Relaxed),
+        1,
+        "b got nothing of news.a"
+    );
+
+    // The last session leaving a topic unsubscribes the node from it.
+    let ack = carol
+        .request(json!({"op": "unsubscribe", "id": 2, "topic": "news.a"}))
+        .await;
+    assert_eq!(ack["op"], "ack");
+    eventually("a drops its news.a subscription", async || {
+        bus(&a).interest_subjects.load(Ordering::Relaxed) == 1
+    })
+    .await;
+    for i in 0..10 {
+        publish_nats(&js, "news.a", json!(i), &[])
+            .await
+            .expect("accepted");
+    }
+    // A message to carol herself still arrives, after those.
+    publish_nats(
+        &js,
+        "news.x",
+        json!("to carol"),
+        &[("Sy-To-Users", "carol")],
+    )
+    .await
+    .expect("accepted");
+    assert_eq!(carol.next_event().await["data"], "to carol");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(bus(&a).received.load(Ordering::Relaxed), 31);
+
+    // A malformed ingest message is counted and skipped; the stream goes on.
+    let long_topic = format!("news.{}", "x".repeat(300));
+    publish_nats(&js, &long_topic, json!(0), &[])
+        .await
+        .expect("accepted");
+    publish_nats(&js, "news.b", json!("still"), &[])
+        .await
+        .expect("accepted");
+    assert_eq!(dave.next_event().await["data"], "still");
+    let malformed =
+        bus(&a).malformed.load(Ordering::Relaxed) + bus(&b).malformed.load(Ordering::Relaxed);
+    assert_eq!(malformed, 1);
+
+    // Metrics say the same.
+    let (_, text) = a.get_text("/metrics").await;
+    assert!(
+        text.contains("switchyard_bus_deliveries_received_total 31"),
+        "{text}"
+    );
+    assert!(
+        text.contains("switchyard_bus_interest_subjects 1"),
+        "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn presence_answers_the_same_from_every_node() {
+    let nats = NatsServer::single();
+    let urls = [nats.url()];
+    let (a, b) = (node("a", &urls, 1).await, node("b", &urls, 1).await);
+    let _erin = subscribed(&a, json!({"sub": "erin"}), "news.p").await;
+    let _frank = subscribed(&b, json!({"sub": "frank"}), "news.p").await;
+    let _frank2 = subscribed(&a, json!({"sub": "frank"}), "news.p").await;
+    let _other = subscribed(&b, json!({"sub": "gina"}), "news.q").await;
+    eventually("both nodes see each other", async || {
+        a.gateway.bus.nodes().len() == 2 && b.gateway.bus.nodes().len() == 2
+    })
+    .await;
+    for gw in [&a, &b] {
+        let (status, body) = gw.get_as("/v1/presence/news.p", Some(SERVICE_KEY)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body, json!({"topic": "news.p", "users": ["erin", "frank"]}));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_recover_when_their_nats_server_restarts() {
+    let mut nats = NatsServer::single();
+    let urls = [nats.url()];
+    let (a, b) = (node("a", &urls, 1).await, node("b", &urls, 1).await);
+    let mut alice = subscribed(&a, json!({"sub": "alice"}), "news.r").await;
+    let mut bob = subscribed(&b, json!({"sub": "bob"}), "news.r").await;
+    let (status, _) = a
+        .publish(json!({"topic": "news.r", "data": "before"}))
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(alice.next_event().await["data"], "before");
+    assert_eq!(bob.next_event().await["data"], "before");
+
+    nats.kill();
+    eventually("a reports not ready", async || {
+        a.get("/readyz").await.0 == 503
+    })
+    .await;
+    let (status, body) = a.publish(json!({"topic": "news.r", "data": "lost"})).await;
+    assert_eq!(status, 503, "a publish NATS cannot take is refused: {body}");
+    assert_eq!(body["error"]["code"], "unavailable");
+
+    nats.start();
+    for gw in [&a, &b] {
+        eventually("ready again", async || gw.get("/readyz").await.0 == 200).await;
+    }
+    assert!(bus(&a).disconnects.load(Ordering::Relaxed) >= 1);
+    // Sessions stayed; subscriptions came back; routing resumes.
+    let js = service(&nats.url()).await;
+    let mut sent = Vec::new();
+    for i in 0..5 {
+        loop {
+            if let Ok(seq) = publish_nats(&js, "news.r", json!(i), &[]).await {
+                sent.push(seq);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    for ws in [&mut alice, &mut bob] {
+        for i in 0..5 {
+            assert_eq!(ws.next_event().await["data"], i);
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_one_server_of_a_cluster_loses_no_accepted_event() {
+    let mut servers = NatsServer::cluster();
+    // Each node knows one server and learns the others from it.
+    // b routes; a only receives, so what a misses while it reconnects must
+    // come from the delivery log.
+    let b = node("b", &[servers[1].url()], 3).await;
+    eventually("b holds the router lease", async || {
+        bus(&b).leader.load(Ordering::Relaxed)
+    })
+    .await;
+    let a = node("a", &[servers[0].url()], 3).await;
+    let mut on_a = subscribed(&a, json!({"sub": "alice"}), "news.c").await;
+    let mut on_b = subscribed(&b, json!({"sub": "bob"}), "news.c").await;
+
+    let js = service(&servers[2].url()).await;
+    let mut accepted: Vec<u64> = Vec::new();
+    let mut refused = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    let mut i = 0;
+    while accepted.len() < 300 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the cluster stopped accepting"
+        );
+        match publish_nats(&js, "news.c", json!(i), &[]).await {
+            Ok(seq) => accepted.push(seq),
+            Err(_) => {
+                // While JetStream elects new leaders; not accepted, so not owed.
+                refused += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+        i += 1;
+        if accepted.len() == 100 && servers[0].is_running() {
+            // Node a's own server dies mid-stream.
+            servers[0].kill();
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(!servers[0].is_running());
+    eprintln!(
+        "accepted {} events, {refused} refused during the failover",
+        accepted.len()
+    );
+    let want: HashSet<u64> = accepted.iter().copied().collect();
+    for (name, ws) in [("a", &mut on_a), ("b", &mut on_b)] {
+        let mut got = HashSet::new();
+        let mut last = 0;
+        while !want.is_subset(&got) {
+            let e = ws.next_event().await;
+            let seq = seq_of(e["id"].as_str().expect("id"));
+            assert!(got.insert(seq), "{name}: event {seq} twice");
+            assert!(seq > last, "{name}: {seq} after {last}");
+            last = seq;
+        }
+    }
+    assert!(bus(&a).disconnects.load(Ordering::Relaxed) >= 1);
+    eprintln!(
+        "a caught up on {} deliveries after reconnecting",
+        bus(&a).recovered.load(Ordering::Relaxed)
+    );
+}

@@ -1,0 +1,153 @@
+//! Real `nats-server` processes with JetStream on free ports: one server,
+//! or a cluster of three, which tests kill and restart.
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A free TCP port on 127.0.0.1 (released for the server to take).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
+}
+
+fn binary() -> &'static str {
+    if std::path::Path::new("/usr/sbin/nats-server").exists() {
+        "/usr/sbin/nats-server"
+    } else {
+        "nats-server"
+    }
+}
+
+pub struct NatsServer {
+    pub name: String,
+    pub port: u16,
+    args: Vec<String>,
+    child: Option<Child>,
+    _store: std::sync::Arc<tempfile::TempDir>,
+}
+
+impl NatsServer {
+    /// One server with JetStream.
+    pub fn single() -> Self {
+        let store = std::sync::Arc::new(tempfile::tempdir().expect("store dir"));
+        let port = free_port();
+        Self::spawn("solo".into(), port, store, Vec::new())
+    }
+
+    /// Three clustered servers with JetStream.
+    pub fn cluster() -> Vec<Self> {
+        let store = std::sync::Arc::new(tempfile::tempdir().expect("store dir"));
+        let ports: Vec<(u16, u16)> = (0..3).map(|_| (free_port(), free_port())).collect();
+        let routes = ports
+            .iter()
+            .map(|(_, c)| format!("nats://127.0.0.1:{c}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        ports
+            .iter()
+            .enumerate()
+            .map(|(i, (port, cluster))| {
+                Self::spawn(
+                    format!("n{i}"),
+                    *port,
+                    store.clone(),
+                    vec![
+                        "--cluster_name".into(),
+                        "sy-test".into(),
+                        "--cluster".into(),
+                        format!("nats://127.0.0.1:{cluster}"),
+                        "--routes".into(),
+                        routes.clone(),
+                    ],
+                )
+            })
+            .collect()
+    }
+
+    fn spawn(
+        name: String,
+        port: u16,
+        store: std::sync::Arc<tempfile::TempDir>,
+        extra: Vec<String>,
+    ) -> Self {
+        let dir: PathBuf = store.path().join(&name);
+        let mut args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.display().to_string(),
+            "-n".into(),
+            name.clone(),
+        ];
+        args.extend(extra);
+        let mut s = NatsServer {
+            name,
+            port,
+            args,
+            child: None,
+            _store: store,
+        };
+        s.start();
+        s
+    }
+
+    /// Starts (or restarts, on the same port and store) the process and
+    /// waits until it accepts connections.
+    pub fn start(&mut self) {
+        let child = Command::new(binary())
+            .args(&self.args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nats-server runs (scripts/test installs it)");
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} did not start",
+                self.name
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process at once (SIGKILL), as a crash would.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn is_running(&self) -> bool {
+        self.child.is_some()
+    }
+
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `[bus]` section for a node on these servers.
+pub fn bus_section(urls: &[String], replicas: usize) -> String {
+    let urls = urls
+        .iter()
+        .map(|u| format!("{u:?}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!("[bus]\nkind = \"nats\"\nurls = [{urls}]\nreplicas = {replicas}\n")
+}
