@@ -25,8 +25,10 @@ fn require_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
         ));
     }
     if !gw.auth.is_admin(token) {
+        tracing::warn!("admin request with a wrong token refused");
         return Err(ApiError::unauthorized("wrong admin token"));
     }
+    tracing::debug!("admin request authorized");
     Ok(())
 }
 
@@ -70,8 +72,79 @@ pub async fn plugins(
             })
         })
         .collect();
-    Ok(Json(
-        json!({ "node": gw.config.server.node_id, "plugins": plugins }),
+    let reloads = &gw.reloads;
+    Ok(Json(json!({
+        "node": gw.config.server.node_id,
+        "generation": set.generation(),
+        "plugins": plugins,
+        "reloads": {
+            "applied": reloads.applied.load(std::sync::atomic::Ordering::Relaxed),
+            "refused": reloads.refused.load(std::sync::atomic::Ordering::Relaxed),
+            "recent": reloads.recent(),
+        },
+    })))
+}
+
+/// `GET /admin/log`: the log filter in force.
+pub async fn log_filter(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    let log = gw.log.get().ok_or_else(no_log_control)?;
+    Ok(Json(json!({ "filter": log.current() })))
+}
+
+/// `PUT /admin/log` with `{"filter": "info,switchyard_host::bus=debug"}`
+/// (`RUST_LOG` syntax): changes what is logged, at once.
+pub async fn set_log_filter(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let filter = body["filter"]
+        .as_str()
+        .ok_or_else(|| ApiError::bad_request("expected {\"filter\": \"<RUST_LOG directives>\"}"))?;
+    let log = gw.log.get().ok_or_else(no_log_control)?;
+    log.set(filter)
+        .map_err(|e| ApiError::bad_request(format!("bad filter {filter:?}: {e}")))?;
+    tracing::info!(%filter, "log filter changed");
+    Ok(Json(json!({ "filter": log.current() })))
+}
+
+fn no_log_control() -> ApiError {
+    ApiError::new(
+        axum::http::StatusCode::NOT_FOUND,
+        "not_available",
+        "this process did not install the log (embedded gateway)",
+    )
+}
+
+/// `POST /admin/reload`: 200 with the outcome when the candidate now
+/// serves, 422 with the reason (and the old set still serving) when not.
+pub async fn reload(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<(axum::http::StatusCode, Json<Value>), ApiError> {
+    require_admin(&gw, &headers)?;
+    let outcome = crate::reload::reload(&gw, crate::reload::Trigger::Api).await;
+    if outcome.applied {
+        return Ok((
+            axum::http::StatusCode::OK,
+            Json(json!({ "reload": outcome })),
+        ));
+    }
+    Ok((
+        axum::http::StatusCode::UNPROCESSABLE_ENTITY,
+        Json(json!({
+            "error": {
+                "code": "reload_refused",
+                "message": outcome.error.clone().unwrap_or_default(),
+            },
+            "reload": outcome,
+        })),
     ))
 }
 

@@ -66,6 +66,9 @@ pub struct Config {
     pub runtime: RuntimeConfig,
     /// `[[plugins]]`, in order.
     pub plugins: Vec<PluginSpec>,
+    /// The file it was loaded from (hot reload reads it again).
+    #[serde(skip)]
+    pub source: Option<PathBuf>,
 }
 
 /// `[server]`
@@ -279,6 +282,8 @@ pub struct RuntimeConfig {
     pub max_memory_mb: u32,
     /// `runtime.instances_per_plugin`: default of `plugins.max_instances`.
     pub instances_per_plugin: usize,
+    /// `runtime.watch`: reload when the config file or a plugin file changes.
+    pub watch: bool,
 }
 
 impl Default for RuntimeConfig {
@@ -288,6 +293,7 @@ impl Default for RuntimeConfig {
             pool_instances: 256,
             max_memory_mb: 256,
             instances_per_plugin: 4,
+            watch: true,
         }
     }
 }
@@ -383,6 +389,7 @@ impl Config {
             p.path = base.join(&p.path);
         }
         config.runtime.cache_dir = base.join(&config.runtime.cache_dir);
+        config.source = Some(path.to_owned());
         Ok(config)
     }
 

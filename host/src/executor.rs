@@ -68,7 +68,8 @@ impl PluginExecutor {
     }
 
     /// Replaces the plugin set; calls under way finish on the old one.
-    pub fn swap(&self, plugins: PluginSet) {
+    pub fn swap(&self, mut plugins: PluginSet) {
+        plugins.set_generation(self.plugins.load().generation() + 1);
         self.plugins.store(Arc::new(plugins));
     }
 

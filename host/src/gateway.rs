@@ -60,6 +60,10 @@ pub struct Gateway {
     pub shutdown: CancellationToken,
     /// Session tasks, awaited on shutdown.
     pub tasks: TaskTracker,
+    /// Hot reload state.
+    pub reloads: crate::reload::Reloads,
+    /// The process's log filter, when this process installed one.
+    pub log: std::sync::OnceLock<crate::logging::LogControl>,
     next_session: AtomicU64,
     accept: Mutex<TokenBucket>,
 }
@@ -99,7 +103,7 @@ impl Gateway {
         )
         .await?;
         let rate = config.limits.accept_rate;
-        Ok(Arc::new(Gateway {
+        let gateway = Arc::new(Gateway {
             auth,
             hub,
             executor,
@@ -109,10 +113,16 @@ impl Gateway {
             draining,
             shutdown,
             tasks: TaskTracker::new(),
+            reloads: crate::reload::Reloads::default(),
+            log: std::sync::OnceLock::new(),
             next_session: AtomicU64::new(1),
             accept: Mutex::new(TokenBucket::new(rate, rate, Instant::now())),
             config,
-        }))
+        });
+        if gateway.config.runtime.watch && gateway.config.source.is_some() {
+            tokio::spawn(crate::reload::watch(gateway.clone()));
+        }
+        Ok(gateway)
     }
 
     /// Checks the per-node limits before a session is accepted.
@@ -190,7 +200,7 @@ impl Gateway {
     ) -> Result<Arc<SessionHandle>, ApiError> {
         let num = self.next_session.fetch_add(1, Ordering::Relaxed);
         let limits = &self.config.limits;
-        let mut session = SessionHandle::new(
+        let session = SessionHandle::new(
             num,
             &self.config.server.node_id,
             identity.subject,
@@ -211,16 +221,14 @@ impl Gateway {
                 return Err(ApiError::forbidden(format!("may not {what}: {why}")));
             }
         }
+        let session = Arc::new(session);
         if self.executor.plugins().has(Interface::Transformer) {
-            let subject = session.subject.clone();
-            let audience = self
-                .executor
-                .run(move |set| set.audience(&subject))
+            let s = session.clone();
+            self.executor
+                .run(move |set| crate::pipeline::edge::audience_of(set, &s))
                 .await
                 .map_err(|e| ApiError::unavailable(e.to_string()))?;
-            session.audience = Some(Arc::new(audience));
         }
-        let session = Arc::new(session);
         for t in topics {
             session.add_subscription(t.as_str());
         }

@@ -31,6 +31,11 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/metrics", get(metrics))
         .route("/admin/plugins", get(crate::admin::plugins))
         .route("/admin/sessions", get(crate::admin::sessions))
+        .route("/admin/reload", axum::routing::post(crate::admin::reload))
+        .route(
+            "/admin/log",
+            get(crate::admin::log_filter).put(crate::admin::set_log_filter),
+        )
         .route(
             "/admin/users/{user}/sessions",
             axum::routing::delete(crate::admin::disconnect_user),

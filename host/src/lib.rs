@@ -13,6 +13,7 @@
 //! - [`session`]: sessions, their queues and the WebSocket/SSE adapters;
 //! - [`gateway`], [`http`], [`server`]: shared state, routes, listener;
 //! - [`metrics`]: Prometheus exposition; [`admin`]: the admin API;
+//! - [`reload`]: hot reload of the plugin set;
 //! - [`cli`]: the `switchyard plugin check|test` commands.
 
 pub mod admin;
@@ -26,9 +27,11 @@ pub mod gateway;
 pub mod http;
 pub mod hub;
 pub mod limits;
+pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod plugin;
+pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod session;

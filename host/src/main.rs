@@ -74,14 +74,10 @@ enum PluginCommand {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
-    match run(Cli::parse()) {
+    // SWITCHYARD_LOG_FORMAT=json: one JSON object per line, for log shippers.
+    let json = std::env::var("SWITCHYARD_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json"));
+    let log = switchyard_host::logging::init(json);
+    match run(Cli::parse(), log) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
@@ -90,9 +86,9 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli, log: switchyard_host::logging::LogControl) -> anyhow::Result<()> {
     match cli.command {
-        Command::Serve { config } => serve(&config),
+        Command::Serve { config } => serve(&config, log),
         Command::Token {
             config,
             sub,
@@ -148,7 +144,7 @@ fn dev_token(
     )?)
 }
 
-fn serve(path: &std::path::Path) -> anyhow::Result<()> {
+fn serve(path: &std::path::Path, log: switchyard_host::logging::LogControl) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let engine = PluginEngine::new(EngineSettings {
         pool_instances: config.runtime.pool_instances,
@@ -181,6 +177,18 @@ fn serve(path: &std::path::Path) -> anyhow::Result<()> {
             names.len(),
             names.join(", ")
         );
+        let _ = gateway.log.set(log);
+        if let Ok(mut hup) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        {
+            let gw = gateway.clone();
+            tokio::spawn(async move {
+                while hup.recv().await.is_some() {
+                    switchyard_host::reload::reload(&gw, switchyard_host::reload::Trigger::Signal)
+                        .await;
+                }
+            });
+        }
         let shutdown = async {
             let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
             tokio::select! {

@@ -191,6 +191,19 @@ pub fn collect(gw: &Gateway) -> Exposition {
         x.sample(name, help, Kind::Counter, &[], value as f64);
     }
 
+    for (outcome, n) in [
+        ("applied", &gw.reloads.applied),
+        ("refused", &gw.reloads.refused),
+    ] {
+        x.sample(
+            "switchyard_reloads_total",
+            "Plugin reloads, by outcome.",
+            Kind::Counter,
+            &[("outcome", outcome)],
+            n.load(Ordering::Relaxed) as f64,
+        );
+    }
+
     if let Some(b) = gw.bus.stats() {
         bus_series(&mut x, b);
     }

@@ -11,12 +11,13 @@ use serde_json::json;
 use support::*;
 use tokio_tungstenite::tungstenite::Message;
 
-const SESSIONS: usize = 200;
+const SESSIONS: usize = 1000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drain_delivers_accepted_events_hints_every_client_and_finishes_in_time() {
     let mut c = config("");
     c.server.drain_timeout_s = 5;
+    c.limits.accept_rate = 100_000;
     let gw = TestGateway::start(c).await;
     let t = token(json!({"sub": "u", "rooms": ["1"]}));
 

@@ -417,11 +417,13 @@ async fn metrics_expose_sessions_events_and_plugin_calls() {
     let mut ws = gw.ws(&bob).await;
     ws.request(json!({"op": "subscribe", "id": 1, "topic": "chat.room.1"}))
         .await;
-    let _sse = gw.sse("topic=chat.room.1", Some(&bob)).await;
+    let mut sse = gw.sse("topic=chat.room.1", Some(&bob)).await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
     for i in 0..3 {
         gw.publish(json!({"topic": "chat.room.1", "data": {"n": i}}))
             .await;
         ws.next_event().await;
+        sse.next_event().await;
     }
     let text = reqwest::get(gw.url("/metrics"))
         .await

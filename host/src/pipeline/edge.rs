@@ -15,7 +15,7 @@ use crate::executor::PluginExecutor;
 use crate::hub::Hub;
 use crate::plugin::{Audience, Delivery, PluginSet};
 use crate::routing::{Event, Routed};
-use crate::session::{EventFrame, Outbound, Pushed, SessionHandle};
+use crate::session::{EventFrame, Outbound, Pushed, SessionHandle, StampedAudience};
 
 /// The edge stage.
 pub struct Edge {
@@ -121,25 +121,29 @@ impl Lane {
         self.deliver_transformed(event, recipients).await;
     }
 
-    /// Groups recipients by audience and asks the transformers once for all.
+    /// Groups recipients by audience and asks the transformers once for
+    /// all, on one plugin set: audiences computed by another generation
+    /// (before a reload) are recomputed first, in the same call.
     async fn deliver_transformed(&self, event: Arc<Event>, recipients: Vec<Arc<SessionHandle>>) {
-        let mut distinct: Vec<Arc<Audience>> = Vec::new();
-        let mut index: HashMap<Arc<Audience>, usize> = HashMap::new();
-        let mut of_session = Vec::with_capacity(recipients.len());
-        for r in &recipients {
-            let audience = r.audience.clone().unwrap_or_default();
-            let i = *index.entry(audience.clone()).or_insert_with(|| {
-                distinct.push(audience);
-                distinct.len() - 1
-            });
-            of_session.push(i);
-        }
         let e = event.clone();
-        let deliveries = match self
+        let sessions = recipients.clone();
+        let (deliveries, of_session) = match self
             .executor
             .run(move |set| {
+                let mut distinct: Vec<Arc<Audience>> = Vec::new();
+                let mut index: HashMap<Arc<Audience>, usize> = HashMap::new();
+                let of_session: Vec<usize> = sessions
+                    .iter()
+                    .map(|s| {
+                        let audience = audience_of(set, s);
+                        *index.entry(audience.clone()).or_insert_with(|| {
+                            distinct.push(audience);
+                            distinct.len() - 1
+                        })
+                    })
+                    .collect();
                 let refs: Vec<&Audience> = distinct.iter().map(|a| &**a).collect();
-                set.transform(&e, &refs)
+                (set.transform(&e, &refs), of_session)
             })
             .await
         {
@@ -188,4 +192,20 @@ impl Lane {
             Pushed::Closed => {}
         }
     }
+}
+
+/// The session's audience under `set`, computed (and remembered) if the
+/// session has none from this generation of plugins.
+pub fn audience_of(set: &PluginSet, session: &SessionHandle) -> Arc<Audience> {
+    if let Some(stamped) = session.audience.load().as_ref()
+        && stamped.generation == set.generation()
+    {
+        return stamped.audience.clone();
+    }
+    let audience = Arc::new(set.audience(&session.subject));
+    session.audience.store(Some(Arc::new(StampedAudience {
+        generation: set.generation(),
+        audience: audience.clone(),
+    })));
+    audience
 }

@@ -114,6 +114,7 @@ impl Entry {
 #[derive(Default)]
 pub struct PluginSet {
     entries: Vec<Entry>,
+    generation: u64,
 }
 
 impl PluginSet {
@@ -165,7 +166,20 @@ impl PluginSet {
                 on_error: spec.on_error,
             });
         }
-        Ok(PluginSet { entries })
+        Ok(PluginSet {
+            entries,
+            generation: 0,
+        })
+    }
+
+    /// Which set this is: 0 at start, one more at each swap. Audiences
+    /// computed by one generation are only used with that generation.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    pub(crate) fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
     }
 
     /// The loaded plugins, in config order.

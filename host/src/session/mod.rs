@@ -52,6 +52,15 @@ pub enum Outbound {
     Control(String),
 }
 
+/// An audience and the plugin-set generation that computed it.
+#[derive(Debug)]
+pub struct StampedAudience {
+    /// [`crate::plugin::PluginSet::generation`] of the set that computed it.
+    pub generation: u64,
+    /// The audience.
+    pub audience: Arc<Audience>,
+}
+
 /// One live session as the rest of the gateway sees it.
 pub struct SessionHandle {
     /// Process-unique number (also the subject's id for plugin instances).
@@ -64,8 +73,9 @@ pub struct SessionHandle {
     pub protocol: Protocol,
     /// Its outbound queue.
     pub queue: OutboundQueue<Outbound>,
-    /// Its audience for the transformers (`None` when no transformer is loaded).
-    pub audience: Option<Arc<Audience>>,
+    /// Its audience for the transformers, as computed by the plugin set of
+    /// that generation (recomputed on first use after a reload).
+    pub audience: arc_swap::ArcSwapOption<StampedAudience>,
     subscriptions: Mutex<HashSet<String>>,
 }
 
@@ -89,7 +99,7 @@ impl SessionHandle {
             subject,
             protocol,
             queue: OutboundQueue::new(depth, policy, grace),
-            audience: None,
+            audience: arc_swap::ArcSwapOption::empty(),
             subscriptions: Mutex::new(HashSet::new()),
         }
     }

@@ -133,6 +133,8 @@ async fn feed(
     if tx.send(Ok(Bytes::from(hello))).await.is_ok() {
         loop {
             let chunk = tokio::select! {
+                // Queued events first: at shutdown they go out before the retry hint.
+                biased;
                 batch = session.queue.next_batch() => {
                     let mut out = String::new();
                     for item in batch.items {

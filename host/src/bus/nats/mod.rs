@@ -41,6 +41,9 @@ pub struct NatsBus {
     tasks: TaskTracker,
 }
 
+/// Router lanes: each waits for JetStream to confirm an event's deliveries
+/// before the next event of its topics, so more lanes keep more in flight.
+const ROUTER_LANES: usize = 16;
 /// How long a publisher waits for JetStream to confirm an event.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// The delivery log's size cap.
@@ -87,7 +90,7 @@ impl NatsBus {
         let tasks = TaskTracker::new();
         let outlet = Outlet::start(js.clone(), subjects.clone(), stats.clone());
         let router = Arc::new(Router::start(
-            LANES,
+            ROUTER_LANES,
             parts.executor.clone(),
             crate::pipeline::Outlet::Nats(outlet),
             parts.stats.clone(),

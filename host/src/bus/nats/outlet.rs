@@ -1,100 +1,95 @@
 //! Publishes routed events to the delivery subjects of their topics and
-//! users, and acknowledges the ingest message only once JetStream has taken
-//! every delivery: an event whose deliveries fail is routed again later
-//! (edges drop the repeat by id).
+//! users through JetStream (the delivery log captures them for catch-up),
+//! and acknowledges the ingest message once JetStream has taken every
+//! delivery. The router lane waits for that before routing the next event
+//! of its topics: a delivery that fails (JetStream electing a leader after
+//! a server loss, say) is published again before any later event of the
+//! topic, so per-topic order holds (edges drop a repeat by id).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::Acker;
 use bytes::Bytes;
-use tokio::sync::mpsc;
 
 use crate::bus::BusStats;
 use crate::bus::wire::{self, Subjects};
 use crate::routing::Routed;
 
-struct Pending {
-    acks: Vec<PublishAckFuture>,
-    ingest: Option<Acker>,
-}
-
 /// The NATS side of the router stage.
 pub struct Outlet {
     js: async_nats::jetstream::Context,
     subjects: Subjects,
-    pending: mpsc::Sender<Pending>,
     stats: Arc<BusStats>,
 }
 
-/// Deliveries awaiting JetStream's confirmation before the ingest message
-/// is acknowledged.
-const PENDING: usize = 4096;
+/// Attempts at publishing one event's deliveries before leaving the event
+/// unacknowledged (the next router takes it again).
+const ATTEMPTS: u32 = 40;
 
 impl Outlet {
-    /// An outlet publishing through `js`; its acknowledger runs until the
-    /// outlet is dropped.
+    /// An outlet publishing through `js`.
     pub fn start(
         js: async_nats::jetstream::Context,
         subjects: Subjects,
         stats: Arc<BusStats>,
     ) -> Arc<Self> {
-        let (tx, rx) = mpsc::channel(PENDING);
-        tokio::spawn(acknowledge(rx, stats.clone()));
         Arc::new(Outlet {
             js,
             subjects,
-            pending: tx,
             stats,
         })
     }
 
-    /// Publishes `routed` (nothing for a dropped event), then settles the
-    /// ingest message once JetStream confirms.
+    /// Publishes `routed` (nothing for a dropped event) until JetStream has
+    /// every delivery, then acknowledges the ingest message.
     pub async fn send(&self, routed: Option<Routed>, ingest: Option<Acker>) {
-        let mut acks = Vec::new();
         if let Some(r) = routed {
             let headers = wire::encode_routed(&r);
             let payload = Bytes::from(r.event.data.clone());
-            let subjects = r
+            let mut pending: Vec<String> = r
                 .topics
                 .iter()
                 .map(|t| self.subjects.topic(t))
-                .chain(r.users.iter().map(|u| self.subjects.user(u)));
-            for subject in subjects {
-                match self
-                    .js
-                    .publish_with_headers(subject, headers.clone(), payload.clone())
-                    .await
-                {
-                    Ok(ack) => acks.push(ack),
-                    Err(e) => {
-                        self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(id = %r.event.id, error = %e, "delivery not published; the event will be routed again");
-                        return;
+                .chain(r.users.iter().map(|u| self.subjects.user(u)))
+                .collect();
+            let mut attempt = 0;
+            while !pending.is_empty() {
+                let mut acks = Vec::with_capacity(pending.len());
+                for subject in &pending {
+                    acks.push(
+                        self.js
+                            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
+                            .await,
+                    );
+                }
+                let mut failed = Vec::new();
+                for (subject, ack) in pending.into_iter().zip(acks) {
+                    let confirmed = match ack {
+                        Ok(ack) => ack.await.map_err(|e| e.to_string()),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    if let Err(e) = confirmed {
+                        tracing::debug!(%subject, error = %e, "delivery not confirmed");
+                        failed.push(subject);
                     }
                 }
+                pending = failed;
+                if pending.is_empty() {
+                    break;
+                }
+                self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                attempt += 1;
+                if attempt >= ATTEMPTS {
+                    tracing::error!(id = %r.event.id, "deliveries not confirmed; the event is left for the next router");
+                    return;
+                }
+                tracing::warn!(id = %r.event.id, attempt, "deliveries not confirmed; publishing again");
+                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
             }
         }
-        let _ = self.pending.send(Pending { acks, ingest }).await;
-    }
-}
-
-async fn acknowledge(mut rx: mpsc::Receiver<Pending>, stats: Arc<BusStats>) {
-    while let Some(p) = rx.recv().await {
-        let mut ok = true;
-        for ack in p.acks {
-            if let Err(e) = ack.await {
-                ok = false;
-                tracing::warn!(error = %e, "a delivery was not confirmed; the event will be routed again");
-            }
-        }
-        if !ok {
-            stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        if let Some(ingest) = p.ingest
+        if let Some(ingest) = ingest
             && let Err(e) = ingest.ack().await
         {
             // It will be redelivered and routed again; edges drop the repeat.
