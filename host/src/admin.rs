@@ -156,6 +156,8 @@ pub async fn sessions(
     require_admin(&gw, &headers)?;
     let sessions = gw.hub.sessions();
     let count = |p: Protocol| sessions.iter().filter(|s| s.protocol == p).count();
+    // Every node's counts; this node's alone if the bus cannot ask the others.
+    let nodes = gw.bus.sessions(&gw.hub).await.ok();
     Ok(Json(json!({
         "node": gw.config.server.node_id,
         "total": sessions.len(),
@@ -164,6 +166,7 @@ pub async fn sessions(
             "stomp": count(Protocol::Stomp),
             "sse": count(Protocol::Sse),
         },
+        "nodes": nodes,
     })))
 }
 

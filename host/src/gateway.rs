@@ -178,13 +178,17 @@ impl Gateway {
             return vec![AuthDecision::Allow; actions.len()];
         }
         let n = actions.len();
+        let subject_user = subject.user.clone();
         let subject = subject.clone();
         match self
             .executor
             .run(move |set| set.authorize(&subject, &actions))
             .await
         {
-            Ok(d) => d,
+            Ok(d) => {
+                tracing::debug!(user = %subject_user, decisions = ?d, "authorized");
+                d
+            }
             Err(e) => vec![AuthDecision::Deny(e.to_string()); n],
         }
     }

@@ -172,6 +172,19 @@ impl Hub {
         users
     }
 
+    /// Live sessions by protocol: `{ "total", "json", "stomp", "sse" }`.
+    pub fn counts(&self) -> serde_json::Value {
+        let ix = self.read();
+        let count =
+            |p: crate::session::Protocol| ix.sessions.values().filter(|s| s.protocol == p).count();
+        serde_json::json!({
+            "total": ix.sessions.len(),
+            "json": count(crate::session::Protocol::Json),
+            "stomp": count(crate::session::Protocol::Stomp),
+            "sse": count(crate::session::Protocol::Sse),
+        })
+    }
+
     /// Live sessions.
     pub fn len(&self) -> usize {
         self.read().sessions.len()

@@ -255,6 +255,46 @@ pub fn collect(gw: &Gateway) -> Exposition {
             &buckets,
             m.latency.sum().as_secs_f64(),
         );
+        for (interface, per) in crate::plugin::Interface::ALL.iter().zip(&m.interfaces) {
+            let calls = per.calls.load(Ordering::Relaxed);
+            if calls == 0 {
+                continue;
+            }
+            let l = [("plugin", plugin.name()), ("interface", interface.as_str())];
+            let counters: [(&'static str, &'static str, u64); 3] = [
+                (
+                    "switchyard_plugin_interface_calls_total",
+                    "Plugin calls, per interface.",
+                    calls,
+                ),
+                (
+                    "switchyard_plugin_interface_traps_total",
+                    "Plugin calls that trapped or hit the memory cap, per interface.",
+                    per.traps.load(Ordering::Relaxed),
+                ),
+                (
+                    "switchyard_plugin_interface_timeouts_total",
+                    "Plugin calls stopped by their deadline, per interface.",
+                    per.timeouts.load(Ordering::Relaxed),
+                ),
+            ];
+            for (name, help, value) in counters {
+                x.sample(name, help, Kind::Counter, &l, value as f64);
+            }
+            let buckets: Vec<(f64, u64)> = per
+                .latency
+                .cumulative()
+                .into_iter()
+                .map(|(ns, n)| (ns as f64 / 1e9, n))
+                .collect();
+            x.histogram(
+                "switchyard_plugin_interface_call_seconds",
+                "Latency of plugin calls, per interface.",
+                &l,
+                &buckets,
+                per.latency.sum().as_secs_f64(),
+            );
+        }
     }
     x
 }

@@ -254,6 +254,14 @@ async fn presence_answers_the_same_from_every_node() {
         assert_eq!(status, 200, "{body}");
         assert_eq!(body, json!({"topic": "news.p", "users": ["erin", "frank"]}));
     }
+    // Session counts per node, from either node.
+    for gw in [&a, &b] {
+        let (status, body) = gw.get_as("/admin/sessions", Some(ADMIN_TOKEN)).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["nodes"]["a"]["json"], 2, "{body}");
+        assert_eq!(body["nodes"]["b"]["json"], 2, "{body}");
+        assert_eq!(body["nodes"]["b"]["total"], 2, "{body}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -453,6 +453,23 @@ async fn metrics_expose_sessions_events_and_plugin_calls() {
         4.0
     );
     assert!(text.contains("# TYPE switchyard_plugin_call_seconds histogram"));
+    // Per interface: the router was asked once per event (and by the probe).
+    assert_eq!(
+        value(
+            "switchyard_plugin_interface_calls_total{plugin=\"chat-router\",interface=\"router\"}"
+        ),
+        4.0
+    );
+    assert_eq!(
+        value("switchyard_plugin_interface_calls_total{plugin=\"acl\",interface=\"authorizer\"}"),
+        4.0
+    );
+    assert_eq!(
+        value(
+            "switchyard_plugin_interface_call_seconds_count{plugin=\"acl\",interface=\"authorizer\"}"
+        ),
+        4.0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

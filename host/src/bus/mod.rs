@@ -149,6 +149,19 @@ impl Bus {
         }
     }
 
+    /// Session counts per node (`{ node: { total, json, stomp, sse } }`).
+    pub async fn sessions(
+        &self,
+        hub: &Hub,
+    ) -> Result<serde_json::Map<String, serde_json::Value>, BusError> {
+        match self {
+            Bus::Local(b) => Ok([(b.node_id().to_owned(), hub.counts())]
+                .into_iter()
+                .collect()),
+            Bus::Nats(b) => b.sessions().await,
+        }
+    }
+
     /// `Err(why)` when the bus cannot carry events now.
     pub fn ready(&self) -> Result<(), String> {
         match self {

@@ -106,6 +106,11 @@ impl Subjects {
         format!("{}.presence", self.prefix)
     }
 
+    /// Session count queries.
+    pub fn sessions(&self) -> String {
+        format!("{}.sessions", self.prefix)
+    }
+
     /// Node heartbeats.
     pub fn nodes(&self) -> String {
         format!("{}.nodes", self.prefix)

@@ -221,16 +221,21 @@ impl LoadedPlugin {
         f: impl FnOnce(&mut WarmInstance) -> Result<wasmtime::Result<R>, CallError>,
     ) -> Result<R, CallError> {
         let started = Instant::now();
+        let per = self.metrics.interface(interface);
         self.metrics.calls.fetch_add(1, Ordering::Relaxed);
+        per.calls.fetch_add(1, Ordering::Relaxed);
         let result = self.call_on_instance(f);
-        self.metrics.latency.record(started.elapsed());
+        let took = started.elapsed();
+        self.metrics.latency.record(took);
+        per.latency.record(took);
         if let Err(e) = &result {
-            let counter = match e {
-                CallError::Timeout { .. } => &self.metrics.timeouts,
-                CallError::MemoryLimit { .. } => &self.metrics.memory_limits,
-                _ => &self.metrics.traps,
+            let (counter, per_counter) = match e {
+                CallError::Timeout { .. } => (&self.metrics.timeouts, &per.timeouts),
+                CallError::MemoryLimit { .. } => (&self.metrics.memory_limits, &per.traps),
+                _ => (&self.metrics.traps, &per.traps),
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            per_counter.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(plugin = &*self.name, %interface, limit = e.kind(), error = %e, "plugin call failed");
         }
         result

@@ -92,6 +92,19 @@ impl LatencyHistogram {
     }
 }
 
+/// Counters of one interface of a plugin.
+#[derive(Debug, Default)]
+pub struct InterfaceMetrics {
+    /// Calls made.
+    pub calls: AtomicU64,
+    /// Calls that trapped or hit the memory cap.
+    pub traps: AtomicU64,
+    /// Calls stopped by the deadline.
+    pub timeouts: AtomicU64,
+    /// Latency.
+    pub latency: LatencyHistogram,
+}
+
 /// Counters of one loaded plugin.
 #[derive(Debug, Default)]
 pub struct PluginMetrics {
@@ -107,6 +120,19 @@ pub struct PluginMetrics {
     pub instantiations: AtomicU64,
     /// Latency of successful and failed calls alike.
     pub latency: LatencyHistogram,
+    /// The same per interface, in [`crate::plugin::Interface::ALL`] order.
+    pub interfaces: [InterfaceMetrics; 3],
+}
+
+impl PluginMetrics {
+    /// The counters of `interface`.
+    pub fn interface(&self, interface: crate::plugin::Interface) -> &InterfaceMetrics {
+        let i = crate::plugin::Interface::ALL
+            .iter()
+            .position(|x| *x == interface)
+            .unwrap_or(0);
+        &self.interfaces[i]
+    }
 }
 
 /// A point-in-time copy of [`PluginMetrics`].

@@ -229,6 +229,11 @@ impl NatsBus {
         presence::query(&self.client, &self.subjects, &self.members, topic).await
     }
 
+    /// Session counts of every live node.
+    pub async fn sessions(&self) -> Result<serde_json::Map<String, serde_json::Value>, BusError> {
+        presence::query_sessions(&self.client, &self.subjects, &self.members).await
+    }
+
     /// Live node ids.
     pub fn nodes(&self) -> Vec<String> {
         self.members.live()

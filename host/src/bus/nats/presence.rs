@@ -49,7 +49,10 @@ impl Members {
 #[derive(Serialize, Deserialize)]
 struct Answer {
     node: String,
+    #[serde(default)]
     users: Vec<String>,
+    #[serde(default)]
+    sessions: serde_json::Value,
 }
 
 /// Announces this node, tracks the others and answers presence queries
@@ -62,12 +65,13 @@ pub async fn serve(
     members: Arc<Members>,
     stop: CancellationToken,
 ) {
-    let (mut beats, mut queries) = match (
+    let (mut beats, mut queries, mut counts) = match (
         client.subscribe(subjects.nodes()).await,
         client.subscribe(subjects.presence()).await,
+        client.subscribe(subjects.sessions()).await,
     ) {
-        (Ok(b), Ok(q)) => (b, q),
-        (Err(e), _) | (_, Err(e)) => {
+        (Ok(b), Ok(q), Ok(c)) => (b, q, c),
+        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
             tracing::error!(error = %e, "cannot subscribe to presence subjects");
             return;
         }
@@ -87,7 +91,14 @@ pub async fn serve(
             Some(q) = queries.next() => {
                 let Some(reply) = q.reply else { continue };
                 let topic = String::from_utf8_lossy(&q.payload);
-                let answer = Answer { node: node_id.clone(), users: hub.subscribers(&topic) };
+                let answer = Answer { node: node_id.clone(), users: hub.subscribers(&topic), sessions: serde_json::Value::Null };
+                if let Ok(body) = serde_json::to_vec(&answer) {
+                    let _ = client.publish(reply, body.into()).await;
+                }
+            }
+            Some(q) = counts.next() => {
+                let Some(reply) = q.reply else { continue };
+                let answer = Answer { node: node_id.clone(), users: Vec::new(), sessions: hub.counts() };
                 if let Ok(body) = serde_json::to_vec(&answer) {
                     let _ = client.publish(reply, body.into()).await;
                 }
@@ -105,27 +116,51 @@ pub async fn query(
     members: &Members,
     topic: &str,
 ) -> Result<Vec<String>, BusError> {
+    let answers = gather(client, subjects.presence(), members, topic).await?;
+    let users: BTreeSet<String> = answers.into_iter().flat_map(|a| a.users).collect();
+    Ok(users.into_iter().collect())
+}
+
+/// Asks every node for its session counts: `{ node: counts }`.
+pub async fn query_sessions(
+    client: &async_nats::Client,
+    subjects: &Subjects,
+    members: &Members,
+) -> Result<serde_json::Map<String, serde_json::Value>, BusError> {
+    let answers = gather(client, subjects.sessions(), members, "").await?;
+    Ok(answers.into_iter().map(|a| (a.node, a.sessions)).collect())
+}
+
+/// Scatters a request to every node and gathers the answers until each live
+/// node has answered or the deadline passes.
+async fn gather(
+    client: &async_nats::Client,
+    subject: String,
+    members: &Members,
+    payload: &str,
+) -> Result<Vec<Answer>, BusError> {
     let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
     let inbox = client.new_inbox();
-    let mut answers = client
+    let mut replies = client
         .subscribe(inbox.clone())
         .await
         .map_err(|e| unavailable(&e))?;
     client
-        .publish_with_reply(subjects.presence(), inbox, Bytes::from(topic.to_owned()))
+        .publish_with_reply(subject, inbox, Bytes::from(payload.to_owned()))
         .await
         .map_err(|e| unavailable(&e))?;
     client.flush().await.map_err(|e| unavailable(&e))?;
     let expected: BTreeSet<String> = members.live().into_iter().collect();
     let mut heard = BTreeSet::new();
-    let mut users = BTreeSet::new();
+    let mut answers = Vec::new();
     let deadline = tokio::time::Instant::now() + QUERY_DEADLINE;
     while !expected.is_subset(&heard) || heard.is_empty() {
-        match tokio::time::timeout_at(deadline, answers.next()).await {
+        match tokio::time::timeout_at(deadline, replies.next()).await {
             Ok(Some(m)) => {
-                if let Ok(a) = serde_json::from_slice::<Answer>(&m.payload) {
-                    heard.insert(a.node);
-                    users.extend(a.users);
+                if let Ok(a) = serde_json::from_slice::<Answer>(&m.payload)
+                    && heard.insert(a.node.clone())
+                {
+                    answers.push(a);
                 }
             }
             Ok(None) | Err(_) => break,
@@ -134,5 +169,5 @@ pub async fn query(
     if heard.is_empty() {
         return Err(BusError::Unavailable("no node answered".into()));
     }
-    Ok(users.into_iter().collect())
+    Ok(answers)
 }
