@@ -42,11 +42,15 @@ fn now_ns() -> u64 {
 struct Node {
     gateway: Arc<Gateway>,
     addr: std::net::SocketAddr,
+    _store: tempfile::TempDir,
 }
 
 async fn start_node(name: &str, bus: &str) -> Node {
+    let store = tempfile::tempdir().unwrap();
+    let db = store.path().join("sy.db");
     let text = format!(
-        "{bus}\n[server]\nnode_id = \"{name}\"\n[auth]\njwt_hs256_secret = \"{SECRET}\"\n[limits]\nqueue_depth = 4096\nmax_sessions = 100000\naccept_rate = 100000\n"
+        "{bus}\n[server]\nnode_id = \"{name}\"\n[auth]\njwt_hs256_secret = \"{SECRET}\"\n[limits]\nqueue_depth = 4096\nmax_sessions = 100000\naccept_rate = 100000\n[store]\nurl = \"sqlite://{}\"\n",
+        db.display()
     );
     let config = Config::from_toml_str(&text).unwrap();
     let engine = PluginEngine::new(EngineSettings::default()).unwrap();
@@ -58,7 +62,11 @@ async fn start_node(name: &str, bus: &str) -> Node {
     tokio::spawn(async move {
         let _ = switchyard_host::server::run(listener, gw, std::future::pending()).await;
     });
-    Node { gateway, addr }
+    Node {
+        gateway,
+        addr,
+        _store: store,
+    }
 }
 
 /// Opens a session subscribed to `bench.t`; each event's send time goes to

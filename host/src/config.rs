@@ -192,7 +192,7 @@ impl Default for BusConfig {
             replicas: 1,
             ingest_max_age_s: 86_400,
             recovery_window_s: 300,
-            lease_ttl_ms: 3000,
+            lease_ttl_ms: 10_000,
         }
     }
 }
@@ -389,6 +389,14 @@ impl Config {
             p.path = base.join(&p.path);
         }
         config.runtime.cache_dir = base.join(&config.runtime.cache_dir);
+        // A relative SQLite file is relative to the config file, like plugin paths.
+        if let Some(rest) = config.store.url.strip_prefix("sqlite://") {
+            let (file, options) = rest.split_once('?').map_or((rest, ""), |(f, o)| (f, o));
+            if !file.is_empty() && !file.starts_with('/') && !file.starts_with(":memory:") {
+                let sep = if options.is_empty() { "" } else { "?" };
+                config.store.url = format!("sqlite://{}{sep}{options}", base.join(file).display());
+            }
+        }
         config.source = Some(path.to_owned());
         Ok(config)
     }

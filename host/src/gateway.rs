@@ -33,6 +33,24 @@ pub enum StartError {
     /// The bus did not start.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// The store did not open.
+    #[error(transparent)]
+    Store(#[from] crate::store::StoreError),
+}
+
+/// What a reconnecting client's cursor yields.
+pub enum Recovery {
+    /// Every missed event (transformed for the session), in order; live
+    /// events resume after `upto`.
+    Replayed {
+        /// The events to send first.
+        frames: Vec<Arc<crate::session::EventFrame>>,
+        /// The newest sequence the client now has.
+        upto: crate::routing::EventId,
+    },
+    /// The gap cannot be filled (past retention, another epoch, no history):
+    /// the client must be told.
+    Reset,
 }
 
 /// Everything the handlers share.
@@ -50,6 +68,10 @@ pub struct Gateway {
     pub engine: Arc<PluginEngine>,
     /// The event path between nodes.
     pub bus: Bus,
+    /// Durable state.
+    pub store: crate::store::Store,
+    /// Whether history is kept (`store.history_retention` > 0).
+    pub history: bool,
     /// Event counters.
     pub stats: Arc<EventStats>,
     /// Cancelled first on shutdown: no new sessions or events; the event
@@ -90,6 +112,18 @@ impl Gateway {
         let shutdown = CancellationToken::new();
         let draining = CancellationToken::new();
         let stats = Arc::new(EventStats::default());
+        let store = crate::store::Store::open(&config.store).await?;
+        let keep_history = config.store.history_retention > 0;
+        let history = keep_history.then(|| {
+            Arc::new(crate::store::history::History::start(
+                store.clone(),
+                crate::store::history::Retention {
+                    max_events: config.store.history_retention,
+                    max_age_s: config.store.history_max_age_s,
+                },
+            ))
+        });
+        let resume = store.latest_epoch().await?;
         let bus = Bus::start(
             &config,
             BusParts {
@@ -98,6 +132,8 @@ impl Gateway {
                 stats: stats.clone(),
                 draining: draining.clone(),
                 node_id: config.server.node_id.clone(),
+                history,
+                resume,
                 interest,
             },
         )
@@ -109,6 +145,8 @@ impl Gateway {
             executor,
             engine,
             bus,
+            store,
+            history: keep_history,
             stats,
             draining,
             shutdown,
@@ -274,6 +312,63 @@ impl Gateway {
             return Err(PublishError::Stopped);
         }
         self.bus.publish(event).await
+    }
+
+    /// Replays what a client missed on `topics` since the event id `since`.
+    /// Call with the session held ([`SessionHandle::hold`]) and subscribed,
+    /// then queue the frames and release it at `upto`.
+    pub async fn recover(&self, subject: &Subject, since: &str, topics: &[String]) -> Recovery {
+        let Some(since) = crate::routing::EventId::parse(since) else {
+            return Recovery::Reset;
+        };
+        if !self.history {
+            return Recovery::Reset;
+        }
+        let epoch = self.bus.epoch();
+        if since.epoch != epoch {
+            return Recovery::Reset;
+        }
+        // Everything assigned before the session was held must be written
+        // before the query, or it would be neither replayed nor live.
+        if let Some(high) = self.bus.high_water().await {
+            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+            loop {
+                match self.store.watermark(epoch).await {
+                    Ok(w) if w >= high => break,
+                    Ok(_) if tokio::time::Instant::now() < deadline => {
+                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                    Ok(w) => {
+                        tracing::warn!(
+                            watermark = w,
+                            high,
+                            "history is behind; replaying what is written"
+                        );
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(error = %e, "store unavailable; cannot replay");
+                        return Recovery::Reset;
+                    }
+                }
+            }
+        }
+        match self.store.replay(epoch, since, topics).await {
+            Ok(crate::store::Replay::Events(events)) => {
+                let upto = events
+                    .last()
+                    .and_then(|e| crate::routing::EventId::parse(&e.id))
+                    .unwrap_or(since);
+                let frames =
+                    crate::pipeline::edge::replay_frames(&self.executor, subject, events).await;
+                Recovery::Replayed { frames, upto }
+            }
+            Ok(crate::store::Replay::Reset) => Recovery::Reset,
+            Err(e) => {
+                tracing::warn!(error = %e, "replay failed");
+                Recovery::Reset
+            }
+        }
     }
 
     /// How long a client should wait before reconnecting after a drain:

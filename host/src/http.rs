@@ -154,6 +154,10 @@ async fn readyz(State(gw): State<Arc<Gateway>>) -> Result<Json<Value>, ApiError>
         ));
     }
     gw.bus.ready().map_err(ApiError::unavailable)?;
+    gw.store
+        .ping()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
     Ok(Json(
         json!({ "status": "ready", "plugins": gw.executor.plugins().len(), "sessions": gw.hub.len() }),
     ))

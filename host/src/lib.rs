@@ -35,4 +35,5 @@ pub mod reload;
 pub mod routing;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod subject;

@@ -35,19 +35,25 @@ impl LocalBus {
             parts.executor,
             Outlet::Edge(edge.clone()),
             parts.stats.clone(),
+            parts.history.clone(),
             parts.draining.clone(),
         );
-        let epoch = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        // Ids continue the store's sequence across restarts; without one, a
+        // new epoch per start tells clients that nothing can be replayed.
+        let (epoch, resume_seq) = parts.resume.unwrap_or_else(|| {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_millis() as u64)
+                .unwrap_or(0);
+            (now, 0)
+        });
         LocalBus {
             router,
             edge,
             hub: parts.hub,
             stats: parts.stats,
             epoch,
-            seq: AtomicU64::new(0),
+            seq: AtomicU64::new(resume_seq),
             node_id: parts.node_id,
         }
     }
@@ -57,7 +63,11 @@ impl LocalBus {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         event.id = format!("{:x}-{seq}", self.epoch);
         let id = event.id.clone();
-        self.router.try_submit(Job { event, ack: None })?;
+        self.router.try_submit(Job {
+            event,
+            ack: None,
+            stamp: 0,
+        })?;
         self.stats.ingested.fetch_add(1, Ordering::Relaxed);
         Ok(id)
     }
@@ -65,6 +75,16 @@ impl LocalBus {
     /// Subscribers of `topic` here, which is everywhere.
     pub fn presence(&self, topic: &str) -> Vec<String> {
         self.hub.subscribers(topic)
+    }
+
+    /// The epoch of the ids assigned.
+    pub fn epoch(&self) -> u64 {
+        self.epoch
+    }
+
+    /// The newest sequence assigned.
+    pub fn high_water(&self) -> u64 {
+        self.seq.load(Ordering::Relaxed)
     }
 
     /// This node.

@@ -96,6 +96,11 @@ pub struct BusParts {
     pub draining: CancellationToken,
     /// This node's id.
     pub node_id: String,
+    /// The history writer, when history is kept.
+    pub history: Option<Arc<crate::store::history::History>>,
+    /// Where the local bus's sequence resumes: the store's newest epoch and
+    /// its watermark.
+    pub resume: Option<(u64, u64)>,
     /// The hub's interest changes (the NATS bus subscribes accordingly).
     pub interest: Option<mpsc::UnboundedReceiver<Interest>>,
 }
@@ -159,6 +164,23 @@ impl Bus {
                 .into_iter()
                 .collect()),
             Bus::Nats(b) => b.sessions().await,
+        }
+    }
+
+    /// The epoch of event ids assigned now.
+    pub fn epoch(&self) -> u64 {
+        match self {
+            Bus::Local(b) => b.epoch(),
+            Bus::Nats(b) => b.epoch(),
+        }
+    }
+
+    /// The newest sequence assigned so far (anywhere in the cluster): a
+    /// replay waits until history is written up to it.
+    pub async fn high_water(&self) -> Option<u64> {
+        match self {
+            Bus::Local(b) => Some(b.high_water()),
+            Bus::Nats(b) => b.high_water().await,
         }
     }
 

@@ -262,6 +262,8 @@ struct RoutedMeta {
     topics: Vec<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     users: Vec<String>,
+    #[serde(default)]
+    stamp: u64,
 }
 
 /// The headers of a delivery (its payload is the event's data).
@@ -276,6 +278,7 @@ pub fn encode_routed(routed: &Routed) -> HeaderMap {
         headers: e.headers.clone(),
         topics: routed.topics.clone(),
         users: routed.users.clone(),
+        stamp: routed.stamp,
     };
     let mut headers = HeaderMap::new();
     if let Ok(json) = serde_json::to_string(&meta) {
@@ -302,6 +305,7 @@ pub fn decode_routed(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Rout
         event: Arc::new(event),
         topics: m.topics,
         users: m.users,
+        stamp: m.stamp,
     })
 }
 
@@ -392,6 +396,7 @@ mod tests {
             event: Arc::new(e),
             topics: vec!["chat.1".into()],
             users: vec!["x.y *".into()],
+            stamp: 7,
         };
         let back = decode_routed(Some(&encode_routed(&r)), b"{}").expect("decodes");
         assert_eq!(back, r);

@@ -15,7 +15,7 @@ use crate::executor::PluginExecutor;
 use crate::hub::Hub;
 use crate::plugin::{Audience, Delivery, PluginSet};
 use crate::routing::{Event, Routed};
-use crate::session::{EventFrame, Outbound, Pushed, SessionHandle, StampedAudience};
+use crate::session::{EventFrame, Pushed, SessionHandle, StampedAudience};
 
 /// The edge stage.
 pub struct Edge {
@@ -173,7 +173,7 @@ impl Lane {
     }
 
     fn enqueue(&self, session: &SessionHandle, frame: &Arc<EventFrame>) {
-        match session.queue.push(Outbound::Event(frame.clone())) {
+        match session.offer(frame) {
             Pushed::Queued => {
                 self.stats.delivered.fetch_add(1, Ordering::Relaxed);
             }
@@ -208,4 +208,53 @@ pub fn audience_of(set: &PluginSet, session: &SessionHandle) -> Arc<Audience> {
         audience: audience.clone(),
     })));
     audience
+}
+
+/// Frames of replayed events for a session of `subject`, transformed for
+/// its audience as live events are (withheld ones left out; if the
+/// transformers cannot be asked, nothing is sent rather than unredacted data).
+pub async fn replay_frames(
+    executor: &PluginExecutor,
+    subject: &crate::subject::Subject,
+    events: Vec<Event>,
+) -> Vec<Arc<EventFrame>> {
+    let events: Vec<Arc<Event>> = events.into_iter().map(Arc::new).collect();
+    let set = executor.plugins();
+    if !events.iter().any(|e| set.transforms(&e.topic)) {
+        return events.into_iter().map(EventFrame::new).collect();
+    }
+    let subject = subject.clone();
+    let asked = events.clone();
+    let deliveries = executor
+        .run(move |set| {
+            let audience = set.audience(&subject);
+            asked
+                .iter()
+                .map(|e| {
+                    if set.transforms(&e.topic) {
+                        set.transform(e, &[&audience])
+                            .pop()
+                            .unwrap_or(Delivery::Withheld)
+                    } else {
+                        Delivery::Original
+                    }
+                })
+                .collect::<Vec<_>>()
+        })
+        .await;
+    match deliveries {
+        Ok(d) => events
+            .into_iter()
+            .zip(d)
+            .filter_map(|(e, d)| match d {
+                Delivery::Original => Some(EventFrame::new(e)),
+                Delivery::Changed(changed) => Some(EventFrame::new(changed)),
+                Delivery::Withheld => None,
+            })
+            .collect(),
+        Err(err) => {
+            tracing::warn!(error = %err, "transforms unavailable; replay withheld");
+            Vec::new()
+        }
+    }
 }

@@ -13,7 +13,8 @@ use tracing::Instrument;
 use super::{Edge, EventStats, LANE_DEPTH, PublishError, lane_of};
 use crate::executor::PluginExecutor;
 use crate::plugin::{Interface, PluginSet, RouteOutcome};
-use crate::routing::{Event, Routed};
+use crate::routing::{Event, EventId, Routed};
+use crate::store::history::{History, Record};
 
 /// An event to route, with what settles it on the bus once its deliveries
 /// are out (the JetStream acknowledgement of the ingest message).
@@ -22,6 +23,8 @@ pub struct Job {
     pub event: Event,
     /// Acknowledges the ingest message; `None` on the local bus.
     pub ack: Option<async_nats::jetstream::message::Acker>,
+    /// When the bus stored it (ns), 0 on the local bus.
+    pub stamp: u64,
 }
 
 /// Where routed events go.
@@ -37,6 +40,7 @@ pub enum Outlet {
 pub struct Router {
     lanes: Vec<mpsc::Sender<Job>>,
     tasks: TaskTracker,
+    history: Option<Arc<History>>,
 }
 
 impl Router {
@@ -47,6 +51,7 @@ impl Router {
         executor: Arc<PluginExecutor>,
         outlet: Outlet,
         stats: Arc<EventStats>,
+        history: Option<Arc<History>>,
         stop: CancellationToken,
     ) -> Self {
         let tasks = TaskTracker::new();
@@ -57,6 +62,7 @@ impl Router {
                     executor: executor.clone(),
                     outlet: outlet.clone(),
                     stats: stats.clone(),
+                    history: history.clone(),
                 };
                 tasks.spawn(lane.run(rx, stop.clone()));
                 tx
@@ -66,6 +72,7 @@ impl Router {
         Router {
             lanes: senders,
             tasks,
+            history,
         }
     }
 
@@ -89,9 +96,21 @@ impl Router {
             .map_err(|_| PublishError::Stopped)
     }
 
-    /// Completes once every lane has finished (after the stop token).
+    /// Completes once every lane has finished (after the stop token), and
+    /// the history they wrote is in the store.
     pub async fn drained(&self) {
         self.tasks.wait().await;
+        if let Some(h) = &self.history {
+            h.flush_and_stop().await;
+        }
+    }
+
+    /// Tells history that `id` was handled without being routed (a
+    /// malformed ingest message), so that its watermark moves on.
+    pub async fn skipped(&self, id: EventId) {
+        if let Some(h) = &self.history {
+            h.record(Record::Skipped(id)).await;
+        }
     }
 }
 
@@ -99,6 +118,7 @@ struct Lane {
     executor: Arc<PluginExecutor>,
     outlet: Outlet,
     stats: Arc<EventStats>,
+    history: Option<Arc<History>>,
 }
 
 impl Lane {
@@ -121,6 +141,7 @@ impl Lane {
     }
 
     async fn handle(&self, job: Job) {
+        let event_id = job.event.id.clone();
         let event = Arc::new(job.event);
         let set = self.executor.plugins();
         let outcome = self.route(&set, &event).await;
@@ -135,6 +156,7 @@ impl Lane {
                 topics: vec![event.topic.as_str().to_owned()],
                 users: event.to_users.clone(),
                 event,
+                stamp: job.stamp,
             }),
             RouteOutcome::Deliver { topics, users } => {
                 tracing::debug!(?topics, ?users, "routed");
@@ -142,9 +164,19 @@ impl Lane {
                     event,
                     topics,
                     users,
+                    stamp: job.stamp,
                 })
             }
         };
+        if let Some(h) = &self.history {
+            let record = match &routed {
+                Some(r) => Some(Record::Routed(r.clone())),
+                None => EventId::parse(&event_id).map(Record::Skipped),
+            };
+            if let Some(record) = record {
+                h.record(record).await;
+            }
+        }
         match &self.outlet {
             Outlet::Edge(edge) => {
                 if let Some(r) = routed {

@@ -56,4 +56,8 @@ pub struct Routed {
     pub topics: Vec<String>,
     /// Users whose every live session receives it.
     pub users: Vec<String>,
+    /// When the bus stored the event (ns; 0 on the local bus): with the id,
+    /// tells a redelivery from a new event that reuses a sequence after the
+    /// bus lost data.
+    pub stamp: u64,
 }

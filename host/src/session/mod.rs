@@ -17,6 +17,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::SlowConsumerPolicy;
 use crate::plugin::Audience;
+use crate::routing::EventId;
 use crate::subject::Subject;
 pub use frame::EventFrame;
 pub use queue::{CloseReason, OutboundQueue, Pushed};
@@ -77,7 +78,14 @@ pub struct SessionHandle {
     /// that generation (recomputed on first use after a reload).
     pub audience: arc_swap::ArcSwapOption<StampedAudience>,
     subscriptions: Mutex<HashSet<String>>,
+    /// While a replay runs: live events wait here, to follow the replayed
+    /// ones without a gap or a duplicate at the seam.
+    held: Mutex<Option<Vec<Arc<EventFrame>>>>,
 }
+
+/// Live events held during a replay before the session is closed as a slow
+/// consumer (a replay takes milliseconds; this guards memory, not timing).
+const MAX_HELD: usize = 65_536;
 
 impl SessionHandle {
     /// A session with an empty queue of `depth` and no subscriptions.
@@ -101,6 +109,51 @@ impl SessionHandle {
             queue: OutboundQueue::new(depth, policy, grace),
             audience: arc_swap::ArcSwapOption::empty(),
             subscriptions: Mutex::new(HashSet::new()),
+            held: Mutex::new(None),
+        }
+    }
+
+    fn held(&self) -> std::sync::MutexGuard<'_, Option<Vec<Arc<EventFrame>>>> {
+        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Holds live events back until [`SessionHandle::release`].
+    pub fn hold(&self) {
+        let mut held = self.held();
+        if held.is_none() {
+            *held = Some(Vec::new());
+        }
+    }
+
+    /// Delivers a live event: queued, or held while a replay runs.
+    pub fn offer(&self, frame: &Arc<EventFrame>) -> Pushed {
+        {
+            let mut held = self.held();
+            if let Some(buf) = held.as_mut() {
+                if buf.len() >= MAX_HELD {
+                    drop(held);
+                    self.queue.close(CloseReason::SlowConsumer);
+                    return Pushed::Overflowed;
+                }
+                buf.push(frame.clone());
+                return Pushed::Queued;
+            }
+        }
+        self.queue.push(Outbound::Event(frame.clone()))
+    }
+
+    /// Ends a hold: the held live events are queued, except those with a
+    /// sequence at or below `replayed_upto` (already sent by the replay).
+    pub fn release(&self, replayed_upto: Option<EventId>) {
+        let mut held = self.held();
+        for frame in held.take().unwrap_or_default() {
+            let already = replayed_upto.is_some_and(|upto| {
+                EventId::parse(&frame.event().id)
+                    .is_some_and(|id| id.epoch == upto.epoch && id.seq <= upto.seq)
+            });
+            if !already {
+                self.queue.push(Outbound::Event(frame));
+            }
         }
     }
 

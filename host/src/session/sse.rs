@@ -19,7 +19,7 @@ use tracing::Instrument;
 
 use super::{CloseReason, Outbound, Protocol, SessionHandle};
 use crate::error::ApiError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Recovery};
 use crate::routing::Topic;
 
 /// Milliseconds a browser waits before reconnecting.
@@ -97,12 +97,32 @@ async fn open(
     let identity = gw.auth.identify(bearer, query.ticket.as_deref())?;
     let expires_at = identity.expires_at;
     let session = gw.open_session(identity, Protocol::Sse, &topics).await?;
+    // The browser's EventSource sends `Last-Event-ID` when it reconnects.
+    let since = headers
+        .get("last-event-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned)
+        .or(query.last_event_id.clone())
+        .filter(|s| !s.trim().is_empty());
+    if since.is_some() {
+        // Live events wait until the missed ones are out.
+        session.hold();
+    }
     gw.activate(&session).await;
+    let names: Vec<String> = topics.iter().map(|t| t.as_str().to_owned()).collect();
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let span = tracing::info_span!("session", id = %session.id, user = %session.subject.user);
-    gw.tasks
-        .spawn(feed(gw.clone(), session, tx, expires_at).instrument(span));
+    gw.tasks.spawn(
+        feed(
+            gw.clone(),
+            session,
+            tx,
+            expires_at,
+            since.map(|s| (s, names)),
+        )
+        .instrument(span),
+    );
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -117,6 +137,7 @@ async fn feed(
     session: Arc<SessionHandle>,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     expires_at: u64,
+    recover: Option<(String, Vec<String>)>,
 ) {
     let hello = format!(
         "retry: {RETRY_MS}\nevent: connected\ndata: {}\n\n",
@@ -130,7 +151,39 @@ async fn feed(
         expires_at.saturating_sub(Gateway::now_s()),
     ));
     tokio::pin!(expiry);
-    if tx.send(Ok(Bytes::from(hello))).await.is_ok() {
+    let mut open = tx.send(Ok(Bytes::from(hello))).await.is_ok();
+    if let Some((since, topics)) = recover {
+        let upto = match gw.recover(&session.subject, &since, &topics).await {
+            Recovery::Replayed { frames, upto } => {
+                // Straight to the stream, in chunks: the queue is the live path.
+                for chunk in frames.chunks(64) {
+                    let text: String = chunk.iter().map(|f| f.sse()).collect();
+                    if open {
+                        open = matches!(
+                            tokio::time::timeout(stall, tx.send(Ok(Bytes::from(text)))).await,
+                            Ok(Ok(()))
+                        );
+                    }
+                }
+                Some(upto)
+            }
+            Recovery::Reset => {
+                let reset = format!(
+                    "event: reset\ndata: {}\n\n",
+                    serde_json::json!({
+                        "last_event_id": since,
+                        "reason": "the events since last_event_id are no longer all available; reload state, then follow live events"
+                    })
+                );
+                if open {
+                    open = tx.send(Ok(Bytes::from(reset))).await.is_ok();
+                }
+                None
+            }
+        };
+        session.release(upto);
+    }
+    if open {
         loop {
             let chunk = tokio::select! {
                 // Queued events first: at shutdown they go out before the retry hint.

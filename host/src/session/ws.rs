@@ -20,7 +20,7 @@ use tracing::Instrument;
 use super::json::{self, ClientFrame, ErrorCode};
 use super::{CloseReason, Outbound, Protocol, SessionHandle};
 use crate::error::ApiError;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Recovery};
 use crate::limits::TokenBucket;
 use crate::plugin::{AuthAction, AuthDecision};
 use crate::routing::{Event, Topic};
@@ -267,6 +267,25 @@ fn reply(session: &SessionHandle, text: String) {
     session.queue.push_control(Outbound::Control(text));
 }
 
+/// Queues replayed events behind the writer, never more than the queue
+/// holds: a long replay is paced by the client, not dropped.
+pub(crate) async fn queue_replay(
+    gw: &Gateway,
+    session: &SessionHandle,
+    frames: Vec<Arc<crate::session::EventFrame>>,
+) {
+    let room = gw.config.limits.queue_depth.max(2) / 2;
+    for frame in frames {
+        while session.queue.len() >= room {
+            if session.queue.is_closed() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        session.queue.push(Outbound::Event(frame));
+    }
+}
+
 async fn handle_text(
     gw: &Gateway,
     session: &SessionHandle,
@@ -278,15 +297,42 @@ async fn handle_text(
         Err(e) => return reply(session, json::error(e.id, e.code, &e.message)),
     };
     match frame {
-        ClientFrame::Subscribe { id, topic, since } => {
-            let result = subscribe(gw, session, &topic).await;
-            match result {
-                // Replay (`since`) arrives with the store: until then the
-                // client is told honestly that nothing was recovered.
-                Ok(()) => reply(session, json::ack(id, since.map(|_| false))),
-                Err((code, message)) => reply(session, json::error(id, code, &message)),
+        ClientFrame::Subscribe {
+            id,
+            topic,
+            since: Some(since),
+        } => {
+            // Live events of the topic wait while the missed ones are sent.
+            session.hold();
+            match subscribe(gw, session, &topic).await {
+                Ok(()) => {
+                    let recovery = gw.recover(&session.subject, &since, &[topic]).await;
+                    match recovery {
+                        Recovery::Replayed { frames, upto } => {
+                            reply(session, json::ack(id, Some(true)));
+                            queue_replay(gw, session, frames).await;
+                            session.release(Some(upto));
+                        }
+                        Recovery::Reset => {
+                            reply(session, json::ack(id, Some(false)));
+                            session.release(None);
+                        }
+                    }
+                }
+                Err((code, message)) => {
+                    session.release(None);
+                    reply(session, json::error(id, code, &message));
+                }
             }
         }
+        ClientFrame::Subscribe {
+            id,
+            topic,
+            since: None,
+        } => match subscribe(gw, session, &topic).await {
+            Ok(()) => reply(session, json::ack(id, None)),
+            Err((code, message)) => reply(session, json::error(id, code, &message)),
+        },
         ClientFrame::Unsubscribe { id, topic } => {
             if gw.hub.unsubscribe(session, &topic) {
                 reply(session, json::ack(id, None));

@@ -12,7 +12,7 @@ use std::time::Duration;
 use futures_util::{SinkExt, StreamExt};
 use jsonwebtoken::{Algorithm, EncodingKey, Header, encode};
 use serde_json::{Value, json};
-use switchyard_host::config::Config;
+use switchyard_host::config::{Config, StoreConfig};
 use switchyard_host::gateway::Gateway;
 use switchyard_host::plugin::{EngineSettings, PluginEngine, PluginSet};
 use tokio::net::TcpStream;
@@ -79,11 +79,40 @@ pub struct TestGateway {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     http: reqwest::Client,
+    _store: Option<tempfile::TempDir>,
+}
+
+/// A fresh PostgreSQL database on this machine's server, for one test.
+pub async fn fresh_postgres() -> String {
+    use sqlx::Connection;
+    let base = std::env::var("SWITCHYARD_TEST_POSTGRES")
+        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+    let name = format!("sy_test_{}", rand_suffix());
+    let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("the PostgreSQL server on 127.0.0.1:5432 answers");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .expect("create database");
+    format!("{base}/{name}")
+}
+
+fn rand_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    format!("{:016x}", h.finish())
 }
 
 impl TestGateway {
     /// Starts a gateway on 127.0.0.1:0 with `config`.
-    pub async fn start(config: Config) -> Self {
+    pub async fn start(mut config: Config) -> Self {
         // `RUST_LOG=switchyard_host=debug cargo test ...` shows the gateway's log.
         if std::env::var_os("RUST_LOG").is_some() {
             let _ = tracing_subscriber::fmt()
@@ -91,6 +120,14 @@ impl TestGateway {
                 .with_test_writer()
                 .try_init();
         }
+        // Each gateway its own SQLite file, unless the test chose a store.
+        let store_dir = if config.store.url == StoreConfig::default().url {
+            let dir = tempfile::tempdir().expect("store dir");
+            config.store.url = format!("sqlite://{}", dir.path().join("sy.db").display());
+            Some(dir)
+        } else {
+            None
+        };
         let specs = config.plugins.clone();
         let per_plugin = config.runtime.instances_per_plugin;
         // Plugin loading runs synchronous calls: keep it off the async workers.
@@ -119,6 +156,7 @@ impl TestGateway {
             addr,
             gateway,
             http: reqwest::Client::new(),
+            _store: store_dir,
         }
     }
 
@@ -268,6 +306,28 @@ impl TestGateway {
         }
     }
 
+    /// An SSE stream opened with one extra request header (`Last-Event-ID`).
+    pub async fn sse_with_header(
+        &self,
+        query: &str,
+        token: Option<&str>,
+        header: (&str, &str),
+    ) -> Sse {
+        let mut req = self
+            .http
+            .get(self.url(&format!("/v1/sse?{query}")))
+            .header(header.0, header.1);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        let resp = req.send().await.expect("sse");
+        assert_eq!(resp.status().as_u16(), 200, "sse refused");
+        Sse {
+            resp,
+            buf: String::new(),
+        }
+    }
+
     pub async fn sse_status(&self, query: &str, token: Option<&str>) -> u16 {
         let mut req = self.http.get(self.url(&format!("/v1/sse?{query}")));
         if let Some(t) = token {
@@ -347,6 +407,24 @@ impl Ws {
                 Message::Text(t) => return serde_json::from_str(&t).expect("json frame"),
                 Message::Ping(_) | Message::Pong(_) => continue,
                 other => panic!("unexpected frame {other:?}"),
+            }
+        }
+    }
+
+    /// The next `event` frame within `limit`, or `None`.
+    pub async fn next_event_within(&mut self, limit: Duration) -> Option<Value> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let msg = tokio::time::timeout_at(deadline, self.stream.next())
+                .await
+                .ok()?
+                .expect("open")
+                .expect("frame");
+            if let Message::Text(t) = msg {
+                let v: Value = serde_json::from_str(&t).expect("json frame");
+                if v["op"] == "event" {
+                    return Some(v);
+                }
             }
         }
     }

@@ -127,6 +127,18 @@ impl NatsServer {
         }
     }
 
+    /// Stops the process with SIGTERM, as an operator or a supervisor
+    /// would: the server writes its store out before it exits (a SIGKILL of
+    /// a single server can lose the last writes its store had not synced).
+    pub fn terminate(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = Command::new("kill")
+                .args(["-TERM", &c.id().to_string()])
+                .status();
+            let _ = c.wait();
+        }
+    }
+
     pub fn is_running(&self) -> bool {
         self.child.is_some()
     }

@@ -193,7 +193,10 @@ impl Dispatcher {
     ) -> bool {
         match wire::decode_routed(headers, payload) {
             Ok(routed) => {
-                if recent.first_time(&routed.event.id) {
+                tracing::trace!(id = %routed.event.id, %subject, "delivery received");
+                // The id and the bus's storage time: a sequence reused after
+                // NATS lost data is a new event, not a repeat.
+                if recent.first_time(&format!("{}/{}", routed.event.id, routed.stamp)) {
                     self.edge.submit(routed).await;
                     return true;
                 }
@@ -233,6 +236,10 @@ impl Dispatcher {
     }
 
     async fn replay(&self, from: SystemTime, recent: &mut RecentIds) -> Result<u64, String> {
+        // The subscriptions restored on reconnect must be in effect before
+        // the end of the catch-up is fixed: a round trip to the server
+        // guarantees it has them, so every delivery from here on arrives live.
+        self.js.client().flush().await.map_err(|e| e.to_string())?;
         let mut stream = self
             .js
             .get_stream(&self.delivery_log)

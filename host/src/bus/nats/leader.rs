@@ -23,6 +23,9 @@ use crate::pipeline::{Job, Router};
 
 /// The lease key.
 const KEY: &str = "router";
+/// How long a pull may receive nothing while events wait before it is
+/// replaced.
+const STALL: Duration = Duration::from_secs(2);
 /// The durable consumer of the ingest stream.
 pub const CONSUMER: &str = "router";
 
@@ -93,12 +96,17 @@ impl Leadership {
         let mut renew = tokio::time::interval(self.ttl / 3);
         renew.tick().await;
         loop {
+            let links = self.stats.disconnects.load(Ordering::Relaxed);
+            let mut last_message = Instant::now();
             let consumer = tokio::select! {
                 c = self.fresh_consumer() => c,
                 () = stop.cancelled() => return self.release(revision).await,
             };
             let mut messages = match consumer {
-                Ok(m) => Some(m),
+                Ok(m) => {
+                    tracing::debug!("pulling the ingest stream");
+                    Some(m)
+                }
                 Err(e) => {
                     tracing::warn!(error = %e, "cannot consume the ingest stream; retrying");
                     None
@@ -116,20 +124,46 @@ impl Leadership {
                                 if renewed.elapsed() >= self.ttl { return Ended::Lost; }
                             }
                         }
-                        if messages.is_none() { break; }
+                        // After a reconnect, pull afresh: the server may have
+                        // lost the pending pull with the old connection.
+                        if messages.is_none() || self.stats.disconnects.load(Ordering::Relaxed) != links { break; }
+                        // A pull that receives nothing while events wait is
+                        // stuck (a server restart can lose it): pull afresh.
+                        if last_message.elapsed() >= STALL && self.waiting().await {
+                            tracing::warn!("the ingest pull stalled with events waiting; pulling afresh");
+                            break;
+                        }
                     }
                     m = async { match messages.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
                         match m {
-                            Some(Ok(msg)) => self.take(msg).await,
+                            Some(Ok(msg)) => {
+                                last_message = Instant::now();
+                                tracing::trace!(subject = %msg.subject, "ingest message");
+                                self.take(msg).await
+                            }
                             Some(Err(e)) => {
                                 tracing::debug!(error = %e, "ingest stream hiccup");
                             }
-                            None => break,
+                            None => {
+                                tracing::debug!("ingest pull ended");
+                                break;
+                            }
                         }
                     }
                     () = stop.cancelled() => return self.release(revision).await,
                 }
             }
+        }
+    }
+
+    /// Whether events wait in the ingest stream for this router.
+    async fn waiting(&self) -> bool {
+        let Ok(stream) = self.js.get_stream(&self.ingest_stream).await else {
+            return false;
+        };
+        match stream.consumer_info(CONSUMER).await {
+            Ok(info) => info.num_pending > 0 || info.num_ack_pending > 0,
+            Err(_) => false,
         }
     }
 
@@ -156,11 +190,24 @@ impl Leadership {
             })
             .await
             .map_err(|e| e.to_string())?;
-        consumer.messages().await.map_err(|e| e.to_string())
+        // Short pulls with heartbeats: a pull lost with a restarted server is
+        // noticed in seconds.
+        consumer
+            .stream()
+            .expires(Duration::from_secs(5))
+            .heartbeat(Duration::from_secs(2))
+            .messages()
+            .await
+            .map_err(|e| e.to_string())
     }
 
     async fn take(&self, msg: async_nats::jetstream::Message) {
-        let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
+        let Ok((seq, stamp)) = msg.info().map(|i| {
+            (
+                i.stream_sequence,
+                i.published.unix_timestamp_nanos().max(0) as u64,
+            )
+        }) else {
             return;
         };
         let id = format!("{:x}-{seq}", self.epoch.load(Ordering::Relaxed));
@@ -176,6 +223,7 @@ impl Leadership {
                 let job = Job {
                     event,
                     ack: Some(acker),
+                    stamp,
                 };
                 if self.router.submit(job).await.is_err() {
                     tracing::debug!("router stopped; event left for the next router");
@@ -184,6 +232,12 @@ impl Leadership {
             Err(e) => {
                 self.stats.malformed.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(subject = %msg.subject, error = %e, "malformed ingest message dropped");
+                self.router
+                    .skipped(crate::routing::EventId {
+                        epoch: self.epoch.load(Ordering::Relaxed),
+                        seq,
+                    })
+                    .await;
                 let _ = acker.ack().await;
             }
         }

@@ -94,6 +94,7 @@ impl NatsBus {
             parts.executor.clone(),
             crate::pipeline::Outlet::Nats(outlet),
             parts.stats.clone(),
+            parts.history.clone(),
             parts.draining.clone(),
         ));
         let edge = Edge::start(
@@ -234,6 +235,17 @@ impl NatsBus {
         presence::query_sessions(&self.client, &self.subjects, &self.members).await
     }
 
+    /// The epoch of the ingest stream.
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(Ordering::Relaxed)
+    }
+
+    /// The ingest stream's last sequence.
+    pub async fn high_water(&self) -> Option<u64> {
+        let mut stream = self.js.get_stream(&self.ingest_stream).await.ok()?;
+        Some(stream.info().await.ok()?.state.last_sequence)
+    }
+
     /// Live node ids.
     pub fn nodes(&self) -> Vec<String> {
         self.members.live()
@@ -300,7 +312,7 @@ async fn provision(
         name: out_stream.clone(),
         subjects: vec![subjects.deliveries_all()],
         retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::Memory,
+        storage: stream::StorageType::File,
         num_replicas: bus.replicas,
         max_age: Duration::from_secs(bus.recovery_window_s),
         max_bytes: DELIVERY_LOG_BYTES,
@@ -317,11 +329,11 @@ async fn provision(
         subjects: vec![format!("$KV.{bucket}.>")],
         max_messages_per_subject: 1,
         max_age: Duration::from_millis(bus.lease_ttl_ms),
-        storage: stream::StorageType::Memory,
+        storage: stream::StorageType::File,
         num_replicas: bus.replicas,
         allow_rollup: true,
         deny_delete: true,
-        allow_direct: true,
+        allow_direct: false,
         discard: stream::DiscardPolicy::New,
         ..Default::default()
     })

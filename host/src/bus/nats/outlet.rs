@@ -55,6 +55,7 @@ impl Outlet {
                 .chain(r.users.iter().map(|u| self.subjects.user(u)))
                 .collect();
             let mut attempt = 0;
+            tracing::trace!(id = %r.event.id, subjects = pending.len(), "publishing deliveries");
             while !pending.is_empty() {
                 let mut acks = Vec::with_capacity(pending.len());
                 for subject in &pending {
@@ -77,6 +78,7 @@ impl Outlet {
                 }
                 pending = failed;
                 if pending.is_empty() {
+                    tracing::trace!(id = %r.event.id, "deliveries confirmed");
                     break;
                 }
                 self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);

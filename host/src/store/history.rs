@@ -1,0 +1,276 @@
+//! The history writer: routed events are written in batches (ingest never
+//! waits on one insert per event), with the watermark below which every
+//! sequence of the epoch has been handled, and retention applied as it goes.
+
+use std::collections::{BTreeSet, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::task::TaskTracker;
+
+use super::Store;
+use crate::routing::{EventId, Routed};
+
+/// What the router stage tells the writer.
+#[derive(Debug)]
+pub enum Record {
+    /// An event and where it went.
+    Routed(Routed),
+    /// A sequence handled without history (dropped by a router, malformed).
+    Skipped(EventId),
+}
+
+/// Counters of the writer.
+#[derive(Debug, Default)]
+pub struct HistoryStats {
+    /// Events written.
+    pub written: AtomicU64,
+    /// Batches that failed (retried).
+    pub errors: AtomicU64,
+    /// History rows removed by retention.
+    pub trimmed: AtomicU64,
+    /// Times the watermark skipped a sequence that never came.
+    pub skipped_gaps: AtomicU64,
+}
+
+/// Retention settings.
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// Events kept per topic.
+    pub max_events: u64,
+    /// Oldest kept, in seconds.
+    pub max_age_s: u64,
+}
+
+/// The sending side, shared by the router lanes.
+pub struct History {
+    tx: mpsc::Sender<Record>,
+    task: TaskTracker,
+    stop: tokio_util::sync::CancellationToken,
+    /// Counters.
+    pub stats: Arc<HistoryStats>,
+}
+
+/// Records waiting for the writer before router lanes wait.
+const BACKLOG: usize = 65_536;
+/// The most records in one transaction.
+const BATCH: usize = 1024;
+/// How often retention runs.
+const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// A missing sequence the watermark waits for before moving past it.
+const GAP_PATIENCE: Duration = Duration::from_secs(10);
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+impl History {
+    /// Starts the writer on `store`.
+    pub fn start(store: Store, retention: Retention) -> Self {
+        let (tx, rx) = mpsc::channel(BACKLOG);
+        let stats = Arc::new(HistoryStats::default());
+        let task = TaskTracker::new();
+        let stop = tokio_util::sync::CancellationToken::new();
+        task.spawn(write_loop(
+            store,
+            retention,
+            rx,
+            stats.clone(),
+            stop.clone(),
+        ));
+        task.close();
+        History {
+            tx,
+            task,
+            stop,
+            stats,
+        }
+    }
+
+    /// Hands a record to the writer, waiting for room.
+    pub async fn record(&self, record: Record) {
+        if self.tx.send(record).await.is_err() {
+            tracing::warn!("history writer stopped; record lost");
+        }
+    }
+
+    /// Stops taking records and waits until everything sent is written.
+    pub async fn flush_and_stop(&self) {
+        self.stop.cancel();
+        self.task.wait().await;
+    }
+}
+
+/// The watermark of one epoch: every sequence up to `upto` was handled.
+#[derive(Debug)]
+pub struct Watermark {
+    /// The epoch.
+    pub epoch: u64,
+    next: u64,
+    pending: BTreeSet<u64>,
+    stuck_since: Option<Instant>,
+}
+
+impl Watermark {
+    /// Starts after `upto`.
+    pub fn new(epoch: u64, upto: u64) -> Self {
+        Watermark {
+            epoch,
+            next: upto + 1,
+            pending: BTreeSet::new(),
+            stuck_since: None,
+        }
+    }
+
+    /// Every sequence up to this one was handled.
+    pub fn upto(&self) -> u64 {
+        self.next - 1
+    }
+
+    /// Marks `seq` handled.
+    pub fn mark(&mut self, seq: u64) {
+        if seq >= self.next {
+            self.pending.insert(seq);
+        }
+        while self.pending.remove(&self.next) {
+            self.next += 1;
+        }
+    }
+
+    /// Moves past a missing sequence that has not come for `patience`
+    /// (expired from the ingest stream, say); true if it did.
+    pub fn give_up_waiting(&mut self, now: Instant, patience: Duration) -> bool {
+        let Some(&first) = self.pending.first() else {
+            self.stuck_since = None;
+            return false;
+        };
+        let since = *self.stuck_since.get_or_insert(now);
+        if now.duration_since(since) < patience {
+            return false;
+        }
+        self.next = first;
+        self.mark(first);
+        self.stuck_since = None;
+        true
+    }
+}
+
+async fn write_loop(
+    store: Store,
+    retention: Retention,
+    mut rx: mpsc::Receiver<Record>,
+    stats: Arc<HistoryStats>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let mut closing = false;
+    let mut batch = Vec::with_capacity(BATCH);
+    let mut mark: Option<Watermark> = None;
+    let mut written_topics: HashSet<String> = HashSet::new();
+    let mut last_trim = Instant::now();
+    let mut written_upto: Option<(u64, u64)> = None;
+    loop {
+        batch.clear();
+        let n = tokio::select! {
+            n = rx.recv_many(&mut batch, BATCH) => n,
+            () = tokio::time::sleep(TRIM_EVERY) => 0,
+            // Take no more, but write what was sent.
+            () = stop.cancelled(), if !closing => {
+                rx.close();
+                closing = true;
+                continue;
+            }
+        };
+        if n == 0 && closing {
+            break;
+        }
+        let mut routed = Vec::with_capacity(batch.len());
+        for record in batch.drain(..) {
+            let id = match &record {
+                Record::Routed(r) => EventId::parse(&r.event.id),
+                Record::Skipped(id) => Some(*id),
+            };
+            let Some(id) = id else { continue };
+            if mark.as_ref().is_none_or(|m| m.epoch != id.epoch) {
+                let upto = store.watermark(id.epoch).await.unwrap_or(0);
+                mark = Some(Watermark::new(id.epoch, upto));
+            }
+            if let Some(m) = mark.as_mut() {
+                m.mark(id.seq);
+            }
+            if let Record::Routed(r) = record {
+                written_topics.extend(r.topics.iter().cloned());
+                routed.push(r);
+            }
+        }
+        if let Some(m) = mark.as_mut()
+            && m.give_up_waiting(Instant::now(), GAP_PATIENCE)
+        {
+            stats.skipped_gaps.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                epoch = m.epoch,
+                upto = m.upto(),
+                "history watermark moved past sequences that never came"
+            );
+        }
+        if let Some(m) = &mark
+            && !(routed.is_empty() && written_upto == Some((m.epoch, m.upto())))
+        {
+            // Retried until it goes through: history is not lost to a blip.
+            let mut delay = Duration::from_millis(50);
+            loop {
+                match store.write(&routed, m.epoch, m.upto(), now_ms()).await {
+                    Ok(()) => {
+                        stats
+                            .written
+                            .fetch_add(routed.len() as u64, Ordering::Relaxed);
+                        written_upto = Some((m.epoch, m.upto()));
+                        break;
+                    }
+                    Err(e) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        tracing::error!(error = %e, "history write failed; retrying");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+        if last_trim.elapsed() >= TRIM_EVERY {
+            last_trim = Instant::now();
+            let topics: Vec<String> = written_topics.drain().collect();
+            let oldest = now_ms().saturating_sub(retention.max_age_s * 1000);
+            match store.trim(&topics, retention.max_events, oldest).await {
+                Ok(n) => {
+                    stats.trimmed.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(e) => tracing::warn!(error = %e, "history retention failed"),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_watermark_advances_over_contiguous_sequences_only() {
+        let mut w = Watermark::new(1, 10);
+        w.mark(12);
+        assert_eq!(w.upto(), 10);
+        w.mark(11);
+        assert_eq!(w.upto(), 12);
+        w.mark(5);
+        assert_eq!(w.upto(), 12, "old sequences change nothing");
+        w.mark(14);
+        let t0 = Instant::now();
+        assert!(!w.give_up_waiting(t0, Duration::from_secs(10)));
+        assert!(w.give_up_waiting(t0 + Duration::from_secs(11), Duration::from_secs(10)));
+        assert_eq!(w.upto(), 14, "13 never came");
+    }
+}

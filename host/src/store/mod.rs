@@ -1,0 +1,375 @@
+//! Durable state through sqlx: SQLite (embedded, the default) or
+//! PostgreSQL (clusters). Queries are written once with `$n` placeholders,
+//! which both databases accept, and checked at runtime, so building needs no
+//! database. Migrations under `migrations/<database>/` are embedded and
+//! applied at start.
+
+pub mod history;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+use sqlx::postgres::{PgPool, PgPoolOptions};
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions};
+
+use crate::config::StoreConfig;
+use crate::routing::{Event, EventId, Routed, Topic};
+
+/// Why the store failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// The database could not be opened.
+    #[error("cannot open the store at {url}: {reason}")]
+    Open {
+        /// `store.url`, without credentials.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// A migration failed.
+    #[error("cannot migrate the store: {0}")]
+    Migrate(String),
+    /// A query failed.
+    #[error("store query failed: {0}")]
+    Query(#[from] sqlx::Error),
+}
+
+/// The database behind the store.
+#[derive(Clone)]
+pub enum Store {
+    /// SQLite.
+    Sqlite(SqlitePool),
+    /// PostgreSQL.
+    Postgres(PgPool),
+}
+
+/// Runs the same query builder on either pool.
+macro_rules! on_pool {
+    ($store:expr, |$pool:ident| $body:expr) => {
+        match $store {
+            Store::Sqlite($pool) => $body,
+            Store::Postgres($pool) => $body,
+        }
+    };
+}
+
+/// What a replay found.
+#[derive(Debug)]
+pub enum Replay {
+    /// Every event after the cursor, in order.
+    Events(Vec<Event>),
+    /// The cursor is from another epoch, or older than retention: the
+    /// client must be told instead of getting a partial history.
+    Reset,
+}
+
+/// The most events one replay returns; further behind is a reset.
+pub const MAX_REPLAY: usize = 10_000;
+
+fn redact(url: &str) -> String {
+    match url.split_once('@') {
+        Some((head, tail)) => match head.split_once("://") {
+            Some((scheme, _)) => format!("{scheme}://…@{tail}"),
+            None => tail.to_owned(),
+        },
+        None => url.to_owned(),
+    }
+}
+
+impl Store {
+    /// Opens (creating a SQLite file and its directory if needed) and
+    /// migrates.
+    pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
+        let url = &config.url;
+        let open_err = |e: &dyn std::fmt::Display| StoreError::Open {
+            url: redact(url),
+            reason: e.to_string(),
+        };
+        let store = if url.starts_with("sqlite:") {
+            let options: SqliteConnectOptions = url.parse().map_err(|e| open_err(&e))?;
+            let options = options
+                .create_if_missing(true)
+                .journal_mode(SqliteJournalMode::Wal)
+                .busy_timeout(std::time::Duration::from_secs(5));
+            if let Some(dir) = options.get_filename().parent()
+                && !dir.as_os_str().is_empty()
+            {
+                std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
+            }
+            let pool = SqlitePoolOptions::new()
+                .max_connections(4)
+                .connect_with(options)
+                .await
+                .map_err(|e| open_err(&e))?;
+            sqlx::migrate!("../migrations/sqlite")
+                .run(&pool)
+                .await
+                .map_err(|e| StoreError::Migrate(e.to_string()))?;
+            Store::Sqlite(pool)
+        } else {
+            let pool = PgPoolOptions::new()
+                .max_connections(8)
+                .connect(url)
+                .await
+                .map_err(|e| open_err(&e))?;
+            sqlx::migrate!("../migrations/postgres")
+                .run(&pool)
+                .await
+                .map_err(|e| StoreError::Migrate(e.to_string()))?;
+            Store::Postgres(pool)
+        };
+        Ok(store)
+    }
+
+    /// Whether the database answers.
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        on_pool!(self, |pool| sqlx::query("SELECT 1")
+            .execute(pool)
+            .await
+            .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The newest epoch this store has written, with its watermark.
+    pub async fn latest_epoch(&self) -> Result<Option<(u64, u64)>, StoreError> {
+        let row: Option<(i64, i64)> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT epoch, upto FROM sy_watermark ORDER BY epoch DESC LIMIT 1"
+        )
+        .fetch_optional(pool)
+        .await)?;
+        Ok(row.map(|(e, u)| (e as u64, u as u64)))
+    }
+
+    /// Every sequence of `epoch` up to this one has been written.
+    pub async fn watermark(&self, epoch: u64) -> Result<u64, StoreError> {
+        let row: Option<(i64,)> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT upto FROM sy_watermark WHERE epoch = $1"
+        )
+        .bind(epoch as i64)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(row.map_or(0, |(u,)| u as u64))
+    }
+
+    /// Writes routed events and moves the watermark of `epoch` to `upto`
+    /// (never back), in one transaction.
+    pub async fn write(
+        &self,
+        events: &[Routed],
+        epoch: u64,
+        upto: u64,
+        now_ms: u64,
+    ) -> Result<(), StoreError> {
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            for r in events {
+                let Some(id) = EventId::parse(&r.event.id) else {
+                    continue;
+                };
+                let e = &r.event;
+                let headers = serde_json::to_string(&e.headers).unwrap_or_else(|_| "[]".into());
+                sqlx::query(
+                    "INSERT INTO sy_events (epoch, seq, topic, name, data, headers, sender, created_ms) \
+                     VALUES ($1, $2, $3, $4, $5, $6, $7, $8) ON CONFLICT (epoch, seq) DO NOTHING",
+                )
+                .bind(id.epoch as i64)
+                .bind(id.seq as i64)
+                .bind(e.topic.as_str())
+                .bind(e.name.as_str())
+                .bind(e.data.as_slice())
+                .bind(headers)
+                .bind(e.sender.as_deref())
+                .bind(now_ms as i64)
+                .execute(&mut *tx)
+                .await?;
+                for topic in &r.topics {
+                    sqlx::query(
+                        "INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES ($1, $2, $3, $4) \
+                         ON CONFLICT (topic, epoch, seq) DO NOTHING",
+                    )
+                    .bind(topic.as_str())
+                    .bind(id.epoch as i64)
+                    .bind(id.seq as i64)
+                    .bind(now_ms as i64)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+            }
+            sqlx::query(
+                "INSERT INTO sy_watermark (epoch, upto) VALUES ($1, $2) ON CONFLICT (epoch) DO UPDATE SET upto = \
+                 CASE WHEN excluded.upto > sy_watermark.upto THEN excluded.upto ELSE sy_watermark.upto END",
+            )
+            .bind(epoch as i64)
+            .bind(upto as i64)
+            .execute(&mut *tx)
+            .await?;
+            tx.commit().await?;
+        });
+        Ok(())
+    }
+
+    /// The events of `topics` after `since`, in order, or [`Replay::Reset`]
+    /// when `since` is from another epoch than `current`, older than what
+    /// retention kept, or more than [`MAX_REPLAY`] behind.
+    pub async fn replay(
+        &self,
+        current_epoch: u64,
+        since: EventId,
+        topics: &[String],
+    ) -> Result<Replay, StoreError> {
+        if since.epoch != current_epoch {
+            return Ok(Replay::Reset);
+        }
+        if topics.is_empty() {
+            return Ok(Replay::Events(Vec::new()));
+        }
+        let list = (0..topics.len())
+            .map(|i| format!("${}", i + 2))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let trimmed_sql =
+            format!("SELECT MAX(upto) FROM sy_trimmed WHERE epoch = $1 AND topic IN ({list})");
+        let (trimmed,): (Option<i64>,) = on_pool!(self, |pool| {
+            let mut q = sqlx::query_as(AssertSqlSafe(trimmed_sql.clone())).bind(since.epoch as i64);
+            for t in topics {
+                q = q.bind(t.as_str());
+            }
+            q.fetch_one(pool).await
+        })?;
+        if trimmed.is_some_and(|t| t as u64 > since.seq) {
+            return Ok(Replay::Reset);
+        }
+        let sql = format!(
+            "SELECT e.seq, e.topic, e.name, e.data, e.headers, e.sender \
+             FROM sy_history h JOIN sy_events e ON e.epoch = h.epoch AND e.seq = h.seq \
+             WHERE h.epoch = $1 AND h.topic IN ({list}) AND h.seq > ${} \
+             ORDER BY h.seq LIMIT ${}",
+            topics.len() + 2,
+            topics.len() + 3
+        );
+        type Row = (i64, String, String, Vec<u8>, String, Option<String>);
+        let rows: Vec<Row> = on_pool!(self, |pool| {
+            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone())).bind(since.epoch as i64);
+            for t in topics {
+                q = q.bind(t.as_str());
+            }
+            q.bind(since.seq as i64)
+                .bind(MAX_REPLAY as i64 + 1)
+                .fetch_all(pool)
+                .await
+        })?;
+        let mut events: Vec<Event> = Vec::with_capacity(rows.len());
+        for (seq, topic, name, data, headers, sender) in rows {
+            let seq = seq as u64;
+            // An event routed to two of the topics comes back twice.
+            if events
+                .last()
+                .is_some_and(|e| EventId::parse(&e.id).is_some_and(|id| id.seq == seq))
+            {
+                continue;
+            }
+            let Ok(topic) = Topic::parse(&topic) else {
+                continue;
+            };
+            let mut e = Event::new(
+                EventId {
+                    epoch: since.epoch,
+                    seq,
+                }
+                .to_string(),
+                topic,
+                data,
+            );
+            e.name = name;
+            e.headers = serde_json::from_str(&headers).unwrap_or_default();
+            e.sender = sender;
+            events.push(e);
+        }
+        if events.len() > MAX_REPLAY {
+            return Ok(Replay::Reset);
+        }
+        Ok(Replay::Events(events))
+    }
+
+    /// Applies retention: per topic at most `max_events`, none older than
+    /// `max_age_ms`; records what was removed so that older cursors reset.
+    pub async fn trim(
+        &self,
+        topics: &[String],
+        max_events: u64,
+        oldest_ms: u64,
+    ) -> Result<u64, StoreError> {
+        let mut cut: HashMap<(String, i64), i64> = HashMap::new();
+        // By age.
+        let old: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
+            sqlx::query_as(
+            "SELECT topic, epoch, MAX(seq) FROM sy_history WHERE created_ms < $1 GROUP BY topic, epoch"
+        )
+        .bind(oldest_ms as i64)
+        .fetch_all(pool)
+        .await
+        })?;
+        for (topic, epoch, seq) in old {
+            cut.insert((topic, epoch), seq);
+        }
+        // By count, for the topics written lately.
+        for topic in topics {
+            let row: Option<(i64, i64)> = on_pool!(self, |pool| {
+                sqlx::query_as(
+                "SELECT epoch, seq FROM sy_history WHERE topic = $1 ORDER BY epoch DESC, seq DESC LIMIT 1 OFFSET $2"
+            )
+            .bind(topic.as_str())
+            .bind(max_events as i64)
+            .fetch_optional(pool)
+            .await
+            })?;
+            if let Some((epoch, seq)) = row {
+                let key = (topic.clone(), epoch);
+                let e = cut.entry(key).or_insert(seq);
+                *e = (*e).max(seq);
+            }
+        }
+        let mut removed = 0;
+        for ((topic, epoch), upto) in &cut {
+            let done = on_pool!(self, |pool| sqlx::query(
+                "DELETE FROM sy_history WHERE topic = $1 AND epoch = $2 AND seq <= $3"
+            )
+            .bind(topic.as_str())
+            .bind(*epoch)
+            .bind(*upto)
+            .execute(pool)
+            .await
+            .map(|r| r.rows_affected()))?;
+            removed += done;
+            on_pool!(self, |pool| {
+                sqlx::query(
+                "INSERT INTO sy_trimmed (topic, epoch, upto) VALUES ($1, $2, $3) \
+                 ON CONFLICT (topic, epoch) DO UPDATE SET upto = \
+                 CASE WHEN excluded.upto > sy_trimmed.upto THEN excluded.upto ELSE sy_trimmed.upto END"
+            )
+            .bind(topic.as_str())
+            .bind(*epoch)
+            .bind(*upto)
+            .execute(pool)
+            .await
+            .map(|_| ())
+            })?;
+        }
+        if removed > 0 {
+            on_pool!(self, |pool| {
+                sqlx::query(
+                "DELETE FROM sy_events WHERE NOT EXISTS \
+                 (SELECT 1 FROM sy_history h WHERE h.epoch = sy_events.epoch AND h.seq = sy_events.seq)"
+            )
+            .execute(pool)
+            .await
+            .map(|_| ())
+            })?;
+        }
+        Ok(removed)
+    }
+}
+
+/// Shared handle.
+pub type SharedStore = Arc<Store>;

@@ -1,0 +1,234 @@
+//! Replay on reconnect, on SQLite and on PostgreSQL: SSE `Last-Event-ID`
+//! and WS `since` get exactly what was missed, in order, then live events
+//! without a gap or a duplicate at the seam; a gap past retention or from
+//! another epoch is reported instead of papered over.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::nats::{NatsServer, bus_section};
+use support::*;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+async fn store_section(backend: Backend) -> String {
+    match backend {
+        // TestGateway gives each gateway its own SQLite file by default.
+        Backend::Sqlite => String::new(),
+        Backend::Postgres => format!("url = {:?}\n", fresh_postgres().await),
+    }
+}
+
+async fn gateway(backend: Backend, store_extra: &str) -> TestGateway {
+    let store = store_section(backend).await;
+    TestGateway::start(config(&format!("[store]\n{store}{store_extra}"))).await
+}
+
+async fn publish_n(gw: &TestGateway, topic: &str, from: u64, n: u64) -> Vec<String> {
+    let mut ids = Vec::new();
+    for i in from..from + n {
+        let (status, body) = gw.publish(json!({"topic": topic, "data": {"n": i}})).await;
+        assert_eq!(status, 200, "{body}");
+        ids.push(body["id"].as_str().expect("id").to_owned());
+    }
+    ids
+}
+
+fn n_of(data: &str) -> u64 {
+    let v: Value = serde_json::from_str(data).expect("json");
+    v["n"].as_u64().expect("n")
+}
+
+async fn sse_reconnect_replays_exactly_the_missed_events(backend: Backend) {
+    let gw = gateway(backend, "").await;
+    let t = token(json!({"sub": "ann"}));
+    let mut sse = gw.sse("topic=news.h", Some(&t)).await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    publish_n(&gw, "news.h", 0, 5).await;
+    let mut last = String::new();
+    for i in 0..5 {
+        let e = sse.next_event().await;
+        assert_eq!(n_of(&e.data), i);
+        last = e.id.expect("id");
+    }
+    drop(sse);
+
+    let missed = publish_n(&gw, "news.h", 5, 100).await;
+    // Reconnect with the browser's header while events keep coming.
+    let mut sse = gw
+        .sse_with_header("topic=news.h", Some(&t), ("last-event-id", last.as_str()))
+        .await;
+    let live = {
+        let http = reqwest::Client::new();
+        let url = gw.url("/v1/publish");
+        tokio::spawn(async move {
+            for i in 105..125u64 {
+                let resp = http
+                    .post(&url)
+                    .bearer_auth(SERVICE_KEY)
+                    .json(&json!({"topic": "news.h", "data": {"n": i}}))
+                    .send()
+                    .await
+                    .expect("publish");
+                assert_eq!(resp.status(), 200);
+            }
+        })
+    };
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    for (i, id) in (5..125u64).zip(missed.iter().map(Some).chain(std::iter::repeat(None))) {
+        let e = sse.next_event().await;
+        assert_eq!(e.event.as_deref(), Some("message"), "{backend:?}: {e:?}");
+        assert_eq!(
+            n_of(&e.data),
+            i,
+            "{backend:?}: in order, no gap, no duplicate"
+        );
+        if let Some(id) = id {
+            assert_eq!(e.id.as_deref(), Some(id.as_str()));
+        }
+    }
+    live.await.expect("live publisher");
+}
+
+async fn ws_since_replays_then_goes_live(backend: Backend) {
+    let gw = gateway(backend, "").await;
+    let t = token(json!({"sub": "bo"}));
+    let mut ws = gw.ws(&t).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "id": 1, "topic": "news.w"}))
+        .await;
+    assert_eq!(ack, json!({"op": "ack", "id": 1}));
+    let first = publish_n(&gw, "news.w", 0, 3).await;
+    for _ in 0..3 {
+        ws.next_event().await;
+    }
+    drop(ws);
+    publish_n(&gw, "news.w", 3, 40).await;
+
+    let mut ws = gw.ws(&t).await;
+    ws.send(json!({"op": "subscribe", "id": 2, "topic": "news.w", "since": first[2]}))
+        .await;
+    let ack = ws.next_json().await;
+    assert_eq!(
+        ack,
+        json!({"op": "ack", "id": 2, "recovered": true}),
+        "{backend:?}"
+    );
+    publish_n(&gw, "news.w", 43, 5).await;
+    for i in 3..48u64 {
+        let e = ws.next_event().await;
+        assert_eq!(e["data"]["n"], i, "{backend:?}");
+    }
+}
+
+async fn a_gap_past_retention_or_epoch_is_reported(backend: Backend) {
+    let gw = gateway(backend, "history_retention = 10\n").await;
+    let t = token(json!({"sub": "cy"}));
+    let ids = publish_n(&gw, "news.g", 0, 3).await;
+    publish_n(&gw, "news.g", 3, 50).await;
+    // Retention runs every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+
+    let mut sse = gw
+        .sse_with_header("topic=news.g", Some(&t), ("last-event-id", ids[0].as_str()))
+        .await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    let reset = sse.next_event().await;
+    assert_eq!(reset.event.as_deref(), Some("reset"), "{backend:?}");
+    let data: Value = serde_json::from_str(&reset.data).expect("json");
+    assert_eq!(data["last_event_id"], ids[0].as_str());
+    // Live events follow the reset.
+    publish_n(&gw, "news.g", 53, 1).await;
+    assert_eq!(n_of(&sse.next_event().await.data), 53);
+
+    let mut ws = gw.ws(&t).await;
+    ws.send(json!({"op": "subscribe", "id": 1, "topic": "news.g", "since": ids[0]}))
+        .await;
+    assert_eq!(
+        ws.next_json().await,
+        json!({"op": "ack", "id": 1, "recovered": false})
+    );
+    // A cursor from another epoch, and junk, are resets too.
+    ws.send(json!({"op": "subscribe", "id": 2, "topic": "news.g2", "since": "1-5"}))
+        .await;
+    assert_eq!(ws.next_json().await["recovered"], false);
+    ws.send(json!({"op": "subscribe", "id": 3, "topic": "news.g3", "since": "junk"}))
+        .await;
+    assert_eq!(ws.next_json().await["recovered"], false);
+    // Within retention it still recovers.
+    let recent = publish_n(&gw, "news.g", 54, 2).await;
+    publish_n(&gw, "news.g", 56, 1).await;
+    let mut ws = gw.ws(&t).await;
+    ws.send(json!({"op": "subscribe", "id": 4, "topic": "news.g", "since": recent[1]}))
+        .await;
+    assert_eq!(ws.next_json().await["recovered"], true);
+    assert_eq!(ws.next_event().await["data"]["n"], 56);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_last_event_id_on_sqlite() {
+    sse_reconnect_replays_exactly_the_missed_events(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sse_last_event_id_on_postgres() {
+    sse_reconnect_replays_exactly_the_missed_events(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_since_on_sqlite() {
+    ws_since_replays_then_goes_live(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ws_since_on_postgres() {
+    ws_since_replays_then_goes_live(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_are_reported_on_sqlite() {
+    a_gap_past_retention_or_epoch_is_reported(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gaps_are_reported_on_postgres() {
+    a_gap_past_retention_or_epoch_is_reported(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_sse_client_reconnecting_to_another_node_misses_nothing() {
+    let nats = NatsServer::single();
+    let db = fresh_postgres().await;
+    let section = |node: &str| {
+        node_config(
+            node,
+            &format!("{}\n[store]\nurl = {db:?}\n", bus_section(&[nats.url()], 1)),
+        )
+    };
+    let a = TestGateway::start(section("a")).await;
+    let b = TestGateway::start(section("b")).await;
+    let t = token(json!({"sub": "dee"}));
+    let mut sse = a.sse("topic=news.x", Some(&t)).await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    publish_n(&a, "news.x", 0, 3).await;
+    let mut last = String::new();
+    for _ in 0..3 {
+        last = sse.next_event().await.id.expect("id");
+    }
+    drop(sse);
+    publish_n(&b, "news.x", 3, 100).await;
+    let mut sse = b
+        .sse_with_header("topic=news.x", Some(&t), ("last-event-id", last.as_str()))
+        .await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    publish_n(&a, "news.x", 103, 10).await;
+    for i in 3..113u64 {
+        assert_eq!(n_of(&sse.next_event().await.data), i);
+    }
+}
