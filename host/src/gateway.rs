@@ -72,6 +72,8 @@ pub struct Gateway {
     pub store: crate::store::Store,
     /// Whether history is kept (`store.history_retention` > 0).
     pub history: bool,
+    /// The history writer's counters, when history is kept.
+    pub history_stats: Option<Arc<crate::store::history::HistoryStats>>,
     /// Event counters.
     pub stats: Arc<EventStats>,
     /// Cancelled first on shutdown: no new sessions or events; the event
@@ -124,6 +126,7 @@ impl Gateway {
             ))
         });
         let resume = store.latest_epoch().await?;
+        let history_stats = history.as_ref().map(|h| h.stats.clone());
         let bus = Bus::start(
             &config,
             BusParts {
@@ -147,6 +150,7 @@ impl Gateway {
             bus,
             store,
             history: keep_history,
+            history_stats,
             stats,
             draining,
             shutdown,

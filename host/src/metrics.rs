@@ -204,6 +204,33 @@ pub fn collect(gw: &Gateway) -> Exposition {
         );
     }
 
+    if let Some(h) = &gw.history_stats {
+        let history: [(&'static str, &'static str, u64); 4] = [
+            (
+                "switchyard_history_written_total",
+                "Events written to the history store.",
+                h.written.load(Ordering::Relaxed),
+            ),
+            (
+                "switchyard_store_errors_total",
+                "History writes the store refused (retried until they succeed).",
+                h.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "switchyard_history_trimmed_total",
+                "History rows removed by retention.",
+                h.trimmed.load(Ordering::Relaxed),
+            ),
+            (
+                "switchyard_history_skipped_gaps_total",
+                "Sequences the history watermark moved past without seeing them.",
+                h.skipped_gaps.load(Ordering::Relaxed),
+            ),
+        ];
+        for (name, help, value) in history {
+            x.sample(name, help, Kind::Counter, &[], value as f64);
+        }
+    }
     if let Some(b) = gw.bus.stats() {
         bus_series(&mut x, b);
     }

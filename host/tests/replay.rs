@@ -94,6 +94,17 @@ async fn sse_reconnect_replays_exactly_the_missed_events(backend: Backend) {
         }
     }
     live.await.expect("live publisher");
+    // Everything published is in history, and the store reported no error.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, text) = gw.get_text("/metrics").await;
+        if text.contains("switchyard_history_written_total 125") {
+            assert!(text.contains("switchyard_store_errors_total 0"), "{text}");
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 async fn ws_since_replays_then_goes_live(backend: Backend) {

@@ -13,6 +13,7 @@ use crate::routing::Event;
 /// The local bus.
 pub struct LocalBus {
     router: Router,
+    history: Option<Arc<crate::store::history::History>>,
     edge: Arc<Edge>,
     hub: Arc<Hub>,
     stats: Arc<EventStats>,
@@ -49,6 +50,7 @@ impl LocalBus {
         });
         LocalBus {
             router,
+            history: parts.history.clone(),
             edge,
             hub: parts.hub,
             stats: parts.stats,
@@ -63,11 +65,22 @@ impl LocalBus {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         event.id = format!("{:x}-{seq}", self.epoch);
         let id = event.id.clone();
-        self.router.try_submit(Job {
+        if let Err(e) = self.router.try_submit(Job {
             event,
             ack: None,
             stamp: 0,
-        })?;
+        }) {
+            // The sequence is spent: tell history, so replays need not wait for it.
+            if let Some(h) = &self.history {
+                h.try_record(crate::store::history::Record::Skipped(
+                    crate::routing::EventId {
+                        epoch: self.epoch,
+                        seq,
+                    },
+                ));
+            }
+            return Err(e);
+        }
         self.stats.ingested.fetch_add(1, Ordering::Relaxed);
         Ok(id)
     }

@@ -99,6 +99,12 @@ impl History {
         }
     }
 
+    /// Hands a record over if there is room at once (else the watermark
+    /// passes the sequence after its patience).
+    pub fn try_record(&self, record: Record) {
+        let _ = self.tx.try_send(record);
+    }
+
     /// Stops taking records and waits until everything sent is written.
     pub async fn flush_and_stop(&self) {
         self.stop.cancel();
