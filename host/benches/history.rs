@@ -1,0 +1,103 @@
+//! Ingest throughput with history on (SQLite, PostgreSQL) beside history
+//! off, side by side in one run. One node on the local bus, no sessions, no
+//! plugins: this prices writing history, nothing else.
+//!
+//! `cargo bench -p switchyard-host --bench history` prints a table. Each
+//! figure is events per second from the first publish until every event is
+//! routed and, with history on, written (the store's watermark reached it).
+
+#![allow(missing_docs, clippy::unwrap_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use sqlx::Connection;
+use switchyard_host::config::Config;
+use switchyard_host::gateway::Gateway;
+use switchyard_host::plugin::{EngineSettings, PluginEngine, PluginSet};
+use switchyard_host::routing::{Event, Topic};
+
+const EVENTS: u64 = 20_000;
+const TOPICS: u64 = 100;
+
+async fn gateway(store: &str) -> Arc<Gateway> {
+    let text = format!(
+        "[auth]\njwt_hs256_secret = \"benchmark-secret-0123456789abcdef-0123\"\n[store]\n{store}\n"
+    );
+    let config = Config::from_toml_str(&text).unwrap();
+    let engine = PluginEngine::new(EngineSettings::default()).unwrap();
+    let plugins = PluginSet::load(&engine, None, &[], 1).unwrap();
+    Gateway::start(config, engine, plugins).await.unwrap()
+}
+
+async fn run(gw: Arc<Gateway>, history: bool) -> f64 {
+    let payload = vec![b'x'; 256];
+    let start = Instant::now();
+    for i in 0..EVENTS {
+        let topic = Topic::parse(&format!("bench.t{}", i % TOPICS)).unwrap();
+        let mut event = Event::new("", topic, payload.clone());
+        loop {
+            match gw.publish(event.clone()).await {
+                Ok(_) => break,
+                Err(_) => tokio::task::yield_now().await,
+            }
+        }
+        event.data.clear();
+    }
+    let epoch = gw.bus.epoch();
+    loop {
+        let routed = gw.stats.routed.load(Ordering::Relaxed);
+        let done = if history {
+            gw.store.watermark(epoch).await.unwrap() >= EVENTS
+        } else {
+            routed >= EVENTS
+        };
+        if done {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    EVENTS as f64 / start.elapsed().as_secs_f64()
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let dir = tempfile::tempdir().unwrap();
+        let sqlite = format!(
+            "url = \"sqlite://{}\"",
+            dir.path().join("bench.db").display()
+        );
+        let off = format!("{sqlite}\nhistory_retention = 0");
+        let pg_base = std::env::var("SWITCHYARD_TEST_POSTGRES")
+            .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".to_owned());
+        let name = format!("sy_bench_{}", std::process::id());
+        let mut admin = sqlx::PgConnection::connect(&format!("{pg_base}/postgres"))
+            .await
+            .expect("PostgreSQL on 127.0.0.1:5432");
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+            .execute(&mut admin)
+            .await
+            .unwrap();
+        let postgres = format!("url = \"{pg_base}/{name}\"");
+
+        println!("{EVENTS} events of 256 bytes over {TOPICS} topics, published as fast as the gateway takes them.\n");
+        println!("| history | events/s | vs off |");
+        println!("| --- | --- | --- |");
+        let base = run(gateway(&off).await, false).await;
+        println!("| off | {base:.0} | 1.00 |");
+        let lite = run(gateway(&sqlite).await, true).await;
+        println!("| SQLite (WAL) | {lite:.0} | {:.2} |", lite / base);
+        let pg = run(gateway(&postgres).await, true).await;
+        println!("| PostgreSQL | {pg:.0} | {:.2} |", pg / base);
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!(
+            "DROP DATABASE {name} WITH (FORCE)"
+        )))
+        .execute(&mut admin)
+        .await;
+    });
+}
