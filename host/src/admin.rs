@@ -73,6 +73,11 @@ pub async fn plugins(
         })
         .collect();
     let reloads = &gw.reloads;
+    // Every node's records when the store is shared (PostgreSQL).
+    let deployments = gw.store.deployments(20).await.unwrap_or_else(|e| {
+        tracing::warn!(error = %e, "deployment records unavailable");
+        Vec::new()
+    });
     Ok(Json(json!({
         "node": gw.config.server.node_id,
         "generation": set.generation(),
@@ -82,6 +87,7 @@ pub async fn plugins(
             "refused": reloads.refused.load(std::sync::atomic::Ordering::Relaxed),
             "recent": reloads.recent(),
         },
+        "deployments": deployments,
     })))
 }
 

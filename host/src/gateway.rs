@@ -161,6 +161,16 @@ impl Gateway {
             accept: Mutex::new(TokenBucket::new(rate, rate, Instant::now())),
             config,
         });
+        let loaded: Vec<crate::reload::PluginRecord> = gateway
+            .executor
+            .plugins()
+            .plugins()
+            .map(|(p, _)| crate::reload::PluginRecord {
+                name: p.name().to_owned(),
+                sha256: p.sha256().to_owned(),
+            })
+            .collect();
+        crate::reload::record_deployment(&gateway, "start", &loaded, None).await;
         if gateway.config.runtime.watch && gateway.config.source.is_some() {
             tokio::spawn(crate::reload::watch(gateway.clone()));
         }

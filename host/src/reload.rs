@@ -188,7 +188,42 @@ pub async fn reload(gw: &Gateway, trigger: Trigger) -> Outcome {
         );
     }
     gw.reloads.record(&outcome);
+    let trigger = match trigger {
+        Trigger::Api => "api",
+        Trigger::Signal => "signal",
+        Trigger::Watch => "watch",
+    };
+    record_deployment(gw, trigger, &outcome.plugins, outcome.error.as_deref()).await;
     outcome
+}
+
+/// Writes a deployment record to the store; a store failure is logged, not
+/// fatal: the plugins serve either way.
+pub async fn record_deployment(
+    gw: &Gateway,
+    trigger: &str,
+    plugins: &[PluginRecord],
+    error: Option<&str>,
+) {
+    let at_ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    let plugins = serde_json::to_value(plugins).unwrap_or_default();
+    if let Err(e) = gw
+        .store
+        .record_deployment(
+            &gw.config.server.node_id,
+            at_ms,
+            trigger,
+            error.is_none(),
+            &plugins,
+            error,
+        )
+        .await
+    {
+        tracing::warn!(error = %e, "plugin deployment not recorded in the store");
+    }
 }
 
 async fn candidate(gw: &Gateway) -> Result<(PluginSet, Vec<String>), ReloadError> {

@@ -267,6 +267,28 @@ async fn broken_candidates_are_refused_and_the_old_set_keeps_serving() {
         "the new plugin serves"
     );
 
+    // The store keeps every deployment: the start, four refusals, the reload.
+    let plugins = admin_plugins(&gw).await;
+    let records = plugins["deployments"].as_array().expect("deployments");
+    let triggers: Vec<&str> = records
+        .iter()
+        .filter_map(|r| r["trigger"].as_str())
+        .collect();
+    assert_eq!(
+        triggers,
+        ["api", "api", "api", "api", "api", "start"],
+        "{records:?}"
+    );
+    assert_eq!(records[0]["applied"], true);
+    assert_eq!(records[1]["applied"], false);
+    assert!(
+        records[1]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("memory_mb"))
+    );
+    assert_eq!(records[5]["plugins"][0]["name"], "p");
+    assert_eq!(records[5]["node"], "node-1");
+
     let (_, text) = gw.get_text("/metrics").await;
     assert!(
         text.contains("switchyard_reloads_total{outcome=\"refused\"} 4"),

@@ -339,6 +339,58 @@ impl Store {
         Ok(Replay::Events(events))
     }
 
+    /// Records a plugin set this node loaded or refused.
+    pub async fn record_deployment(
+        &self,
+        node: &str,
+        at_ms: u64,
+        trigger: &str,
+        applied: bool,
+        plugins: &serde_json::Value,
+        error: Option<&str>,
+    ) -> Result<(), StoreError> {
+        let plugins = plugins.to_string();
+        on_pool!(self, |pool| sqlx::query(
+            "INSERT INTO sy_plugin_deployments (node, at_ms, trigger, applied, plugins, error) \
+             VALUES ($1, $2, $3, $4, $5, $6)"
+        )
+        .bind(node)
+        .bind(at_ms as i64)
+        .bind(trigger)
+        .bind(i64::from(applied))
+        .bind(plugins.as_str())
+        .bind(error)
+        .execute(pool)
+        .await
+        .map(|_| ()))?;
+        Ok(())
+    }
+
+    /// The latest `limit` deployment records of every node, newest first.
+    pub async fn deployments(&self, limit: u32) -> Result<Vec<serde_json::Value>, StoreError> {
+        type Row = (String, i64, String, i64, String, Option<String>);
+        let rows: Vec<Row> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT node, at_ms, trigger, applied, plugins, error FROM sy_plugin_deployments \
+             ORDER BY at_ms DESC, id DESC LIMIT $1"
+        )
+        .bind(i64::from(limit))
+        .fetch_all(pool)
+        .await)?;
+        Ok(rows
+            .into_iter()
+            .map(|(node, at_ms, trigger, applied, plugins, error)| {
+                serde_json::json!({
+                    "node": node,
+                    "at_ms": at_ms,
+                    "trigger": trigger,
+                    "applied": applied != 0,
+                    "plugins": serde_json::from_str::<serde_json::Value>(&plugins).unwrap_or_default(),
+                    "error": error,
+                })
+            })
+            .collect())
+    }
+
     /// Applies retention: per topic at most `max_events`, none older than
     /// `max_age_ms`; records what was removed so that older cursors reset.
     pub async fn trim(
