@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::error::ApiError;
 use crate::gateway::Gateway;
-use crate::session::{CloseReason, Protocol};
+use crate::session::CloseReason;
 
 fn require_admin(gw: &Gateway, headers: &HeaderMap) -> Result<(), ApiError> {
     let token = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
@@ -160,17 +160,16 @@ pub async fn sessions(
     headers: HeaderMap,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&gw, &headers)?;
-    let sessions = gw.hub.sessions();
-    let count = |p: Protocol| sessions.iter().filter(|s| s.protocol == p).count();
+    let here = gw.hub.counts();
     // Every node's counts; this node's alone if the bus cannot ask the others.
     let nodes = gw.bus.sessions(&gw.hub).await.ok();
     Ok(Json(json!({
         "node": gw.config.server.node_id,
-        "total": sessions.len(),
+        "total": here["total"],
         "by_protocol": {
-            "json": count(Protocol::Json),
-            "stomp": count(Protocol::Stomp),
-            "sse": count(Protocol::Sse),
+            "json": here["json"],
+            "stomp": here["stomp"],
+            "sse": here["sse"],
         },
         "nodes": nodes,
     })))

@@ -200,7 +200,7 @@ impl Bus {
         }
     }
 
-    /// Live nodes, by id, with their last heartbeat age (this node alone on
+    /// Live nodes, by id (this node alone on
     /// the local bus).
     pub fn nodes(&self) -> Vec<String> {
         match self {

@@ -25,8 +25,9 @@ impl RecentIds {
         }
     }
 
-    /// True the first time `id` is offered (within the window).
-    pub fn first_time(&mut self, id: &str) -> bool {
+    /// True the first time `id` is offered (within the window). Any
+    /// hashable key: callers pass tuples rather than format a string.
+    pub fn first_time(&mut self, id: impl std::hash::Hash) -> bool {
         let h = self.hasher.hash_one(id);
         if !self.seen.insert(h) {
             return false;

@@ -196,7 +196,7 @@ impl Dispatcher {
                 tracing::trace!(id = %routed.event.id, %subject, "delivery received");
                 // The id and the bus's storage time: a sequence reused after
                 // NATS lost data is a new event, not a repeat.
-                if recent.first_time(&format!("{}/{}", routed.event.id, routed.stamp)) {
+                if recent.first_time((routed.event.id.as_str(), routed.stamp)) {
                     self.edge.submit(routed).await;
                     return true;
                 }
