@@ -175,6 +175,33 @@ pub async fn sessions(
     })))
 }
 
+/// `GET /admin/registry?user=U&limit=N`: the connection registry, the
+/// sessions of every node sharing the store (all, or `user`'s), oldest
+/// first, with their counts per node.
+#[derive(Debug, serde::Deserialize)]
+pub struct RegistryQuery {
+    user: Option<String>,
+    limit: Option<u32>,
+}
+
+/// `GET /admin/registry`
+pub async fn registry(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+    axum::extract::Query(q): axum::extract::Query<RegistryQuery>,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    let limit = q.limit.unwrap_or(1000).min(10_000);
+    let (sessions, nodes) = gw
+        .store
+        .registry_list(q.user.as_deref(), limit)
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    let nodes: serde_json::Map<String, Value> =
+        nodes.into_iter().map(|(n, c)| (n, json!(c))).collect();
+    Ok(Json(json!({ "sessions": sessions, "nodes": nodes })))
+}
+
 /// `DELETE /admin/users/{user}/sessions`: closes every session of a user on
 /// this node (flushing what is queued, close code 1008).
 pub async fn disconnect_user(

@@ -207,8 +207,30 @@ pub struct StoreConfig {
     pub history_retention: u64,
     /// `store.history_max_age_s`: oldest history kept.
     pub history_max_age_s: u64,
-    /// `store.inbox_retention_s`: how long offline deliveries wait.
+    /// `store.inbox_retention_s`: how long offline deliveries wait (0: no
+    /// inbox).
     pub inbox_retention_s: u64,
+    /// `store.inbox_max_events`: events kept per user inbox.
+    pub inbox_max_events: u64,
+    /// `[[store.retention]]`: per topic pattern, overriding the two
+    /// `history_*` defaults; the first matching rule wins.
+    pub retention: Vec<RetentionRule>,
+    /// `store.registry_ttl_s`: a node that has not refreshed its sessions
+    /// in the connection registry for this long is taken for dead and its
+    /// rows are removed.
+    pub registry_ttl_s: u64,
+}
+
+/// `[[store.retention]]`
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RetentionRule {
+    /// `topics`: a topic pattern (`chat.>`).
+    pub topics: String,
+    /// `max_events` per topic (default: `store.history_retention`).
+    pub max_events: Option<u64>,
+    /// `max_age_s` (default: `store.history_max_age_s`).
+    pub max_age_s: Option<u64>,
 }
 
 impl Default for StoreConfig {
@@ -218,6 +240,9 @@ impl Default for StoreConfig {
             history_retention: 1000,
             history_max_age_s: 86_400,
             inbox_retention_s: 7 * 86_400,
+            inbox_max_events: 1000,
+            retention: Vec::new(),
+            registry_ttl_s: 30,
         }
     }
 }
@@ -477,6 +502,16 @@ impl Config {
                 "must start with sqlite: or postgres://",
             ));
         }
+        positive("store.registry_ttl_s", self.store.registry_ttl_s)?;
+        for (i, rule) in self.store.retention.iter().enumerate() {
+            TopicPattern::parse(&rule.topics).map_err(|e| {
+                invalid(
+                    format!("store.retention[{i}].topics"),
+                    &rule.topics,
+                    e.to_string(),
+                )
+            })?;
+        }
         let l = &self.limits;
         positive("limits.max_sessions", l.max_sessions as u64)?;
         positive("limits.queue_depth", l.queue_depth as u64)?;
@@ -635,6 +670,11 @@ mod tests {
         assert!(e.contains("plugins[1].name"), "{e}");
         let e = err("[store]\nurl = \"mysql://x\"");
         assert!(e.contains("store.url") && e.contains("mysql"), "{e}");
+        let e = err("[[store.retention]]\ntopics = \"chat.>.x\"\nmax_events = 5");
+        assert!(
+            e.contains("store.retention[0].topics") && e.contains("chat.>.x"),
+            "{e}"
+        );
         let e = err("[auth]\njwt_hs256_secret = \"short\"");
         assert!(
             e.contains("auth.jwt_hs256_secret") && !e.contains("short"),

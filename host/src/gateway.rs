@@ -45,8 +45,9 @@ pub enum Recovery {
     Replayed {
         /// The events to send first.
         frames: Vec<Arc<crate::session::EventFrame>>,
-        /// The newest sequence the client now has.
-        upto: crate::routing::EventId,
+        /// Every event the replay covered (sent, or withheld from this
+        /// session): held live copies of these are dropped on release.
+        ids: std::collections::HashSet<crate::routing::EventId>,
     },
     /// The gap cannot be filled (past retention, another epoch, no history):
     /// the client must be told.
@@ -70,8 +71,14 @@ pub struct Gateway {
     pub bus: Bus,
     /// Durable state.
     pub store: crate::store::Store,
-    /// Whether history is kept (`store.history_retention` > 0).
+    /// Whether topic history is kept (some topic keeps events).
     pub history: bool,
+    /// Whether user inboxes are kept (`store.inbox_*` > 0).
+    pub inbox: bool,
+    /// Retention of every stream.
+    pub retention: crate::store::retention::Policy,
+    /// This node's sessions in the connection registry.
+    pub registry: crate::store::registry::Registry,
     /// The history writer's counters, when history is kept.
     pub history_stats: Option<Arc<crate::store::history::HistoryStats>>,
     /// Event counters.
@@ -115,16 +122,21 @@ impl Gateway {
         let draining = CancellationToken::new();
         let stats = Arc::new(EventStats::default());
         let store = crate::store::Store::open(&config.store).await?;
-        let keep_history = config.store.history_retention > 0;
-        let history = keep_history.then(|| {
+        let retention = crate::store::retention::Policy::from_config(&config.store);
+        let keep_history = retention.keeps_topics();
+        let keep_inbox = retention.keeps_inbox();
+        let history = (keep_history || keep_inbox).then(|| {
             Arc::new(crate::store::history::History::start(
                 store.clone(),
-                crate::store::history::Retention {
-                    max_events: config.store.history_retention,
-                    max_age_s: config.store.history_max_age_s,
-                },
+                retention.clone(),
             ))
         });
+        let registry = crate::store::registry::Registry::start(
+            store.clone(),
+            &config.server.node_id,
+            std::time::Duration::from_secs(config.store.registry_ttl_s),
+        )
+        .await?;
         let resume = store.latest_epoch().await?;
         let history_stats = history.as_ref().map(|h| h.stats.clone());
         let bus = Bus::start(
@@ -135,7 +147,7 @@ impl Gateway {
                 stats: stats.clone(),
                 draining: draining.clone(),
                 node_id: config.server.node_id.clone(),
-                history,
+                history: history.clone(),
                 resume,
                 interest,
             },
@@ -150,6 +162,9 @@ impl Gateway {
             bus,
             store,
             history: keep_history,
+            inbox: keep_inbox,
+            retention,
+            registry,
             history_stats,
             stats,
             draining,
@@ -288,6 +303,16 @@ impl Gateway {
         for t in topics {
             session.add_subscription(t.as_str());
         }
+        if self.inbox {
+            match self.store.inbox_cursor(&session.subject.user).await {
+                Ok(cursor) => {
+                    let _ = session.inbox_cursor.set(cursor);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "inbox cursor unavailable; inbox not delivered")
+                }
+            }
+        }
         Ok(session)
     }
 
@@ -295,6 +320,11 @@ impl Gateway {
     /// event routed to its topics and user.
     pub async fn activate(&self, session: &Arc<SessionHandle>) {
         self.hub.register(session.clone());
+        self.registry.opened(
+            &session.id,
+            session.protocol.as_str(),
+            &session.subject.user,
+        );
         self.bus.settle_interest(self.hub.interest_sent()).await;
         tracing::info!(
             session = %session.id,
@@ -307,6 +337,7 @@ impl Gateway {
     /// Forgets a session.
     pub fn close_session(&self, session: &SessionHandle) {
         self.hub.unregister(session.num);
+        self.registry.closed(&session.id);
         tracing::info!(session = %session.id, "session closed");
     }
 
@@ -328,60 +359,136 @@ impl Gateway {
         self.bus.publish(event).await
     }
 
-    /// Replays what a client missed on `topics` since the event id `since`.
-    /// Call with the session held ([`SessionHandle::hold`]) and subscribed,
-    /// then queue the frames and release it at `upto`.
-    pub async fn recover(&self, subject: &Subject, since: &str, topics: &[String]) -> Recovery {
+    /// Replays what a client missed on `topics` (and, `with_inbox`, in its
+    /// user's inbox) since the event id `since`. Call with the session
+    /// held ([`SessionHandle::hold`]) and subscribed, then queue the frames
+    /// and release it with the replayed ids.
+    pub async fn recover(
+        &self,
+        subject: &Subject,
+        since: &str,
+        topics: &[String],
+        with_inbox: bool,
+    ) -> Recovery {
         let Some(since) = crate::routing::EventId::parse(since) else {
             return Recovery::Reset;
         };
-        if !self.history {
+        let with_inbox = with_inbox && self.inbox;
+        // A topic that keeps no history cannot be replayed.
+        if topics.iter().any(|t| self.retention.of(t).max_events == 0) {
             return Recovery::Reset;
         }
         let epoch = self.bus.epoch();
         if since.epoch != epoch {
             return Recovery::Reset;
         }
-        // Everything assigned before the session was held must be written
-        // before the query, or it would be neither replayed nor live.
-        if let Some(high) = self.bus.high_water().await {
-            let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-            loop {
-                match self.store.watermark(epoch).await {
-                    Ok(w) if w >= high => break,
-                    Ok(_) if tokio::time::Instant::now() < deadline => {
-                        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
-                    }
-                    Ok(w) => {
-                        tracing::warn!(
-                            watermark = w,
-                            high,
-                            "history is behind; replaying what is written"
-                        );
-                        break;
-                    }
-                    Err(e) => {
-                        tracing::warn!(error = %e, "store unavailable; cannot replay");
-                        return Recovery::Reset;
-                    }
-                }
-            }
+        if let Err(e) = self.await_history(epoch).await {
+            tracing::warn!(error = %e, "store unavailable; cannot replay");
+            return Recovery::Reset;
         }
-        match self.store.replay(epoch, since, topics).await {
+        let mut streams = topics.to_vec();
+        if with_inbox {
+            streams.push(crate::store::retention::inbox_stream(&subject.user));
+        }
+        match self.store.replay(epoch, since, &streams).await {
             Ok(crate::store::Replay::Events(events)) => {
-                let upto = events
-                    .last()
-                    .and_then(|e| crate::routing::EventId::parse(&e.id))
-                    .unwrap_or(since);
-                let frames =
-                    crate::pipeline::edge::replay_frames(&self.executor, subject, events).await;
-                Recovery::Replayed { frames, upto }
+                if with_inbox {
+                    self.inbox_delivered(&subject.user, &events).await;
+                }
+                self.stats
+                    .replayed
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                self.replayed(subject, events).await
             }
             Ok(crate::store::Replay::Reset) => Recovery::Reset,
             Err(e) => {
                 tracing::warn!(error = %e, "replay failed");
                 Recovery::Reset
             }
+        }
+    }
+
+    /// The events waiting in `subject`'s user inbox (addressed to them
+    /// while no session of theirs was live), to send on connect; they are
+    /// marked delivered. Call with the session held and registered, then
+    /// queue the frames and release it.
+    pub async fn undelivered(&self, session: &SessionHandle) -> Recovery {
+        let none = Recovery::Replayed {
+            frames: Vec::new(),
+            ids: Default::default(),
+        };
+        let Some(cursor) = session.inbox_cursor.get().copied() else {
+            return none;
+        };
+        let subject = &session.subject;
+        let epoch = self.bus.epoch();
+        if let Err(e) = self.await_history(epoch).await {
+            tracing::warn!(error = %e, "store unavailable; inbox not delivered");
+            return none;
+        }
+        match self.store.undelivered(epoch, &subject.user, cursor).await {
+            Ok(events) => {
+                if !events.is_empty() {
+                    tracing::debug!(user = %subject.user, events = events.len(), "delivering the offline inbox");
+                }
+                self.inbox_delivered(&subject.user, &events).await;
+                self.stats
+                    .inbox_delivered
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                self.replayed(subject, events).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbox not delivered");
+                none
+            }
+        }
+    }
+
+    /// Moves `user`'s inbox cursor past `events`, before they are sent: a
+    /// reconnect right after must not get them again.
+    async fn inbox_delivered(&self, user: &str, events: &[Event]) {
+        let newest = events
+            .iter()
+            .filter_map(|e| crate::routing::EventId::parse(&e.id))
+            .max();
+        if let Some(id) = newest
+            && let Err(e) = self.store.mark_delivered(&[(user.to_owned(), id)]).await
+        {
+            tracing::warn!(error = %e, %user, "inbox cursor not written");
+        }
+    }
+
+    async fn replayed(&self, subject: &Subject, events: Vec<Event>) -> Recovery {
+        let ids = events
+            .iter()
+            .filter_map(|e| crate::routing::EventId::parse(&e.id))
+            .collect();
+        let frames = crate::pipeline::edge::replay_frames(&self.executor, subject, events).await;
+        Recovery::Replayed { frames, ids }
+    }
+
+    /// Waits (up to 5 s) until everything the bus assigned so far is in the
+    /// store: an event assigned before the session was held would
+    /// otherwise be neither replayed nor live.
+    async fn await_history(&self, epoch: u64) -> Result<(), crate::store::StoreError> {
+        let Some(high) = self.bus.high_water().await else {
+            return Ok(());
+        };
+        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
+        loop {
+            let w = self.store.watermark(epoch).await?;
+            if w >= high {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    watermark = w,
+                    high,
+                    "history is behind; replaying what is written"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 

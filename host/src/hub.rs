@@ -157,6 +157,11 @@ impl Hub {
         out
     }
 
+    /// Whether `user` has a live session here.
+    pub fn has_user(&self, user: &str) -> bool {
+        self.read().users.contains_key(user)
+    }
+
     /// Users with a live session subscribed to `topic`.
     pub fn subscribers(&self, topic: &str) -> Vec<String> {
         let ix = self.read();

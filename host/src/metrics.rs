@@ -155,7 +155,17 @@ pub fn collect(gw: &Gateway) -> Exposition {
     );
 
     let s = &gw.stats;
-    let counters: [(&'static str, &'static str, u64); 6] = [
+    let counters: [(&'static str, &'static str, u64); 8] = [
+        (
+            "switchyard_events_replayed_total",
+            "Events replayed to reconnecting clients.",
+            s.replayed.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_inbox_delivered_total",
+            "Events delivered from offline inboxes on connect.",
+            s.inbox_delivered.load(Ordering::Relaxed),
+        ),
         (
             "switchyard_events_ingested_total",
             "Events accepted for routing.",
@@ -204,6 +214,21 @@ pub fn collect(gw: &Gateway) -> Exposition {
         );
     }
 
+    let registry = &gw.registry.stats;
+    x.sample(
+        "switchyard_registry_expired_total",
+        "Connection-registry rows of stopped nodes removed.",
+        Kind::Counter,
+        &[],
+        registry.expired.load(Ordering::Relaxed) as f64,
+    );
+    x.sample(
+        "switchyard_registry_errors_total",
+        "Connection-registry writes that failed (retried).",
+        Kind::Counter,
+        &[],
+        registry.errors.load(Ordering::Relaxed) as f64,
+    );
     if let Some(h) = &gw.history_stats {
         let history: [(&'static str, &'static str, u64); 4] = [
             (

@@ -72,4 +72,6 @@ pub async fn drain(gateway: &Gateway) {
             "drain timeout: closing the rest"
         );
     }
+    // This node's sessions leave the connection registry with it.
+    gateway.registry.stop().await;
 }

@@ -212,6 +212,71 @@ async fn gaps_are_reported_on_postgres() {
     a_gap_past_retention_or_epoch_is_reported(Backend::Postgres).await;
 }
 
+async fn stomp_since_replays_or_reports_a_reset(backend: Backend) {
+    // news.short.> keeps only 5 events; other topics the default 1000.
+    let gw = gateway(
+        backend,
+        "[[store.retention]]\ntopics = \"news.short.>\"\nmax_events = 5\n",
+    )
+    .await;
+    let t = token(json!({"sub": "lu"}));
+    let ids = publish_n(&gw, "news.s", 0, 30).await;
+    let short = publish_n(&gw, "news.short.a", 0, 30).await;
+    // Retention runs every second.
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let mut stomp = gw.stomp(&t).await;
+    stomp
+        .send(&format!(
+            "SUBSCRIBE\nid:s1\ndestination:/topic/news.s\nsince:{}\nreceipt:r1\n\n",
+            ids[9]
+        ))
+        .await;
+    let receipt = stomp.next_frame().await;
+    assert_eq!(receipt.command, "RECEIPT", "{receipt:?}");
+    assert_eq!(receipt.header("recovered"), Some("true"), "{backend:?}");
+    for i in 10..30u64 {
+        let m = stomp.next_frame().await;
+        assert_eq!(m.header("subscription"), Some("s1"));
+        assert_eq!(n_of(&m.body), i, "{backend:?}");
+    }
+    publish_n(&gw, "news.s", 30, 1).await;
+    assert_eq!(n_of(&stomp.next_frame().await.body), 30);
+
+    // Past the per-pattern retention: a reset, then live events.
+    stomp
+        .send(&format!(
+            "SUBSCRIBE\nid:s2\ndestination:/topic/news.short.a\nsince:{}\nreceipt:r2\n\n",
+            short[3]
+        ))
+        .await;
+    let receipt = stomp.next_frame().await;
+    assert_eq!(receipt.header("recovered"), Some("false"), "{backend:?}");
+    let reset = stomp.next_frame().await;
+    assert_eq!(reset.command, "MESSAGE");
+    assert_eq!(reset.header("event"), Some("reset"), "{reset:?}");
+    assert_eq!(reset.header("subscription"), Some("s2"));
+    publish_n(&gw, "news.short.a", 30, 1).await;
+    assert_eq!(n_of(&stomp.next_frame().await.body), 30);
+    // Within the short retention it recovers.
+    let mut ws = gw.ws(&t).await;
+    ws.send(json!({"op": "subscribe", "id": 1, "topic": "news.short.a", "since": short[26]}))
+        .await;
+    assert_eq!(ws.next_json().await["recovered"], true, "{backend:?}");
+    for i in 27..31u64 {
+        assert_eq!(ws.next_event().await["data"]["n"], i);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_since_on_sqlite() {
+    stomp_since_replays_or_reports_a_reset(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stomp_since_on_postgres() {
+    stomp_since_replays_or_reports_a_reset(Backend::Postgres).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_sse_client_reconnecting_to_another_node_misses_nothing() {
     let nats = NatsServer::single();

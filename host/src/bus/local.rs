@@ -30,6 +30,7 @@ impl LocalBus {
             parts.hub.clone(),
             parts.executor.clone(),
             parts.stats.clone(),
+            parts.history.clone(),
         );
         let router = Router::start(
             LANES,

@@ -14,8 +14,9 @@ use super::{EventStats, LANE_DEPTH, lane_of};
 use crate::executor::PluginExecutor;
 use crate::hub::Hub;
 use crate::plugin::{Audience, Delivery, PluginSet};
-use crate::routing::{Event, Routed};
+use crate::routing::{Event, EventId, Routed};
 use crate::session::{EventFrame, Pushed, SessionHandle, StampedAudience};
+use crate::store::history::{History, Record};
 
 /// The edge stage.
 pub struct Edge {
@@ -31,6 +32,7 @@ impl Edge {
         hub: Arc<Hub>,
         executor: Arc<PluginExecutor>,
         stats: Arc<EventStats>,
+        history: Option<Arc<History>>,
     ) -> Arc<Self> {
         let tasks = TaskTracker::new();
         let stop = CancellationToken::new();
@@ -41,6 +43,7 @@ impl Edge {
                     hub: hub.clone(),
                     executor: executor.clone(),
                     stats: stats.clone(),
+                    history: history.clone(),
                 };
                 tasks.spawn(lane.run(rx, stop.clone()));
                 tx
@@ -78,6 +81,8 @@ struct Lane {
     hub: Arc<Hub>,
     executor: Arc<PluginExecutor>,
     stats: Arc<EventStats>,
+    /// Told which users got their events live (their inbox cursor).
+    history: Option<Arc<History>>,
 }
 
 impl Lane {
@@ -111,6 +116,7 @@ impl Lane {
         if recipients.is_empty() {
             return;
         }
+        self.mark_delivered(&event.id, &routed.users);
         if !set.transforms(&event.topic) {
             let frame = EventFrame::new(event);
             for r in &recipients {
@@ -168,6 +174,22 @@ impl Lane {
                 None => {
                     self.stats.withheld.fetch_add(1, Ordering::Relaxed);
                 }
+            }
+        }
+    }
+
+    /// Users with a session here have seen the event: it is not waiting
+    /// in their inbox (whatever other nodes say; cursors only move forward).
+    fn mark_delivered(&self, id: &str, users: &[String]) {
+        let (Some(history), Some(id)) = (&self.history, EventId::parse(id)) else {
+            return;
+        };
+        for user in users {
+            if self.hub.has_user(user) {
+                history.try_record(Record::Delivered {
+                    user: user.clone(),
+                    id,
+                });
             }
         }
     }

@@ -32,6 +32,10 @@ pub struct EventStats {
     pub queue_drops: AtomicU64,
     /// Sessions disconnected as slow consumers.
     pub slow_consumers: AtomicU64,
+    /// Events replayed to reconnecting clients (`since`, `Last-Event-ID`).
+    pub replayed: AtomicU64,
+    /// Events delivered from offline inboxes when their user connected.
+    pub inbox_delivered: AtomicU64,
 }
 
 /// Events waiting per lane before publishers are told to back off.

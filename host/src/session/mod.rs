@@ -81,6 +81,11 @@ pub struct SessionHandle {
     /// While a replay runs: live events wait here, to follow the replayed
     /// ones without a gap or a duplicate at the seam.
     held: Mutex<Option<Vec<Arc<EventFrame>>>>,
+    /// The user's inbox cursor when the session opened (`Some(None)`: no
+    /// cursor yet; unset: unknown, the inbox is not delivered). Read before
+    /// the session goes live, so that live deliveries marking the cursor
+    /// cannot hide what waited.
+    pub inbox_cursor: std::sync::OnceLock<Option<EventId>>,
 }
 
 /// Live events held during a replay before the session is closed as a slow
@@ -110,6 +115,7 @@ impl SessionHandle {
             audience: arc_swap::ArcSwapOption::empty(),
             subscriptions: Mutex::new(HashSet::new()),
             held: Mutex::new(None),
+            inbox_cursor: std::sync::OnceLock::new(),
         }
     }
 
@@ -142,15 +148,13 @@ impl SessionHandle {
         self.queue.push(Outbound::Event(frame.clone()))
     }
 
-    /// Ends a hold: the held live events are queued, except those with a
-    /// sequence at or below `replayed_upto` (already sent by the replay).
-    pub fn release(&self, replayed_upto: Option<EventId>) {
+    /// Ends a hold: the held live events are queued, except those the
+    /// replay already sent (`replayed`).
+    pub fn release(&self, replayed: &HashSet<EventId>) {
         let mut held = self.held();
         for frame in held.take().unwrap_or_default() {
-            let already = replayed_upto.is_some_and(|upto| {
-                EventId::parse(&frame.event().id)
-                    .is_some_and(|id| id.epoch == upto.epoch && id.seq <= upto.seq)
-            });
+            let already = !replayed.is_empty()
+                && EventId::parse(&frame.event().id).is_some_and(|id| replayed.contains(&id));
             if !already {
                 self.queue.push(Outbound::Event(frame));
             }

@@ -104,25 +104,15 @@ async fn open(
         .map(str::to_owned)
         .or(query.last_event_id.clone())
         .filter(|s| !s.trim().is_empty());
-    if since.is_some() {
-        // Live events wait until the missed ones are out.
-        session.hold();
-    }
+    // Live events wait until the missed ones (or the offline inbox) are out.
+    session.hold();
     gw.activate(&session).await;
     let names: Vec<String> = topics.iter().map(|t| t.as_str().to_owned()).collect();
 
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let span = tracing::info_span!("session", id = %session.id, user = %session.subject.user);
-    gw.tasks.spawn(
-        feed(
-            gw.clone(),
-            session,
-            tx,
-            expires_at,
-            since.map(|s| (s, names)),
-        )
-        .instrument(span),
-    );
+    gw.tasks
+        .spawn(feed(gw.clone(), session, tx, expires_at, since, names).instrument(span));
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -137,7 +127,8 @@ async fn feed(
     session: Arc<SessionHandle>,
     tx: mpsc::Sender<Result<Bytes, std::io::Error>>,
     expires_at: u64,
-    recover: Option<(String, Vec<String>)>,
+    since: Option<String>,
+    topics: Vec<String>,
 ) {
     let hello = format!(
         "retry: {RETRY_MS}\nevent: connected\ndata: {}\n\n",
@@ -152,37 +143,43 @@ async fn feed(
     ));
     tokio::pin!(expiry);
     let mut open = tx.send(Ok(Bytes::from(hello))).await.is_ok();
-    if let Some((since, topics)) = recover {
-        let upto = match gw.recover(&session.subject, &since, &topics).await {
-            Recovery::Replayed { frames, upto } => {
-                // Straight to the stream, in chunks: the queue is the live path.
-                for chunk in frames.chunks(64) {
-                    let text: String = chunk.iter().map(|f| f.sse()).collect();
-                    if open {
-                        open = matches!(
-                            tokio::time::timeout(stall, tx.send(Ok(Bytes::from(text)))).await,
-                            Ok(Ok(()))
-                        );
-                    }
-                }
-                Some(upto)
-            }
-            Recovery::Reset => {
-                let reset = format!(
-                    "event: reset\ndata: {}\n\n",
-                    serde_json::json!({
-                        "last_event_id": since,
-                        "reason": "the events since last_event_id are no longer all available; reload state, then follow live events"
-                    })
-                );
-                if open {
-                    open = tx.send(Ok(Bytes::from(reset))).await.is_ok();
-                }
-                None
-            }
-        };
-        session.release(upto);
+    // With a cursor: the missed events of the topics and of the user's
+    // inbox, merged in order; without one (or after a reset): what waits
+    // in the inbox.
+    let mut recovery = match &since {
+        Some(since) => gw.recover(&session.subject, since, &topics, true).await,
+        None => gw.undelivered(&session).await,
+    };
+    if matches!(recovery, Recovery::Reset) {
+        let reset = format!(
+            "event: reset\ndata: {}\n\n",
+            serde_json::json!({
+                "last_event_id": since,
+                "reason": "the events since last_event_id are no longer all available; reload state, then follow live events"
+            })
+        );
+        if open {
+            open = tx.send(Ok(Bytes::from(reset))).await.is_ok();
+        }
+        recovery = gw.undelivered(&session).await;
     }
+    let ids = match recovery {
+        Recovery::Replayed { frames, ids } => {
+            // Straight to the stream, in chunks: the queue is the live path.
+            for chunk in frames.chunks(64) {
+                let text: String = chunk.iter().map(|f| f.sse()).collect();
+                if open {
+                    open = matches!(
+                        tokio::time::timeout(stall, tx.send(Ok(Bytes::from(text)))).await,
+                        Ok(Ok(()))
+                    );
+                }
+            }
+            ids
+        }
+        Recovery::Reset => Default::default(),
+    };
+    session.release(&ids);
     if open {
         loop {
             let chunk = tokio::select! {

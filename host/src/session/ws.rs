@@ -170,7 +170,9 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
         &cfg.node_id,
         cfg.heartbeat_s,
     )));
-    // Welcome first: only then may events be queued behind it.
+    // Welcome first: only then may events be queued behind it. Live
+    // events wait until the offline inbox is out.
+    session.hold();
     gw.activate(&session).await;
     let started = Instant::now();
     let last_seen = Arc::new(AtomicU64::new(0));
@@ -181,8 +183,12 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
         started,
         last_seen.clone(),
     ));
+    let session_loop = async {
+        deliver_inbox(&gw, &session).await;
+        read_loop(&gw, &session, stream, started, &last_seen, expires_at).await;
+    };
     tokio::select! {
-        () = read_loop(&gw, &session, stream, started, &last_seen, expires_at) => {
+        () = session_loop => {
             // Whatever ended the reader, the writer flushes and closes.
             session.queue.close(CloseReason::Server(close::GOING_AWAY, "session ended".into()));
             let _ = writer.await;
@@ -267,6 +273,19 @@ fn reply(session: &SessionHandle, text: String) {
     session.queue.push_control(Outbound::Control(text));
 }
 
+/// Sends what waited in the user's offline inbox, then releases the live
+/// events held meanwhile (call with the session held and registered, the
+/// writer running).
+pub(crate) async fn deliver_inbox(gw: &Gateway, session: &SessionHandle) {
+    match gw.undelivered(session).await {
+        Recovery::Replayed { frames, ids } => {
+            queue_replay(gw, session, frames).await;
+            session.release(&ids);
+        }
+        Recovery::Reset => session.release(&Default::default()),
+    }
+}
+
 /// Queues replayed events behind the writer, never more than the queue
 /// holds: a long replay is paced by the client, not dropped.
 pub(crate) async fn queue_replay(
@@ -306,21 +325,21 @@ async fn handle_text(
             session.hold();
             match subscribe(gw, session, &topic).await {
                 Ok(()) => {
-                    let recovery = gw.recover(&session.subject, &since, &[topic]).await;
+                    let recovery = gw.recover(&session.subject, &since, &[topic], false).await;
                     match recovery {
-                        Recovery::Replayed { frames, upto } => {
+                        Recovery::Replayed { frames, ids } => {
                             reply(session, json::ack(id, Some(true)));
                             queue_replay(gw, session, frames).await;
-                            session.release(Some(upto));
+                            session.release(&ids);
                         }
                         Recovery::Reset => {
                             reply(session, json::ack(id, Some(false)));
-                            session.release(None);
+                            session.release(&Default::default());
                         }
                     }
                 }
                 Err((code, message)) => {
-                    session.release(None);
+                    session.release(&Default::default());
                     reply(session, json::error(id, code, &message));
                 }
             }

@@ -2,7 +2,7 @@
 //! waits on one insert per event), with the watermark below which every
 //! sequence of the epoch has been handled, and retention applied as it goes.
 
-use std::collections::{BTreeSet, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -11,6 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::Store;
+use super::retention::Policy;
 use crate::routing::{EventId, Routed};
 
 /// What the router stage tells the writer.
@@ -20,6 +21,14 @@ pub enum Record {
     Routed(Routed),
     /// A sequence handled without history (dropped by a router, malformed).
     Skipped(EventId),
+    /// An event addressed to `user` reached one of their live sessions:
+    /// their inbox is delivered up to it.
+    Delivered {
+        /// The user.
+        user: String,
+        /// The event.
+        id: EventId,
+    },
 }
 
 /// Counters of the writer.
@@ -33,15 +42,6 @@ pub struct HistoryStats {
     pub trimmed: AtomicU64,
     /// Times the watermark skipped a sequence that never came.
     pub skipped_gaps: AtomicU64,
-}
-
-/// Retention settings.
-#[derive(Debug, Clone, Copy)]
-pub struct Retention {
-    /// Events kept per topic.
-    pub max_events: u64,
-    /// Oldest kept, in seconds.
-    pub max_age_s: u64,
 }
 
 /// The sending side, shared by the router lanes.
@@ -71,7 +71,7 @@ fn now_ms() -> u64 {
 
 impl History {
     /// Starts the writer on `store`.
-    pub fn start(store: Store, retention: Retention) -> Self {
+    pub fn start(store: Store, retention: Policy) -> Self {
         let (tx, rx) = mpsc::channel(BACKLOG);
         let stats = Arc::new(HistoryStats::default());
         let task = TaskTracker::new();
@@ -168,7 +168,7 @@ impl Watermark {
 
 async fn write_loop(
     store: Store,
-    retention: Retention,
+    retention: Policy,
     mut rx: mpsc::Receiver<Record>,
     stats: Arc<HistoryStats>,
     stop: tokio_util::sync::CancellationToken,
@@ -195,10 +195,16 @@ async fn write_loop(
             break;
         }
         let mut routed = Vec::with_capacity(batch.len());
+        let mut delivered: HashMap<String, EventId> = HashMap::new();
         for record in batch.drain(..) {
             let id = match &record {
                 Record::Routed(r) => EventId::parse(&r.event.id),
                 Record::Skipped(id) => Some(*id),
+                Record::Delivered { user, id } => {
+                    let newest = delivered.entry(user.clone()).or_insert(*id);
+                    *newest = (*newest).max(*id);
+                    continue;
+                }
             };
             let Some(id) = id else { continue };
             if mark.as_ref().is_none_or(|m| m.epoch != id.epoch) {
@@ -210,6 +216,7 @@ async fn write_loop(
             }
             if let Record::Routed(r) = record {
                 written_topics.extend(r.topics.iter().cloned());
+                written_topics.extend(r.users.iter().map(|u| super::retention::inbox_stream(u)));
                 routed.push(r);
             }
         }
@@ -229,7 +236,10 @@ async fn write_loop(
             // Retried until it goes through: history is not lost to a blip.
             let mut delay = Duration::from_millis(50);
             loop {
-                match store.write(&routed, m.epoch, m.upto(), now_ms()).await {
+                match store
+                    .write(&routed, m.epoch, m.upto(), now_ms(), &retention)
+                    .await
+                {
                     Ok(()) => {
                         stats
                             .written
@@ -246,11 +256,19 @@ async fn write_loop(
                 }
             }
         }
+        if !delivered.is_empty() {
+            let cursors: Vec<(String, EventId)> = delivered.into_iter().collect();
+            // Not retried: a cursor left behind only means an event shown
+            // live is offered again on the next connect.
+            if let Err(e) = store.mark_delivered(&cursors).await {
+                stats.errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "inbox delivery cursors not written");
+            }
+        }
         if last_trim.elapsed() >= TRIM_EVERY {
             last_trim = Instant::now();
-            let topics: Vec<String> = written_topics.drain().collect();
-            let oldest = now_ms().saturating_sub(retention.max_age_s * 1000);
-            match store.trim(&topics, retention.max_events, oldest).await {
+            let streams: Vec<String> = written_topics.drain().collect();
+            match store.trim(&retention, &streams, now_ms()).await {
                 Ok(n) => {
                     stats.trimmed.fetch_add(n, Ordering::Relaxed);
                 }

@@ -5,6 +5,8 @@
 //! applied at start.
 
 pub mod history;
+pub mod registry;
+pub mod retention;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -55,6 +57,7 @@ macro_rules! on_pool {
         }
     };
 }
+pub(crate) use on_pool;
 
 /// What a replay found.
 #[derive(Debug)]
@@ -64,6 +67,14 @@ pub enum Replay {
     /// The cursor is from another epoch, or older than retention: the
     /// client must be told instead of getting a partial history.
     Reset,
+}
+
+/// `$first, $first+1, …` for `n` parameters.
+fn in_list(first: usize, n: usize) -> String {
+    (first..first + n)
+        .map(|i| format!("${i}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Rows per multi-row INSERT (8 and 4 parameters a row; both databases
@@ -181,6 +192,7 @@ impl Store {
         epoch: u64,
         upto: u64,
         now_ms: u64,
+        policy: &retention::Policy,
     ) -> Result<(), StoreError> {
         // Flatten first: multi-row INSERTs (one statement per chunk) are
         // an order of magnitude faster than a statement per row.
@@ -200,11 +212,29 @@ impl Store {
                 })
             })
             .collect();
-        let routes: Vec<(&str, EventId)> = events
+        // The streams each event joins: its topics that keep history, and
+        // the inboxes of the users it was addressed to.
+        let keep_inbox = policy.keeps_inbox();
+        let routes: Vec<(String, EventId)> = events
             .iter()
             .filter_map(|r| Some((r, EventId::parse(&r.event.id)?)))
-            .flat_map(|(r, id)| r.topics.iter().map(move |t| (t.as_str(), id)))
+            .flat_map(|(r, id)| {
+                let topics = r
+                    .topics
+                    .iter()
+                    .filter(|t| policy.of(t).max_events > 0)
+                    .map(move |t| (t.clone(), id));
+                let inboxes = r
+                    .users
+                    .iter()
+                    .filter(move |_| keep_inbox)
+                    .map(move |u| (retention::inbox_stream(u), id));
+                topics.chain(inboxes)
+            })
             .collect();
+        // An event that joins no stream needs no body either.
+        let kept: std::collections::HashSet<EventId> = routes.iter().map(|(_, id)| *id).collect();
+        let rows: Vec<Row> = rows.into_iter().filter(|r| kept.contains(&r.id)).collect();
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             for chunk in rows.chunks(EVENT_ROWS_PER_INSERT) {
@@ -236,7 +266,7 @@ impl Store {
                 let mut q = sqlx::query(AssertSqlSafe(sql));
                 for (topic, id) in chunk {
                     q = q
-                        .bind(*topic)
+                        .bind(topic.as_str())
                         .bind(id.epoch as i64)
                         .bind(id.seq as i64)
                         .bind(now_ms as i64);
@@ -256,30 +286,28 @@ impl Store {
         Ok(())
     }
 
-    /// The events of `topics` after `since`, in order, or [`Replay::Reset`]
-    /// when `since` is from another epoch than `current`, older than what
-    /// retention kept, or more than [`MAX_REPLAY`] behind.
+    /// The events of `streams` (topics, inboxes) after `since`, in order,
+    /// or [`Replay::Reset`] when `since` is from another epoch than
+    /// `current`, older than what retention kept, or more than
+    /// [`MAX_REPLAY`] behind.
     pub async fn replay(
         &self,
         current_epoch: u64,
         since: EventId,
-        topics: &[String],
+        streams: &[String],
     ) -> Result<Replay, StoreError> {
         if since.epoch != current_epoch {
             return Ok(Replay::Reset);
         }
-        if topics.is_empty() {
+        if streams.is_empty() {
             return Ok(Replay::Events(Vec::new()));
         }
-        let list = (0..topics.len())
-            .map(|i| format!("${}", i + 2))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let list = in_list(2, streams.len());
         let trimmed_sql =
             format!("SELECT MAX(upto) FROM sy_trimmed WHERE epoch = $1 AND topic IN ({list})");
         let (trimmed,): (Option<i64>,) = on_pool!(self, |pool| {
             let mut q = sqlx::query_as(AssertSqlSafe(trimmed_sql.clone())).bind(since.epoch as i64);
-            for t in topics {
+            for t in streams {
                 q = q.bind(t.as_str());
             }
             q.fetch_one(pool).await
@@ -287,42 +315,115 @@ impl Store {
         if trimmed.is_some_and(|t| t as u64 > since.seq) {
             return Ok(Replay::Reset);
         }
+        let events = self.events_after(since, streams, MAX_REPLAY + 1).await?;
+        if events.len() > MAX_REPLAY {
+            return Ok(Replay::Reset);
+        }
+        Ok(Replay::Events(events))
+    }
+
+    /// The undelivered events of `user`'s inbox in `epoch` (those after
+    /// `cursor`, read with [`Store::inbox_cursor`], oldest first, at most
+    /// [`MAX_REPLAY`]).
+    /// What retention removed is gone: the inbox is best kept, not a
+    /// cursor the client holds.
+    pub async fn undelivered(
+        &self,
+        epoch: u64,
+        user: &str,
+        cursor: Option<EventId>,
+    ) -> Result<Vec<Event>, StoreError> {
+        let after = match cursor {
+            Some(c) if c.epoch == epoch => c.seq,
+            _ => 0,
+        };
+        self.events_after(
+            EventId { epoch, seq: after },
+            &[retention::inbox_stream(user)],
+            MAX_REPLAY,
+        )
+        .await
+    }
+
+    /// The newest event of `user`'s inbox delivered so far.
+    pub async fn inbox_cursor(&self, user: &str) -> Result<Option<EventId>, StoreError> {
+        let cursor: Option<(i64, i64)> = on_pool!(self, |pool| sqlx::query_as(
+            "SELECT epoch, seq FROM sy_inbox_cursor WHERE user_id = $1"
+        )
+        .bind(user)
+        .fetch_optional(pool)
+        .await)?;
+        Ok(cursor.map(|(e, s)| EventId {
+            epoch: e as u64,
+            seq: s as u64,
+        }))
+    }
+
+    /// Moves users' delivery cursors forward (never back).
+    pub async fn mark_delivered(&self, cursors: &[(String, EventId)]) -> Result<(), StoreError> {
+        for chunk in cursors.chunks(256) {
+            let sql = format!(
+                "INSERT INTO sy_inbox_cursor (user_id, epoch, seq) VALUES {} \
+                 ON CONFLICT (user_id) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq \
+                 WHERE excluded.epoch > sy_inbox_cursor.epoch \
+                 OR (excluded.epoch = sy_inbox_cursor.epoch AND excluded.seq > sy_inbox_cursor.seq)",
+                placeholders(chunk.len(), 3)
+            );
+            on_pool!(self, |pool| {
+                let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+                for (user, id) in chunk {
+                    q = q
+                        .bind(user.as_str())
+                        .bind(id.epoch as i64)
+                        .bind(id.seq as i64);
+                }
+                q.execute(pool).await.map(|_| ())
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Up to `limit` events of `streams` after `since` (same epoch), in
+    /// order, each once.
+    async fn events_after(
+        &self,
+        since: EventId,
+        streams: &[String],
+        limit: usize,
+    ) -> Result<Vec<Event>, StoreError> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        // DISTINCT: an event in two of the streams comes back once.
         let sql = format!(
-            "SELECT e.seq, e.topic, e.name, e.data, e.headers, e.sender \
-             FROM sy_history h JOIN sy_events e ON e.epoch = h.epoch AND e.seq = h.seq \
-             WHERE h.epoch = $1 AND h.topic IN ({list}) AND h.seq > ${} \
-             ORDER BY h.seq LIMIT ${}",
-            topics.len() + 2,
-            topics.len() + 3
+            "SELECT e.seq, e.topic, e.name, e.data, e.headers, e.sender FROM sy_events e \
+             WHERE e.epoch = $1 AND e.seq IN (SELECT DISTINCT h.seq FROM sy_history h \
+             WHERE h.epoch = $1 AND h.topic IN ({}) AND h.seq > ${}) \
+             ORDER BY e.seq LIMIT ${}",
+            in_list(2, streams.len()),
+            streams.len() + 2,
+            streams.len() + 3
         );
         type Row = (i64, String, String, Vec<u8>, String, Option<String>);
         let rows: Vec<Row> = on_pool!(self, |pool| {
             let mut q = sqlx::query_as(AssertSqlSafe(sql.clone())).bind(since.epoch as i64);
-            for t in topics {
+            for t in streams {
                 q = q.bind(t.as_str());
             }
             q.bind(since.seq as i64)
-                .bind(MAX_REPLAY as i64 + 1)
+                .bind(limit as i64)
                 .fetch_all(pool)
                 .await
         })?;
         let mut events: Vec<Event> = Vec::with_capacity(rows.len());
         for (seq, topic, name, data, headers, sender) in rows {
-            let seq = seq as u64;
-            // An event routed to two of the topics comes back twice.
-            if events
-                .last()
-                .is_some_and(|e| EventId::parse(&e.id).is_some_and(|id| id.seq == seq))
-            {
-                continue;
-            }
             let Ok(topic) = Topic::parse(&topic) else {
                 continue;
             };
             let mut e = Event::new(
                 EventId {
                     epoch: since.epoch,
-                    seq,
+                    seq: seq as u64,
                 }
                 .to_string(),
                 topic,
@@ -333,10 +434,7 @@ impl Store {
             e.sender = sender;
             events.push(e);
         }
-        if events.len() > MAX_REPLAY {
-            return Ok(Replay::Reset);
-        }
-        Ok(Replay::Events(events))
+        Ok(events)
     }
 
     /// Records a plugin set this node loaded or refused.
@@ -391,40 +489,53 @@ impl Store {
             .collect())
     }
 
-    /// Applies retention: per topic at most `max_events`, none older than
-    /// `max_age_ms`; records what was removed so that older cursors reset.
+    /// Applies `policy`: per stream at most `max_events` (checked for the
+    /// streams written lately, `recent`), none older than `max_age_s`;
+    /// records what was removed so that older cursors reset.
     pub async fn trim(
         &self,
-        topics: &[String],
-        max_events: u64,
-        oldest_ms: u64,
+        policy: &retention::Policy,
+        recent: &[String],
+        now_ms: u64,
     ) -> Result<u64, StoreError> {
+        let cutoff = |age_s: u64| now_ms.saturating_sub(age_s.saturating_mul(1000)) as i64;
         let mut cut: HashMap<(String, i64), i64> = HashMap::new();
-        // By age.
-        let old: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
-            sqlx::query_as(
-            "SELECT topic, epoch, MAX(seq) FROM sy_history WHERE created_ms < $1 GROUP BY topic, epoch"
-        )
-        .bind(oldest_ms as i64)
-        .fetch_all(pool)
-        .await
+        // By age: the streams holding a row older than the shortest age
+        // any stream keeps, then each against its own age.
+        let candidates: Vec<(String,)> = on_pool!(self, |pool| {
+            sqlx::query_as("SELECT DISTINCT topic FROM sy_history WHERE created_ms < $1")
+                .bind(cutoff(policy.shortest_age_s()))
+                .fetch_all(pool)
+                .await
         })?;
-        for (topic, epoch, seq) in old {
-            cut.insert((topic, epoch), seq);
+        for (stream,) in candidates {
+            let old: Vec<(i64, i64)> = on_pool!(self, |pool| {
+                sqlx::query_as(
+                    "SELECT epoch, MAX(seq) FROM sy_history WHERE topic = $1 AND created_ms < $2 \
+                     GROUP BY epoch",
+                )
+                .bind(stream.as_str())
+                .bind(cutoff(policy.of(&stream).max_age_s))
+                .fetch_all(pool)
+                .await
+            })?;
+            for (epoch, seq) in old {
+                cut.insert((stream.clone(), epoch), seq);
+            }
         }
-        // By count, for the topics written lately.
-        for topic in topics {
+        // By count, for the streams written lately.
+        for stream in recent {
             let row: Option<(i64, i64)> = on_pool!(self, |pool| {
                 sqlx::query_as(
                 "SELECT epoch, seq FROM sy_history WHERE topic = $1 ORDER BY epoch DESC, seq DESC LIMIT 1 OFFSET $2"
             )
-            .bind(topic.as_str())
-            .bind(max_events as i64)
+            .bind(stream.as_str())
+            .bind(policy.of(stream).max_events as i64)
             .fetch_optional(pool)
             .await
             })?;
             if let Some((epoch, seq)) = row {
-                let key = (topic.clone(), epoch);
+                let key = (stream.clone(), epoch);
                 let e = cut.entry(key).or_insert(seq);
                 *e = (*e).max(seq);
             }

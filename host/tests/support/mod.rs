@@ -527,3 +527,80 @@ impl Sse {
         }
     }
 }
+
+/// A STOMP 1.2 client over WebSocket, one frame per message.
+pub struct Stomp {
+    ws: WebSocketStream<MaybeTlsStream<TcpStream>>,
+}
+
+/// A received STOMP frame.
+#[derive(Debug, Clone)]
+pub struct StompFrame {
+    pub command: String,
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+}
+
+impl StompFrame {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl TestGateway {
+    /// A connected STOMP session of the token's user.
+    pub async fn stomp(&self, token: &str) -> Stomp {
+        let mut s = Stomp {
+            ws: self.stomp_raw().await,
+        };
+        s.send(&format!(
+            "CONNECT\naccept-version:1.2\npasscode:{token}\n\n"
+        ))
+        .await;
+        let connected = s.next_frame().await;
+        assert_eq!(connected.command, "CONNECTED", "{connected:?}");
+        s
+    }
+}
+
+impl Stomp {
+    /// Sends a frame (`command\nheaders\n\nbody`, the NUL is added).
+    pub async fn send(&mut self, frame: &str) {
+        self.ws
+            .send(Message::Text(format!("{frame}\0").into()))
+            .await
+            .expect("stomp send");
+    }
+
+    /// The next frame (heart-beats skipped).
+    pub async fn next_frame(&mut self) -> StompFrame {
+        loop {
+            let msg = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("stomp frame in time")
+                .expect("stomp stream open")
+                .expect("stomp frame");
+            let Message::Text(t) = msg else { continue };
+            let text = t.as_str().trim_start_matches(['\n', '\r']);
+            if text.is_empty() {
+                continue;
+            }
+            let text = text.trim_end_matches('\0');
+            let (head, body) = text.split_once("\n\n").unwrap_or((text, ""));
+            let mut lines = head.lines();
+            let command = lines.next().unwrap_or_default().to_owned();
+            let headers = lines
+                .filter_map(|l| l.split_once(':'))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect();
+            return StompFrame {
+                command,
+                headers,
+                body: body.to_owned(),
+            };
+        }
+    }
+}

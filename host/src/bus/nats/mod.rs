@@ -102,6 +102,7 @@ impl NatsBus {
             parts.hub.clone(),
             parts.executor.clone(),
             parts.stats.clone(),
+            parts.history.clone(),
         );
 
         tasks.spawn(

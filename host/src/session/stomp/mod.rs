@@ -24,7 +24,7 @@ use super::frame::DataKind;
 use super::ws::close;
 use super::{CloseReason, EventFrame, Outbound, Protocol, SessionHandle};
 use crate::auth::Identity;
-use crate::gateway::Gateway;
+use crate::gateway::{Gateway, Recovery};
 use crate::limits::TokenBucket;
 
 /// Subprotocols served, newest first.
@@ -204,6 +204,22 @@ fn text(bytes: Vec<u8>) -> Message {
     }
 }
 
+/// Tells a subscription that what it missed since `since` cannot be
+/// replayed (past retention, another epoch): the client reloads its state.
+fn reset_message(subscription: &str, destination: &str, since: &str) -> Frame {
+    let body = serde_json::json!({
+        "last_event_id": since,
+        "reason": "the events since this id are no longer all available; reload state, then follow live events",
+    });
+    Frame::new("MESSAGE")
+        .header("subscription", subscription)
+        .header("destination", destination)
+        .header("message-id", format!("reset-{since}"))
+        .header("event", "reset")
+        .header("content-type", "application/json")
+        .body(body.to_string().into_bytes())
+}
+
 fn error_frame(receipt: Option<&str>, message: &str) -> Frame {
     let mut f = Frame::new("ERROR").header("message", message.replace('\n', " "));
     if let Some(r) = receipt {
@@ -324,13 +340,22 @@ impl Reader<'_> {
             .close(CloseReason::Server(code, short(why)));
     }
 
-    fn receipt(&self, f: &Frame) {
+    /// A RECEIPT if the frame asked for one; `recovered` answers a
+    /// SUBSCRIBE with `since`.
+    fn receipt(&self, f: &Frame, recovered: Option<bool>) {
         if let Some(r) = f.get("receipt") {
-            let frame = Frame::new("RECEIPT").header("receipt-id", r).encode();
-            self.session.queue.push_control(Outbound::Control(
-                String::from_utf8_lossy(&frame).into_owned(),
-            ));
+            let mut frame = Frame::new("RECEIPT").header("receipt-id", r);
+            if let Some(recovered) = recovered {
+                frame = frame.header("recovered", recovered.to_string());
+            }
+            self.control(frame);
         }
+    }
+
+    fn control(&self, frame: Frame) {
+        self.session.queue.push_control(Outbound::Control(
+            String::from_utf8_lossy(&frame.encode()).into_owned(),
+        ));
     }
 
     async fn handle(&mut self, f: Frame) -> Result<(), Stop> {
@@ -354,20 +379,63 @@ impl Reader<'_> {
                         return Err(refuse(format!("at most {max} subscriptions per session")));
                     }
                 }
-                let destination = if let Some(topic) = dest.strip_prefix("/topic/") {
-                    super::ws::subscribe(self.gw, self.session, topic)
+                if let Some(topic) = dest.strip_prefix("/topic/") {
+                    // `since: <event id>` replays what was missed first.
+                    let since = f.get("since").map(str::to_owned);
+                    if since.is_some() {
+                        self.session.hold();
+                    }
+                    if let Err((_, why)) = super::ws::subscribe(self.gw, self.session, topic).await
+                    {
+                        self.session.release(&Default::default());
+                        return Err(refuse(format!("cannot subscribe to {dest}: {why}")));
+                    }
+                    self.lock()
+                        .by_id
+                        .insert(id.to_owned(), Destination::Topic(topic.to_owned()));
+                    let Some(since) = since else {
+                        self.receipt(&f, None);
+                        return Ok(());
+                    };
+                    let topics = [topic.to_owned()];
+                    match self
+                        .gw
+                        .recover(&self.session.subject, &since, &topics, false)
                         .await
-                        .map_err(|(_, why)| refuse(format!("cannot subscribe to {dest}: {why}")))?;
-                    Destination::Topic(topic.to_owned())
+                    {
+                        Recovery::Replayed { frames, ids } => {
+                            self.receipt(&f, Some(true));
+                            super::ws::queue_replay(self.gw, self.session, frames).await;
+                            self.session.release(&ids);
+                        }
+                        Recovery::Reset => {
+                            self.receipt(&f, Some(false));
+                            self.control(reset_message(id, dest, &since));
+                            self.session.release(&Default::default());
+                        }
+                    }
                 } else if dest.starts_with("/user/queue/") {
-                    Destination::UserQueue
+                    let first = !self
+                        .lock()
+                        .by_id
+                        .values()
+                        .any(|d| *d == Destination::UserQueue);
+                    if first {
+                        self.session.hold();
+                    }
+                    self.lock()
+                        .by_id
+                        .insert(id.to_owned(), Destination::UserQueue);
+                    self.receipt(&f, None);
+                    // The first user queue gets what waited in the offline inbox.
+                    if first {
+                        super::ws::deliver_inbox(self.gw, self.session).await;
+                    }
                 } else {
                     return Err(refuse(format!(
                         "unknown destination {dest:?}: use /topic/<topic> or /user/queue/<name>"
                     )));
-                };
-                self.lock().by_id.insert(id.to_owned(), destination);
-                self.receipt(&f);
+                }
             }
             "UNSUBSCRIBE" => {
                 let id = f.get("id").ok_or_else(|| {
@@ -384,7 +452,7 @@ impl Reader<'_> {
                         self.gw.hub.unsubscribe(self.session, &topic);
                     }
                 }
-                self.receipt(&f);
+                self.receipt(&f, None);
             }
             "SEND" => {
                 let dest = f.get("destination").unwrap_or_default();
@@ -403,12 +471,12 @@ impl Reader<'_> {
                 super::ws::publish(self.gw, self.session, topic, name, f.body.clone())
                     .await
                     .map_err(|(_, why)| refuse(format!("cannot SEND to {dest}: {why}")))?;
-                self.receipt(&f);
+                self.receipt(&f, None);
             }
             // Delivery is at most once with automatic acknowledgement.
-            "ACK" | "NACK" | "BEGIN" | "COMMIT" | "ABORT" => self.receipt(&f),
+            "ACK" | "NACK" | "BEGIN" | "COMMIT" | "ABORT" => self.receipt(&f, None),
             "DISCONNECT" => {
-                self.receipt(&f);
+                self.receipt(&f, None);
                 self.session
                     .queue
                     .close(CloseReason::Server(1000, "disconnected".into()));

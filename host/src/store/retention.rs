@@ -1,0 +1,164 @@
+//! Retention policy (pure): how many events, and how old, each history
+//! stream keeps. A stream is a topic, or a user's inbox.
+
+use crate::config::StoreConfig;
+use crate::routing::TopicPattern;
+
+/// Limits of one stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Events kept.
+    pub max_events: u64,
+    /// Oldest kept, in seconds.
+    pub max_age_s: u64,
+}
+
+/// Retention of every stream.
+#[derive(Debug, Clone)]
+pub struct Policy {
+    rules: Vec<(TopicPattern, Limits)>,
+    topics: Limits,
+    inbox: Limits,
+}
+
+/// The history stream of a user's inbox. Topics cannot contain spaces, so
+/// the name never collides with a topic.
+pub fn inbox_stream(user: &str) -> String {
+    format!("{INBOX_PREFIX}{user}")
+}
+
+const INBOX_PREFIX: &str = "@inbox ";
+
+/// Whether `stream` is a user's inbox.
+pub fn is_inbox(stream: &str) -> bool {
+    stream.starts_with(INBOX_PREFIX)
+}
+
+impl Policy {
+    /// From `[store]` (patterns are validated with the config; an invalid
+    /// one is ignored here).
+    pub fn from_config(store: &StoreConfig) -> Self {
+        let topics = Limits {
+            max_events: store.history_retention,
+            max_age_s: store.history_max_age_s,
+        };
+        let rules = store
+            .retention
+            .iter()
+            .filter_map(|r| {
+                let pattern = TopicPattern::parse(&r.topics).ok()?;
+                Some((
+                    pattern,
+                    Limits {
+                        max_events: r.max_events.unwrap_or(topics.max_events),
+                        max_age_s: r.max_age_s.unwrap_or(topics.max_age_s),
+                    },
+                ))
+            })
+            .collect();
+        Policy {
+            rules,
+            topics,
+            inbox: Limits {
+                max_events: store.inbox_max_events,
+                max_age_s: store.inbox_retention_s,
+            },
+        }
+    }
+
+    /// The limits of `stream`.
+    pub fn of(&self, stream: &str) -> Limits {
+        if is_inbox(stream) {
+            return self.inbox;
+        }
+        self.rules
+            .iter()
+            .find(|(p, _)| p.matches(stream))
+            .map_or(self.topics, |(_, l)| *l)
+    }
+
+    /// The shortest age any stream keeps: rows younger than this are kept
+    /// whatever their stream.
+    pub fn shortest_age_s(&self) -> u64 {
+        self.rules
+            .iter()
+            .map(|(_, l)| l.max_age_s)
+            .chain([self.topics.max_age_s, self.inbox.max_age_s])
+            .min()
+            .unwrap_or(0)
+    }
+
+    /// Whether topic history is kept at all (some stream keeps events).
+    pub fn keeps_topics(&self) -> bool {
+        self.topics.max_events > 0 || self.rules.iter().any(|(_, l)| l.max_events > 0)
+    }
+
+    /// Whether user inboxes are kept.
+    pub fn keeps_inbox(&self) -> bool {
+        self.inbox.max_events > 0 && self.inbox.max_age_s > 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::RetentionRule;
+
+    fn policy() -> Policy {
+        Policy::from_config(&StoreConfig {
+            history_retention: 100,
+            history_max_age_s: 3600,
+            inbox_retention_s: 60,
+            inbox_max_events: 7,
+            retention: vec![
+                RetentionRule {
+                    topics: "chat.>".into(),
+                    max_events: Some(5),
+                    max_age_s: None,
+                },
+                RetentionRule {
+                    topics: "chat.room.*".into(),
+                    max_events: Some(50),
+                    max_age_s: Some(10),
+                },
+            ],
+            ..StoreConfig::default()
+        })
+    }
+
+    #[test]
+    fn the_first_matching_rule_wins_and_unset_limits_take_the_defaults() {
+        let p = policy();
+        assert_eq!(
+            p.of("chat.room.1"),
+            Limits {
+                max_events: 5,
+                max_age_s: 3600
+            }
+        );
+        assert_eq!(
+            p.of("news.x"),
+            Limits {
+                max_events: 100,
+                max_age_s: 3600
+            }
+        );
+        assert_eq!(p.shortest_age_s(), 10);
+    }
+
+    #[test]
+    fn inboxes_have_their_own_limits_and_never_match_a_topic_rule() {
+        let p = policy();
+        let s = inbox_stream("chat.room.1");
+        assert!(is_inbox(&s));
+        assert!(crate::routing::Topic::parse(&s).is_err());
+        assert_eq!(
+            p.of(&s),
+            Limits {
+                max_events: 7,
+                max_age_s: 60
+            }
+        );
+        assert!(p.keeps_inbox() && p.keeps_topics());
+    }
+}

@@ -1,0 +1,309 @@
+//! The offline inbox and the connection registry, on SQLite and on
+//! PostgreSQL: direct messages to a user with no live session wait in the
+//! store and reach their next session (WS, SSE or STOMP) once; sessions
+//! are listed with node, protocol and user, and leave the registry with
+//! their connection.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::nats::{NatsServer, bus_section};
+use support::*;
+
+#[derive(Clone, Copy, Debug)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+async fn gateway(backend: Backend) -> TestGateway {
+    let store = match backend {
+        Backend::Sqlite => String::new(),
+        Backend::Postgres => format!("url = {:?}\n", fresh_postgres().await),
+    };
+    TestGateway::start(config(&format!("[store]\n{store}"))).await
+}
+
+/// A direct message from a service to `user` (the chat router sends
+/// `dm.<user>` to that user only).
+async fn dm(gw: &TestGateway, user: &str, n: u64) -> String {
+    let (status, body) = gw
+        .publish(json!({"topic": format!("dm.{user}"), "data": {"n": n}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+fn n_of(data: &str) -> u64 {
+    serde_json::from_str::<Value>(data).expect("json")["n"]
+        .as_u64()
+        .expect("n")
+}
+
+/// The history writer records cursors within milliseconds; a client that
+/// reconnects sooner than this may see an event it got live again.
+const CURSOR_SETTLE: Duration = Duration::from_millis(300);
+
+async fn metric(gw: &TestGateway, name: &str) -> u64 {
+    let (_, text) = gw.get_text("/metrics").await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{name} ")))
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .map_or_else(|| panic!("{name} missing:\n{text}"), |v| v as u64)
+}
+
+async fn offline_messages_arrive_on_the_next_connect_once(backend: Backend) {
+    let gw = gateway(backend).await;
+    let eve = token(json!({"sub": "eve"}));
+    // Eve is offline: five messages wait; one for frank must not reach her.
+    for n in 0..5 {
+        dm(&gw, "eve", n).await;
+    }
+    dm(&gw, "frank", 100).await;
+
+    // A JSON WebSocket gets them right after the welcome, then live ones.
+    let mut ws = gw.ws(&eve).await;
+    for n in 0..5 {
+        assert_eq!(ws.next_event().await["data"]["n"], n, "{backend:?}");
+    }
+    dm(&gw, "eve", 5).await;
+    assert_eq!(ws.next_event().await["data"]["n"], 5);
+    drop(ws);
+    tokio::time::sleep(CURSOR_SETTLE).await;
+
+    // Delivered once: the next session starts with nothing old.
+    let mut ws = gw.ws(&eve).await;
+    assert!(
+        ws.next_event_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "{backend:?}: nothing is delivered twice"
+    );
+    dm(&gw, "eve", 6).await;
+    assert_eq!(ws.next_event().await["data"]["n"], 6);
+    drop(ws);
+    tokio::time::sleep(CURSOR_SETTLE).await;
+
+    // SSE (no Last-Event-ID): the inbox, then live.
+    for n in 7..10 {
+        dm(&gw, "eve", n).await;
+    }
+    let mut sse = gw.sse("topic=news.quiet", Some(&eve)).await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    for n in 7..10 {
+        assert_eq!(n_of(&sse.next_event().await.data), n, "{backend:?}");
+    }
+    dm(&gw, "eve", 10).await;
+    assert_eq!(n_of(&sse.next_event().await.data), 10);
+    drop(sse);
+    tokio::time::sleep(CURSOR_SETTLE).await;
+
+    // STOMP: on the first /user/queue subscription.
+    dm(&gw, "eve", 11).await;
+    let mut stomp = gw.stomp(&eve).await;
+    stomp
+        .send("SUBSCRIBE\nid:q\ndestination:/user/queue/dm\nreceipt:r1\n\n")
+        .await;
+    assert_eq!(stomp.next_frame().await.command, "RECEIPT");
+    let m = stomp.next_frame().await;
+    assert_eq!(
+        (m.command.as_str(), n_of(&m.body)),
+        ("MESSAGE", 11),
+        "{m:?}"
+    );
+    assert_eq!(m.header("subscription"), Some("q"));
+    dm(&gw, "eve", 12).await;
+    assert_eq!(n_of(&stomp.next_frame().await.body), 12);
+
+    // Frank gets his own message only.
+    let mut ws = gw.ws(&token(json!({"sub": "frank"}))).await;
+    assert_eq!(ws.next_event().await["data"]["n"], 100);
+    assert!(
+        ws.next_event_within(Duration::from_millis(300))
+            .await
+            .is_none()
+    );
+    assert_eq!(
+        metric(&gw, "switchyard_inbox_delivered_total").await,
+        5 + 3 + 1 + 1,
+        "{backend:?}"
+    );
+}
+
+async fn last_event_id_replays_topics_and_inbox_merged(backend: Backend) {
+    let gw = gateway(backend).await;
+    let gus = token(json!({"sub": "gus"}));
+    let mut sse = gw.sse("topic=news.m", Some(&gus)).await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    let (status, _) = gw
+        .publish(json!({"topic": "news.m", "data": {"n": 0}}))
+        .await;
+    assert_eq!(status, 200);
+    let last = sse.next_event().await.id.expect("id");
+    drop(sse);
+    // Interleaved: topic events and direct messages while gus is away.
+    for n in 1..21u64 {
+        if n % 3 == 0 {
+            dm(&gw, "gus", n).await;
+        } else {
+            let (status, _) = gw
+                .publish(json!({"topic": "news.m", "data": {"n": n}}))
+                .await;
+            assert_eq!(status, 200);
+        }
+    }
+    let mut sse = gw
+        .sse_with_header("topic=news.m", Some(&gus), ("last-event-id", last.as_str()))
+        .await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    for n in 1..21u64 {
+        let e = sse.next_event().await;
+        assert_eq!(n_of(&e.data), n, "{backend:?}: merged in order: {e:?}");
+    }
+    dm(&gw, "gus", 21).await;
+    assert_eq!(n_of(&sse.next_event().await.data), 21);
+    drop(sse);
+    tokio::time::sleep(CURSOR_SETTLE).await;
+    // The replayed messages count as delivered.
+    let mut ws = gw.ws(&gus).await;
+    assert!(
+        ws.next_event_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "{backend:?}"
+    );
+}
+
+async fn the_registry_lists_live_sessions(backend: Backend) {
+    let gw = gateway(backend).await;
+    let ws = gw.ws(&token(json!({"sub": "hal"}))).await;
+    let mut sse = gw
+        .sse("topic=news.r", Some(&token(json!({"sub": "ida"}))))
+        .await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    let _stomp = gw.stomp(&token(json!({"sub": "jo"}))).await;
+    let registry = |query: &'static str| {
+        let gw = &gw;
+        async move {
+            gw.get_as(&format!("/admin/registry{query}"), Some(ADMIN_TOKEN))
+                .await
+        }
+    };
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let listed = loop {
+        let (status, body) = registry("").await;
+        assert_eq!(status, 200, "{body}");
+        if body["sessions"].as_array().is_some_and(|s| s.len() == 3) {
+            break body;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let mut seen: Vec<(String, String)> = listed["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .map(|s| {
+            assert_eq!(s["node"], "test", "{s}");
+            assert!(
+                s["session"]
+                    .as_str()
+                    .is_some_and(|id| id.starts_with("test-"))
+            );
+            assert!(s["connected_ms"].as_u64() <= s["heartbeat_ms"].as_u64());
+            (
+                s["user"].as_str().unwrap_or_default().to_owned(),
+                s["protocol"].as_str().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect();
+    seen.sort();
+    assert_eq!(
+        seen,
+        [("hal", "json"), ("ida", "sse"), ("jo", "stomp")]
+            .map(|(u, p)| (u.to_owned(), p.to_owned())),
+        "{backend:?}"
+    );
+    assert_eq!(listed["nodes"], json!({"test": 3}));
+    let (_, one) = registry("?user=ida").await;
+    assert_eq!(one["sessions"].as_array().map(Vec::len), Some(1));
+    assert_eq!(one["sessions"][0]["protocol"], "sse");
+
+    // A closed session leaves the registry.
+    drop(ws);
+    loop {
+        let (_, body) = registry("?user=hal").await;
+        if body["sessions"].as_array().is_some_and(Vec::is_empty) {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "{body}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, _) = gw.get_as("/admin/registry", None).await;
+    assert_eq!(status, 401, "the admin token is required");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_inbox_on_sqlite() {
+    offline_messages_arrive_on_the_next_connect_once(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_inbox_on_postgres() {
+    offline_messages_arrive_on_the_next_connect_once(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_replay_on_sqlite() {
+    last_event_id_replays_topics_and_inbox_merged(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn merged_replay_on_postgres() {
+    last_event_id_replays_topics_and_inbox_merged(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_on_sqlite() {
+    the_registry_lists_live_sessions(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn registry_on_postgres() {
+    the_registry_lists_live_sessions(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn messages_sent_through_one_node_wait_for_a_user_who_connects_to_another() {
+    let nats = NatsServer::single();
+    let db = fresh_postgres().await;
+    let section = |node: &str| {
+        node_config(
+            node,
+            &format!("{}\n[store]\nurl = {db:?}\n", bus_section(&[nats.url()], 1)),
+        )
+    };
+    let a = TestGateway::start(section("a")).await;
+    let b = TestGateway::start(section("b")).await;
+    let kim = token(json!({"sub": "kim"}));
+    for n in 0..10 {
+        dm(&a, "kim", n).await;
+    }
+    let mut ws = b.ws(&kim).await;
+    for n in 0..10 {
+        assert_eq!(ws.next_event().await["data"]["n"], n);
+    }
+    dm(&a, "kim", 10).await;
+    assert_eq!(ws.next_event().await["data"]["n"], 10);
+    drop(ws);
+    tokio::time::sleep(CURSOR_SETTLE).await;
+    let mut ws = a.ws(&kim).await;
+    assert!(
+        ws.next_event_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "delivered once, whichever node"
+    );
+}
