@@ -51,6 +51,7 @@ pub struct History {
     stop: tokio_util::sync::CancellationToken,
     /// Counters.
     pub stats: Arc<HistoryStats>,
+    written: tokio::sync::watch::Receiver<(u64, u64)>,
 }
 
 /// Records waiting for the writer before router lanes wait.
@@ -76,12 +77,14 @@ impl History {
         let stats = Arc::new(HistoryStats::default());
         let task = TaskTracker::new();
         let stop = tokio_util::sync::CancellationToken::new();
+        let (written_tx, written) = tokio::sync::watch::channel((0, 0));
         task.spawn(write_loop(
             store,
             retention,
             rx,
             stats.clone(),
             stop.clone(),
+            written_tx,
         ));
         task.close();
         History {
@@ -89,6 +92,7 @@ impl History {
             task,
             stop,
             stats,
+            written,
         }
     }
 
@@ -103,6 +107,12 @@ impl History {
     /// passes the sequence after its patience).
     pub fn try_record(&self, record: Record) {
         let _ = self.tx.try_send(record);
+    }
+
+    /// `(epoch, upto)`: every sequence of the epoch up to `upto` is in the
+    /// store. Closed once the writer stopped (everything sent is written).
+    pub fn written(&self) -> tokio::sync::watch::Receiver<(u64, u64)> {
+        self.written.clone()
     }
 
     /// Stops taking records and waits until everything sent is written.
@@ -172,6 +182,7 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Record>,
     stats: Arc<HistoryStats>,
     stop: tokio_util::sync::CancellationToken,
+    written: tokio::sync::watch::Sender<(u64, u64)>,
 ) {
     let mut closing = false;
     let mut batch = Vec::with_capacity(BATCH);
@@ -245,6 +256,7 @@ async fn write_loop(
                             .written
                             .fetch_add(routed.len() as u64, Ordering::Relaxed);
                         written_upto = Some((m.epoch, m.upto()));
+                        written.send_replace((m.epoch, m.upto()));
                         break;
                     }
                     Err(e) => {

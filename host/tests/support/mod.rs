@@ -517,6 +517,40 @@ impl Sse {
         }
     }
 
+    /// Opens `url` (a full `/v1/sse?...` URL), resuming after `last_id`;
+    /// None if the server does not answer with a stream.
+    pub async fn open(url: &str, token: &str, last_id: Option<&str>) -> Option<Sse> {
+        let mut req = reqwest::Client::new().get(url).bearer_auth(token);
+        if let Some(id) = last_id {
+            req = req.header("last-event-id", id);
+        }
+        let resp = req.send().await.ok()?;
+        (resp.status().as_u16() == 200).then(|| Sse {
+            resp,
+            buf: String::new(),
+        })
+    }
+
+    /// The next named event, or None once the stream ends or fails (or
+    /// nothing came for [`WAIT`]).
+    pub async fn try_next_event(&mut self) -> Option<SseEvent> {
+        loop {
+            if self.buf.contains("\n\n") {
+                // A whole block is buffered: this reads nothing.
+                let b = self.next_block().await;
+                if !b.comment || b.event.is_some() {
+                    return Some(b);
+                }
+                continue;
+            }
+            let chunk = tokio::time::timeout(WAIT, self.resp.chunk())
+                .await
+                .ok()?
+                .ok()??;
+            self.buf.push_str(&String::from_utf8_lossy(&chunk));
+        }
+    }
+
     /// The next named event (comments skipped).
     pub async fn next_event(&mut self) -> SseEvent {
         loop {

@@ -88,7 +88,13 @@ impl NatsBus {
         let epoch = Arc::new(AtomicU64::new(epoch));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let outlet = Outlet::start(js.clone(), subjects.clone(), stats.clone());
+        let outlet = Outlet::start(
+            js.clone(),
+            subjects.clone(),
+            stats.clone(),
+            parts.history.as_deref(),
+            &tasks,
+        );
         let router = Arc::new(Router::start(
             ROUTER_LANES,
             parts.executor.clone(),
