@@ -34,6 +34,10 @@ pub struct SseQuery {
     pub ticket: Option<String>,
     /// `last_event_id=`.
     pub last_event_id: Option<String>,
+    /// `access_token=`: the JWT, for `EventSource`, which can set no
+    /// header and reconnects by itself with the same URL (a single-use
+    /// ticket cannot carry a reconnect).
+    pub access_token: Option<String>,
 }
 
 impl SseQuery {
@@ -47,6 +51,7 @@ impl SseQuery {
                 "topic" => q.topics.push(v),
                 "ticket" => q.ticket = Some(v),
                 "last_event_id" => q.last_event_id = Some(v),
+                "access_token" => q.access_token = Some(v),
                 other => {
                     return Err(ApiError::bad_request(format!(
                         "unknown query parameter {other:?}"
@@ -93,7 +98,8 @@ async fn open(
         .map(|t| Topic::parse(t).map_err(|e| ApiError::bad_request(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     gw.admit()?;
-    let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
+    let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
+        .or(query.access_token.as_deref());
     let identity = gw.auth.identify(bearer, query.ticket.as_deref())?;
     let expires_at = identity.expires_at;
     let session = gw.open_session(identity, Protocol::Sse, &topics).await?;
