@@ -48,6 +48,10 @@ pub enum Recovery {
         /// Every event the replay covered (sent, or withheld from this
         /// session): held live copies of these are dropped on release.
         ids: std::collections::HashSet<crate::routing::EventId>,
+        /// Per recovered topic, the newest event the client now has (its
+        /// cursor, or the newest replayed): a live copy of an older event
+        /// of the topic (a redelivery after a node failure) is a duplicate.
+        floors: Vec<(String, crate::routing::EventId)>,
     },
     /// The gap cannot be filled (past retention, another epoch, no history):
     /// the client must be told.
@@ -398,7 +402,22 @@ impl Gateway {
                 self.stats
                     .replayed
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
-                self.replayed(subject, events).await
+                let floors = topics
+                    .iter()
+                    .map(|t| {
+                        let newest = events
+                            .iter()
+                            .filter(|e| e.topic.as_str() == t)
+                            .filter_map(|e| crate::routing::EventId::parse(&e.id))
+                            .fold(since, std::cmp::max);
+                        (t.clone(), newest)
+                    })
+                    .collect();
+                let mut recovery = self.replayed(subject, events).await;
+                if let Recovery::Replayed { floors: f, .. } = &mut recovery {
+                    *f = floors;
+                }
+                recovery
             }
             Ok(crate::store::Replay::Reset) => Recovery::Reset,
             Err(e) => {
@@ -416,6 +435,7 @@ impl Gateway {
         let none = Recovery::Replayed {
             frames: Vec::new(),
             ids: Default::default(),
+            floors: Vec::new(),
         };
         let Some(cursor) = session.inbox_cursor.get().copied() else {
             return none;
@@ -464,7 +484,11 @@ impl Gateway {
             .filter_map(|e| crate::routing::EventId::parse(&e.id))
             .collect();
         let frames = crate::pipeline::edge::replay_frames(&self.executor, subject, events).await;
-        Recovery::Replayed { frames, ids }
+        Recovery::Replayed {
+            frames,
+            ids,
+            floors: Vec::new(),
+        }
     }
 
     /// Waits (up to 5 s) until everything the bus assigned so far is in the

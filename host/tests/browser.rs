@@ -18,6 +18,11 @@ fn browser_dir() -> PathBuf {
 }
 
 fn ensure_puppeteer() -> PathBuf {
+    // Tests run in parallel: one installs, the others wait.
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = INSTALL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = browser_dir();
     if !dir.join("node_modules/puppeteer-core").exists() {
         let status = std::process::Command::new("npm")
@@ -87,9 +92,19 @@ impl Browser {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn chromium_eventsource_reconnects_by_itself_and_misses_nothing() {
+async fn chromium_eventsource_resumes_on_sqlite() {
+    eventsource_reconnects_by_itself_and_misses_nothing("").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn chromium_eventsource_resumes_on_postgres() {
+    let store = format!("[store]\nurl = {:?}\n", fresh_postgres().await);
+    eventsource_reconnects_by_itself_and_misses_nothing(&store).await;
+}
+
+async fn eventsource_reconnects_by_itself_and_misses_nothing(store: &str) {
     let dir = ensure_puppeteer();
-    let gw = TestGateway::start(config("")).await;
+    let gw = TestGateway::start(config(store)).await;
     let jwt = token(json!({"sub": "browser-user"}));
     let mut child = tokio::process::Command::new("node")
         .arg(dir.join("eventsource.mjs"))

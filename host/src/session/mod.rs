@@ -78,14 +78,46 @@ pub struct SessionHandle {
     /// that generation (recomputed on first use after a reload).
     pub audience: arc_swap::ArcSwapOption<StampedAudience>,
     subscriptions: Mutex<HashSet<String>>,
-    /// While a replay runs: live events wait here, to follow the replayed
-    /// ones without a gap or a duplicate at the seam.
-    held: Mutex<Option<Vec<Arc<EventFrame>>>>,
+    /// Live events held during a replay, and the floors of recovered topics.
+    flow: Mutex<Flow>,
     /// The user's inbox cursor when the session opened (`Some(None)`: no
     /// cursor yet; unset: unknown, the inbox is not delivered). Read before
     /// the session goes live, so that live deliveries marking the cursor
     /// cannot hide what waited.
     pub inbox_cursor: std::sync::OnceLock<Option<EventId>>,
+}
+
+/// What stands between the edge and a session's queue.
+#[derive(Default)]
+struct Flow {
+    /// While a replay runs: live events wait here, to follow the replayed
+    /// ones without a gap or a duplicate at the seam.
+    held: Option<Vec<Arc<EventFrame>>>,
+    /// Per topic recovered from a cursor, the newest event the client has.
+    /// A topic's events arrive in order, so an older one is a redelivery
+    /// (the next router re-routing what a failed node routed): dropped.
+    floors: std::collections::HashMap<String, EventId>,
+}
+
+impl Flow {
+    /// Whether `frame` goes out (and raises its topic's floor).
+    fn admit(&mut self, frame: &EventFrame) -> bool {
+        if self.floors.is_empty() {
+            return true;
+        }
+        let event = frame.event();
+        let (Some(floor), Some(id)) = (
+            self.floors.get_mut(event.topic.as_str()),
+            EventId::parse(&event.id),
+        ) else {
+            return true;
+        };
+        if floor.epoch == id.epoch && id.seq <= floor.seq {
+            return false;
+        }
+        *floor = id;
+        true
+    }
 }
 
 /// Live events held during a replay before the session is closed as a slow
@@ -114,48 +146,58 @@ impl SessionHandle {
             queue: OutboundQueue::new(depth, policy, grace),
             audience: arc_swap::ArcSwapOption::empty(),
             subscriptions: Mutex::new(HashSet::new()),
-            held: Mutex::new(None),
+            flow: Mutex::new(Flow::default()),
             inbox_cursor: std::sync::OnceLock::new(),
         }
     }
 
-    fn held(&self) -> std::sync::MutexGuard<'_, Option<Vec<Arc<EventFrame>>>> {
-        self.held.lock().unwrap_or_else(PoisonError::into_inner)
+    fn flow(&self) -> std::sync::MutexGuard<'_, Flow> {
+        self.flow.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Holds live events back until [`SessionHandle::release`].
     pub fn hold(&self) {
-        let mut held = self.held();
-        if held.is_none() {
-            *held = Some(Vec::new());
+        let mut flow = self.flow();
+        if flow.held.is_none() {
+            flow.held = Some(Vec::new());
         }
     }
 
     /// Delivers a live event: queued, or held while a replay runs.
     pub fn offer(&self, frame: &Arc<EventFrame>) -> Pushed {
         {
-            let mut held = self.held();
-            if let Some(buf) = held.as_mut() {
+            let mut flow = self.flow();
+            if let Some(buf) = flow.held.as_mut() {
                 if buf.len() >= MAX_HELD {
-                    drop(held);
+                    drop(flow);
                     self.queue.close(CloseReason::SlowConsumer);
                     return Pushed::Overflowed;
                 }
                 buf.push(frame.clone());
                 return Pushed::Queued;
             }
+            if !flow.admit(frame) {
+                return Pushed::Queued;
+            }
         }
         self.queue.push(Outbound::Event(frame.clone()))
     }
 
-    /// Ends a hold: the held live events are queued, except those the
-    /// replay already sent (`replayed`).
-    pub fn release(&self, replayed: &HashSet<EventId>) {
-        let mut held = self.held();
-        for frame in held.take().unwrap_or_default() {
+    /// Ends a hold: raises the `floors` of recovered topics, then queues
+    /// the held live events except those the replay already sent
+    /// (`replayed`) or older than their topic's floor.
+    pub fn release(&self, replayed: &HashSet<EventId>, floors: &[(String, EventId)]) {
+        let mut flow = self.flow();
+        for (topic, id) in floors {
+            let floor = flow.floors.entry(topic.clone()).or_insert(*id);
+            if floor.epoch != id.epoch || floor.seq < id.seq {
+                *floor = *id;
+            }
+        }
+        for frame in flow.held.take().unwrap_or_default() {
             let already = !replayed.is_empty()
                 && EventId::parse(&frame.event().id).is_some_and(|id| replayed.contains(&id));
-            if !already {
+            if !already && flow.admit(&frame) {
                 self.queue.push(Outbound::Event(frame));
             }
         }
@@ -188,5 +230,33 @@ impl SessionHandle {
 
     pub(crate) fn remove_subscription(&self, topic: &str) -> bool {
         self.subs().remove(topic)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{Event, Topic};
+
+    fn frame(topic: &str, seq: u64) -> Arc<EventFrame> {
+        let topic = Topic::parse(topic).expect("topic");
+        EventFrame::new(Arc::new(Event::new(
+            EventId { epoch: 7, seq }.to_string(),
+            topic,
+            b"{}".to_vec(),
+        )))
+    }
+
+    #[test]
+    fn a_recovered_topic_drops_redeliveries_at_or_below_its_floor() {
+        let mut flow = Flow::default();
+        assert!(flow.admit(&frame("a", 1)), "no floors: everything goes");
+        flow.floors
+            .insert("a".into(), EventId { epoch: 7, seq: 10 });
+        assert!(!flow.admit(&frame("a", 9)), "a redelivery");
+        assert!(!flow.admit(&frame("a", 10)));
+        assert!(flow.admit(&frame("a", 11)));
+        assert!(!flow.admit(&frame("a", 11)), "the floor follows");
+        assert!(flow.admit(&frame("b", 3)), "other topics are not judged");
     }
 }

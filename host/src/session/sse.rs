@@ -169,8 +169,12 @@ async fn feed(
         }
         recovery = gw.undelivered(&session).await;
     }
-    let ids = match recovery {
-        Recovery::Replayed { frames, ids } => {
+    let (ids, floors) = match recovery {
+        Recovery::Replayed {
+            frames,
+            ids,
+            floors,
+        } => {
             // Straight to the stream, in chunks: the queue is the live path.
             for chunk in frames.chunks(64) {
                 let text: String = chunk.iter().map(|f| f.sse()).collect();
@@ -181,11 +185,11 @@ async fn feed(
                     );
                 }
             }
-            ids
+            (ids, floors)
         }
         Recovery::Reset => Default::default(),
     };
-    session.release(&ids);
+    session.release(&ids, &floors);
     if open {
         loop {
             let chunk = tokio::select! {

@@ -278,11 +278,15 @@ fn reply(session: &SessionHandle, text: String) {
 /// writer running).
 pub(crate) async fn deliver_inbox(gw: &Gateway, session: &SessionHandle) {
     match gw.undelivered(session).await {
-        Recovery::Replayed { frames, ids } => {
+        Recovery::Replayed {
+            frames,
+            ids,
+            floors,
+        } => {
             queue_replay(gw, session, frames).await;
-            session.release(&ids);
+            session.release(&ids, &floors);
         }
-        Recovery::Reset => session.release(&Default::default()),
+        Recovery::Reset => session.release(&Default::default(), &[]),
     }
 }
 
@@ -327,19 +331,23 @@ async fn handle_text(
                 Ok(()) => {
                     let recovery = gw.recover(&session.subject, &since, &[topic], false).await;
                     match recovery {
-                        Recovery::Replayed { frames, ids } => {
+                        Recovery::Replayed {
+                            frames,
+                            ids,
+                            floors,
+                        } => {
                             reply(session, json::ack(id, Some(true)));
                             queue_replay(gw, session, frames).await;
-                            session.release(&ids);
+                            session.release(&ids, &floors);
                         }
                         Recovery::Reset => {
                             reply(session, json::ack(id, Some(false)));
-                            session.release(&Default::default());
+                            session.release(&Default::default(), &[]);
                         }
                     }
                 }
                 Err((code, message)) => {
-                    session.release(&Default::default());
+                    session.release(&Default::default(), &[]);
                     reply(session, json::error(id, code, &message));
                 }
             }

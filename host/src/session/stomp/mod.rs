@@ -387,7 +387,7 @@ impl Reader<'_> {
                     }
                     if let Err((_, why)) = super::ws::subscribe(self.gw, self.session, topic).await
                     {
-                        self.session.release(&Default::default());
+                        self.session.release(&Default::default(), &[]);
                         return Err(refuse(format!("cannot subscribe to {dest}: {why}")));
                     }
                     self.lock()
@@ -403,15 +403,19 @@ impl Reader<'_> {
                         .recover(&self.session.subject, &since, &topics, false)
                         .await
                     {
-                        Recovery::Replayed { frames, ids } => {
+                        Recovery::Replayed {
+                            frames,
+                            ids,
+                            floors,
+                        } => {
                             self.receipt(&f, Some(true));
                             super::ws::queue_replay(self.gw, self.session, frames).await;
-                            self.session.release(&ids);
+                            self.session.release(&ids, &floors);
                         }
                         Recovery::Reset => {
                             self.receipt(&f, Some(false));
                             self.control(reset_message(id, dest, &since));
-                            self.session.release(&Default::default());
+                            self.session.release(&Default::default(), &[]);
                         }
                     }
                 } else if dest.starts_with("/user/queue/") {

@@ -1,0 +1,59 @@
+//! The load generator against the two peers at a small scale: every event
+//! is counted once per subscriber, latencies are recorded, memory and CPU
+//! are read.
+
+use std::path::Path;
+use std::time::Duration;
+
+use switchyard_bench::scenario::{self, Spec};
+use switchyard_bench::target::{Kind, Options};
+
+fn options() -> Options {
+    Options {
+        plugins: false,
+        bin_dir: Path::new(env!("CARGO_BIN_EXE_bare-broadcaster"))
+            .parent()
+            .map(Path::to_path_buf),
+    }
+}
+
+async fn small_run(kind: Kind) {
+    let spec = Spec {
+        sessions: 60,
+        topics: 7,
+        rate: 300,
+        duration: Duration::from_secs(1),
+        size: 256,
+    };
+    let o = scenario::run(kind, &options(), &spec)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e:#}", kind.name()));
+    assert_eq!((o.opened, o.failures), (60, 0), "{o:?}");
+    assert_eq!(o.published, 300, "{o:?}");
+    // 300 events round-robin over 7 topics, 60 sessions over the same 7.
+    let per_topic: Vec<u64> = (0..7)
+        .map(|t| (0..60).filter(|i| i % 7 == t).count() as u64)
+        .collect();
+    let expected: u64 = (0..300).map(|e| per_topic[e % 7]).sum();
+    assert_eq!(o.expected, expected);
+    assert_eq!(o.received, expected, "{}: nothing lost: {o:?}", kind.name());
+    assert!(
+        o.p50_us > 0 && o.p50_us <= o.p99_us && o.p99_us <= o.p999_us,
+        "{o:?}"
+    );
+    assert!(
+        o.rss_idle_kib > 0 && o.rss_peak_kib >= o.rss_idle_kib,
+        "{o:?}"
+    );
+    assert!(o.server_cpu_s >= 0.0 && o.deliveries_per_s > 0.0, "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_every_delivery_on_the_bare_broadcaster() {
+    small_run(Kind::Bare).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_every_delivery_on_nats_server_websockets() {
+    small_run(Kind::Nats).await;
+}
