@@ -131,7 +131,15 @@ async fn main() -> anyhow::Result<()> {
                     ("switchyard, 3 plugins", true),
                 ] {
                     eprintln!("running plugins: {label}");
-                    let o = scenario::run(Kind::Switchyard, &Options { plugins, ..Options::default() }, &spec).await?;
+                    let o = scenario::run(
+                        Kind::Switchyard,
+                        &Options {
+                            plugins,
+                            ..Options::default()
+                        },
+                        &spec,
+                    )
+                    .await?;
                     rows.push((label.to_owned(), o));
                 }
                 println!(
