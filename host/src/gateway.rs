@@ -75,11 +75,7 @@ pub struct Gateway {
     pub bus: Bus,
     /// Durable state.
     pub store: crate::store::Store,
-    /// Whether topic history is kept (some topic keeps events).
-    pub history: bool,
-    /// Whether user inboxes are kept (`store.inbox_*` > 0).
-    pub inbox: bool,
-    /// Retention of every stream.
+    /// Retention of every stream (and whether topics and inboxes are kept).
     pub retention: crate::store::retention::Policy,
     /// This node's sessions in the connection registry.
     pub registry: crate::store::registry::Registry,
@@ -127,9 +123,7 @@ impl Gateway {
         let stats = Arc::new(EventStats::default());
         let store = crate::store::Store::open(&config.store).await?;
         let retention = crate::store::retention::Policy::from_config(&config.store);
-        let keep_history = retention.keeps_topics();
-        let keep_inbox = retention.keeps_inbox();
-        let history = (keep_history || keep_inbox).then(|| {
+        let history = (retention.keeps_topics() || retention.keeps_inbox()).then(|| {
             Arc::new(crate::store::history::History::start(
                 store.clone(),
                 retention.clone(),
@@ -165,8 +159,6 @@ impl Gateway {
             engine,
             bus,
             store,
-            history: keep_history,
-            inbox: keep_inbox,
             retention,
             registry,
             history_stats,
@@ -307,7 +299,7 @@ impl Gateway {
         for t in topics {
             session.add_subscription(t.as_str());
         }
-        if self.inbox {
+        if self.retention.keeps_inbox() {
             match self.store.inbox_cursor(&session.subject.user).await {
                 Ok(cursor) => {
                     let _ = session.inbox_cursor.set(cursor);
@@ -377,7 +369,7 @@ impl Gateway {
         let Some(since) = crate::routing::EventId::parse(since) else {
             return Recovery::Reset;
         };
-        let with_inbox = with_inbox && self.inbox;
+        let with_inbox = with_inbox && self.retention.keeps_inbox();
         // A topic that keeps no history cannot be replayed.
         if topics.iter().any(|t| self.retention.of(t).max_events == 0) {
             return Recovery::Reset;
@@ -413,11 +405,7 @@ impl Gateway {
                         (t.clone(), newest)
                     })
                     .collect();
-                let mut recovery = self.replayed(subject, events).await;
-                if let Recovery::Replayed { floors: f, .. } = &mut recovery {
-                    *f = floors;
-                }
-                recovery
+                self.replayed(subject, events, floors).await
             }
             Ok(crate::store::Replay::Reset) => Recovery::Reset,
             Err(e) => {
@@ -455,7 +443,8 @@ impl Gateway {
                 self.stats
                     .inbox_delivered
                     .fetch_add(events.len() as u64, Ordering::Relaxed);
-                self.replayed(subject, events).await
+                // An inbox covers only part of each topic: no floors.
+                self.replayed(subject, events, Vec::new()).await
             }
             Err(e) => {
                 tracing::warn!(error = %e, "inbox not delivered");
@@ -478,7 +467,12 @@ impl Gateway {
         }
     }
 
-    async fn replayed(&self, subject: &Subject, events: Vec<Event>) -> Recovery {
+    async fn replayed(
+        &self,
+        subject: &Subject,
+        events: Vec<Event>,
+        floors: Vec<(String, crate::routing::EventId)>,
+    ) -> Recovery {
         let ids = events
             .iter()
             .filter_map(|e| crate::routing::EventId::parse(&e.id))
@@ -487,7 +481,7 @@ impl Gateway {
         Recovery::Replayed {
             frames,
             ids,
-            floors: Vec::new(),
+            floors,
         }
     }
 

@@ -18,26 +18,8 @@ fn browser_dir() -> PathBuf {
 }
 
 fn ensure_puppeteer() -> PathBuf {
-    // Tests run in parallel: one installs, the others wait.
-    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _once = INSTALL
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = browser_dir();
-    if !dir.join("node_modules/puppeteer-core").exists() {
-        let status = std::process::Command::new("npm")
-            .args([
-                "install",
-                "--no-audit",
-                "--no-fund",
-                "--no-package-lock",
-                "--silent",
-            ])
-            .current_dir(&dir)
-            .status()
-            .expect("npm runs");
-        assert!(status.success(), "npm install (tests/browser) failed");
-    }
+    npm_install(&dir, "puppeteer-core");
     dir
 }
 
@@ -163,13 +145,8 @@ async fn eventsource_reconnects_by_itself_and_misses_nothing(store: &str) {
     unique.dedup();
     assert_eq!(unique.len(), ids.len(), "ids are distinct");
     // What it missed came from the replay, not from a lucky timing.
-    let (_, metrics) = gw.get_text("/metrics").await;
-    let replayed: f64 = metrics
-        .lines()
-        .find_map(|l| l.strip_prefix("switchyard_events_replayed_total "))
-        .and_then(|v| v.trim().parse().ok())
-        .expect("replayed metric");
-    assert!(replayed >= 1.0, "{metrics}");
+    let replayed = gw.metric("switchyard_events_replayed_total").await;
+    assert!(replayed >= 1, "{replayed}");
     drop(child.stdin.take());
     let _ = tokio::time::timeout(Duration::from_secs(10), child.wait()).await;
 }

@@ -9,7 +9,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::nats::{NatsServer, bus_section};
+use support::nats::NatsServer;
 use support::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -45,14 +45,6 @@ fn n_of(data: &str) -> u64 {
 /// The history writer records cursors within milliseconds; a client that
 /// reconnects sooner than this may see an event it got live again.
 const CURSOR_SETTLE: Duration = Duration::from_millis(300);
-
-async fn metric(gw: &TestGateway, name: &str) -> u64 {
-    let (_, text) = gw.get_text("/metrics").await;
-    text.lines()
-        .find_map(|l| l.strip_prefix(&format!("{name} ")))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or_else(|| panic!("{name} missing:\n{text}"), |v| v as u64)
-}
 
 async fn offline_messages_arrive_on_the_next_connect_once(backend: Backend) {
     let gw = gateway(backend).await;
@@ -126,7 +118,7 @@ async fn offline_messages_arrive_on_the_next_connect_once(backend: Backend) {
             .is_none()
     );
     assert_eq!(
-        metric(&gw, "switchyard_inbox_delivered_total").await,
+        gw.metric("switchyard_inbox_delivered_total").await,
         5 + 3 + 1 + 1,
         "{backend:?}"
     );
@@ -279,14 +271,8 @@ async fn registry_on_postgres() {
 async fn messages_sent_through_one_node_wait_for_a_user_who_connects_to_another() {
     let nats = NatsServer::single();
     let db = fresh_postgres().await;
-    let section = |node: &str| {
-        node_config(
-            node,
-            &format!("{}\n[store]\nurl = {db:?}\n", bus_section(&[nats.url()], 1)),
-        )
-    };
-    let a = TestGateway::start(section("a")).await;
-    let b = TestGateway::start(section("b")).await;
+    let a = TestGateway::start(cluster_node("a", nats.url(), &db)).await;
+    let b = TestGateway::start(cluster_node("b", nats.url(), &db)).await;
     let kim = token(json!({"sub": "kim"}));
     for n in 0..10 {
         dm(&a, "kim", n).await;

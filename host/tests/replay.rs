@@ -8,7 +8,7 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::nats::{NatsServer, bus_section};
+use support::nats::NatsServer;
 use support::*;
 
 #[derive(Clone, Copy, Debug)]
@@ -281,14 +281,8 @@ async fn stomp_since_on_postgres() {
 async fn an_sse_client_reconnecting_to_another_node_misses_nothing() {
     let nats = NatsServer::single();
     let db = fresh_postgres().await;
-    let section = |node: &str| {
-        node_config(
-            node,
-            &format!("{}\n[store]\nurl = {db:?}\n", bus_section(&[nats.url()], 1)),
-        )
-    };
-    let a = TestGateway::start(section("a")).await;
-    let b = TestGateway::start(section("b")).await;
+    let a = TestGateway::start(cluster_node("a", nats.url(), &db)).await;
+    let b = TestGateway::start(cluster_node("b", nats.url(), &db)).await;
     let t = token(json!({"sub": "dee"}));
     let mut sse = a.sse("topic=news.x", Some(&t)).await;
     assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));

@@ -28,20 +28,7 @@ fn ensure_clients() -> PathBuf {
         .lock()
         .unwrap_or_else(std::sync::PoisonError::into_inner);
     let dir = clients_dir();
-    if !dir.join("node_modules/@stomp/stompjs").exists() {
-        run_blocking(
-            std::process::Command::new("npm")
-                .args([
-                    "install",
-                    "--no-audit",
-                    "--no-fund",
-                    "--no-package-lock",
-                    "--silent",
-                ])
-                .current_dir(&dir),
-            "npm install (tests/stomp-clients)",
-        );
-    }
+    npm_install(&dir, "@stomp/stompjs");
     let py = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/stomp-py");
     if !py.join("stomp").exists() {
         run_blocking(

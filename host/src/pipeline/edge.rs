@@ -181,6 +181,9 @@ impl Lane {
     /// Users with a session here have seen the event: it is not waiting
     /// in their inbox (whatever other nodes say; cursors only move forward).
     fn mark_delivered(&self, id: &str, users: &[String]) {
+        if users.is_empty() {
+            return;
+        }
         let (Some(history), Some(id)) = (&self.history, EventId::parse(id)) else {
             return;
         };

@@ -638,3 +638,50 @@ impl Stomp {
         }
     }
 }
+
+impl TestGateway {
+    /// The value of an unlabelled series in `/metrics` (panics if absent).
+    pub async fn metric(&self, name: &str) -> u64 {
+        let (_, text) = self.get_text("/metrics").await;
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map_or_else(|| panic!("{name} missing:\n{text}"), |v| v as u64)
+    }
+}
+
+/// The config of cluster node `node`: the NATS bus on `nats_url` and the
+/// shared store at `store_url`.
+pub fn cluster_node(node: &str, nats_url: String, store_url: &str) -> Config {
+    node_config(
+        node,
+        &format!(
+            "{}\n[store]\nurl = {store_url:?}\n",
+            nats::bus_section(&[nats_url], 1)
+        ),
+    )
+}
+
+/// Installs the npm packages of `dir` (a folder under tests/) once; tests
+/// running in parallel wait for the first.
+pub fn npm_install(dir: &std::path::Path, marker: &str) {
+    static INSTALL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _once = INSTALL
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if dir.join("node_modules").join(marker).exists() {
+        return;
+    }
+    let status = std::process::Command::new("npm")
+        .args([
+            "install",
+            "--no-audit",
+            "--no-fund",
+            "--no-package-lock",
+            "--silent",
+        ])
+        .current_dir(dir)
+        .status()
+        .unwrap_or_else(|e| panic!("npm install in {}: {e}", dir.display()));
+    assert!(status.success(), "npm install in {} failed", dir.display());
+}
