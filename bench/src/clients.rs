@@ -120,7 +120,7 @@ pub async fn open(
         let stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let opened = session(&server, source(i), &format!("user{i}"), &topics).await;
+            let opened = session(&server, i, source(i), &format!("user{i}"), &topics).await;
             drop(permit);
             match opened {
                 Ok(ws) => {

@@ -2,9 +2,9 @@
 //!
 //! Runs each scenario against each target, one after the other on this
 //! machine, and prints Markdown tables with every figure beside the bare
-//! broadcaster's. Scenarios: `latency`, `fanout`, `topics`, `plugins`,
-//! `idle` (default: all). `--quick` divides sessions and time by 10 (a
-//! smoke run, not a measurement).
+//! broadcaster's. Scenarios: `latency`, `fanout`, `topics`, `direct`,
+//! `plugins`, `idle` (default: all). `--quick` divides sessions, rates and
+//! time by 10 (a smoke run, not a measurement).
 
 use std::time::Duration;
 
@@ -13,7 +13,40 @@ use switchyard_bench::report::{self, Row};
 use switchyard_bench::scenario::{self, Spec};
 use switchyard_bench::target::{Kind, Options};
 
-const ALL: [&str; 5] = ["latency", "fanout", "topics", "plugins", "idle"];
+const ALL: [&str; 6] = ["latency", "fanout", "topics", "direct", "plugins", "idle"];
+
+/// A throughput scenario: its title, sessions, topics, events/s, whether
+/// events are direct messages over two nodes.
+struct Load {
+    title: &'static str,
+    sessions: usize,
+    topics: usize,
+    rate: u64,
+    direct: bool,
+}
+
+fn load(name: &str) -> Option<Load> {
+    let (title, sessions, topics, rate, direct) = match name {
+        "latency" => ("Latency", 1000, 1, 100, false),
+        "fanout" => ("(a) Fan-out", 10_000, 1, 100, false),
+        "topics" | "plugins" => ("(b) Many topics", 10_000, 1000, 5000, false),
+        "direct" => (
+            "(c) Direct messages to users, two nodes",
+            10_000,
+            0,
+            2000,
+            true,
+        ),
+        _ => return None,
+    };
+    Some(Load {
+        title,
+        sessions,
+        topics,
+        rate,
+        direct,
+    })
+}
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -45,9 +78,9 @@ async fn main() -> anyhow::Result<()> {
     }
     let scale = if quick { 10 } else { 1 };
     let limit = switchyard_bench::procfs::open_files_limit().unwrap_or(0);
-    // Every session costs the load generator and the server a descriptor
-    // each (both inherit this process's limit).
-    let fits = (limit.saturating_sub(1000) / 2) as usize;
+    // Every session costs the load generator a descriptor, and the server
+    // one (it inherits this process's limit, in its own process).
+    let fits = limit.saturating_sub(1000) as usize;
     if fits < 10_000 / scale {
         bail!("the open-file limit is {limit}: raise it (ulimit -n 200000) for 10000 sessions");
     }
@@ -59,7 +92,7 @@ async fn main() -> anyhow::Result<()> {
             50_000 / scale
         );
     }
-    let secs = |s: u64| Duration::from_secs((s / scale as u64).max(2));
+    let duration = Duration::from_secs((10 / scale as u64).max(2));
     println!(
         "Switchyard load generator, {} cores, {}\n",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
@@ -70,125 +103,97 @@ async fn main() -> anyhow::Result<()> {
         }
     );
     for name in &scenarios {
-        match name.as_str() {
-            "latency" => {
-                let spec = Spec {
-                    sessions: 1000 / scale,
-                    topics: 1,
-                    rate: 100,
-                    duration: secs(10),
-                    size: 256,
-                };
-                let rows = each(&targets, &spec).await?;
-                println!(
-                    "### Latency: {} sessions on one topic, {} events/s, {} B\n\n{}",
-                    spec.sessions,
-                    spec.rate,
-                    spec.size,
-                    report::throughput(&rows, "bare")
-                );
-            }
-            "fanout" => {
-                let spec = Spec {
-                    sessions: 10_000 / scale,
-                    topics: 1,
-                    rate: 100,
-                    duration: secs(10),
-                    size: 256,
-                };
-                let rows = each(&targets, &spec).await?;
-                println!(
-                    "### (a) Fan-out: {} sessions on one topic, {} events/s, {} B\n\n{}",
-                    spec.sessions,
-                    spec.rate,
-                    spec.size,
-                    report::throughput(&rows, "bare")
-                );
-            }
-            "topics" => {
-                let spec = Spec {
-                    sessions: 10_000 / scale,
-                    topics: 1000 / scale,
-                    rate: 5000 / scale as u64,
-                    duration: secs(10),
-                    size: 256,
-                };
-                let rows = each(&targets, &spec).await?;
-                println!(
-                    "### (b) Many topics: {} sessions on {} topics, {} events/s, {} B\n\n{}",
-                    spec.sessions,
-                    spec.topics,
-                    spec.rate,
-                    spec.size,
-                    report::throughput(&rows, "bare")
-                );
-            }
-            "plugins" => {
-                let spec = Spec {
-                    sessions: 10_000 / scale,
-                    topics: 1000 / scale,
-                    rate: 5000 / scale as u64,
-                    duration: secs(10),
-                    size: 256,
-                };
-                let mut rows: Vec<Row> = Vec::new();
-                for (label, plugins) in [
-                    ("switchyard, no plugins", false),
-                    ("switchyard, 3 plugins", true),
-                ] {
-                    eprintln!("running plugins: {label}");
-                    let o = scenario::run(
-                        Kind::Switchyard,
-                        &Options {
-                            plugins,
-                            ..Options::default()
-                        },
-                        &spec,
-                    )
-                    .await?;
-                    rows.push((label.to_owned(), o));
-                }
-                println!(
-                    "### (f) Plugins on vs off, scenario (b): authorizer + router + transformer on every topic\n\n{}",
-                    report::throughput(&rows, "switchyard, no plugins")
-                );
-            }
-            "idle" => {
-                let mut rows: Vec<Row> = Vec::new();
-                for n in idle_sizes {
-                    let spec = Spec {
-                        sessions: n,
-                        topics: 1,
-                        rate: 0,
-                        duration: Duration::ZERO,
-                        size: 0,
-                    };
-                    for (label, o) in each(&targets, &spec).await? {
-                        rows.push((format!("{label}, {n} sessions"), o));
-                    }
-                }
-                println!(
-                    "### (d, e) Idle sessions and connection storm\n\n{}",
-                    report::idle(&rows, &format!("bare, {} sessions", 10_000 / scale))
-                );
-            }
-            _ => unreachable!("checked above"),
+        if name == "idle" {
+            idle(&targets, idle_sizes).await?;
+            continue;
         }
+        let Some(l) = load(name) else {
+            unreachable!("checked above")
+        };
+        let spec = Spec {
+            sessions: l.sessions / scale,
+            topics: (l.topics / scale).max(1),
+            rate: l.rate / scale as u64,
+            duration,
+            size: 256,
+            direct: l.direct,
+        };
+        let shape = if l.direct {
+            format!("{} sessions, one user each", spec.sessions)
+        } else {
+            format!("{} sessions on {} topic(s)", spec.sessions, spec.topics)
+        };
+        if name == "plugins" {
+            let mut rows: Vec<Row> = Vec::new();
+            for (label, plugins) in [
+                ("switchyard, no plugins", false),
+                ("switchyard, 3 plugins", true),
+            ] {
+                eprintln!("running plugins: {label}");
+                let options = Options {
+                    plugins,
+                    ..Options::default()
+                };
+                let o = scenario::run(Kind::Switchyard, &options, &spec).await?;
+                rows.push((label.to_owned(), o));
+            }
+            println!(
+                "### (f) Plugins on vs off, scenario (b): authorizer + router + transformer on every topic\n\n{}",
+                report::throughput(&rows, "switchyard, no plugins")
+            );
+            continue;
+        }
+        let options = Options {
+            two_nodes: l.direct,
+            ..Options::default()
+        };
+        let rows = each(&targets, &options, &spec).await?;
+        println!(
+            "### {}: {shape}, {} events/s, {} B, {} s\n\n{}",
+            l.title,
+            spec.rate,
+            spec.size,
+            spec.duration.as_secs(),
+            report::throughput(&rows, "bare")
+        );
     }
     Ok(())
 }
 
-async fn each(targets: &[Kind], spec: &Spec) -> anyhow::Result<Vec<Row>> {
+async fn idle(targets: &[Kind], sizes: [usize; 2]) -> anyhow::Result<()> {
+    let mut rows: Vec<Row> = Vec::new();
+    for n in sizes {
+        let spec = Spec {
+            sessions: n,
+            topics: 1,
+            rate: 0,
+            duration: Duration::ZERO,
+            size: 0,
+            direct: false,
+        };
+        for (label, o) in each(targets, &Options::default(), &spec).await? {
+            rows.push((format!("{label}, {n} sessions"), o));
+        }
+    }
+    println!(
+        "### (d, e) Idle sessions and connection storm\n\n{}",
+        report::idle(&rows)
+    );
+    Ok(())
+}
+
+async fn each(targets: &[Kind], options: &Options, spec: &Spec) -> anyhow::Result<Vec<Row>> {
     let mut rows = Vec::new();
     for &kind in targets {
         eprintln!(
-            "running {} sessions, {} topics, {} events/s against {}",
+            "running {} sessions, {} topics, {} events/s{} against {}",
             spec.sessions,
             spec.topics,
             spec.rate,
+            if spec.direct { " (direct)" } else { "" },
             kind.name()
         );
-        let o = scenario::run(kind, &Options::default(), spec).await?;
+        let o = scenario::run(kind, options, spec).await?;
         if let Some(e) = &o.first_error {
             eprintln!("  {} sessions failed; first: {e}", o.failures);
         }

@@ -51,14 +51,19 @@ pub fn throughput(rows: &[Row], base: &str) -> String {
     t
 }
 
-/// Connection and idle-memory rows.
-pub fn idle(rows: &[Row], base: &str) -> String {
-    let b = rows.iter().find(|(l, _)| l == base).map(|(_, o)| o.clone());
+/// Connection and idle-memory rows; each is compared with the bare
+/// broadcaster's row of as many sessions (labels `<target>, <n> sessions`).
+pub fn idle(rows: &[Row]) -> String {
     let mut t = String::from(
         "| target | sessions (failed) | time to open | sessions/s | vs bare | idle memory per session | vs bare |\n\
          | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for (label, o) in rows {
+        let size = label.split_once(", ").map_or("", |(_, n)| n);
+        let b = rows
+            .iter()
+            .find(|(l, _)| *l == format!("bare, {size}"))
+            .map(|(_, o)| o);
         let rate = o.opened as f64 / o.connect_s.max(1e-9);
         let (brate, bkib) = b.as_ref().map_or((0.0, 0.0), |b| {
             (b.opened as f64 / b.connect_s.max(1e-9), b.kib_per_session())

@@ -23,6 +23,11 @@ pub struct Spec {
     pub duration: Duration,
     /// Payload bytes.
     pub size: usize,
+    /// Direct messages: session `i` is user `user<i>` and subscribes to
+    /// nothing (the peers, which have no users, subscribe it to
+    /// `dm.user<i>`); event `k` goes to user `k % sessions` alone, on topic
+    /// `dm.user<k % sessions>`. `topics` is ignored.
+    pub direct: bool,
 }
 
 /// What one run measured.
@@ -97,17 +102,21 @@ fn topic(i: usize) -> String {
 pub async fn run(kind: Kind, options: &Options, spec: &Spec) -> anyhow::Result<Outcome> {
     let server = Arc::new(Server::start(kind, options).await?);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = server.pid;
     let mut out = Outcome {
-        rss_start_kib: procfs::rss_kib(pid).unwrap_or(0),
+        rss_start_kib: server.rss_kib(),
         ..Outcome::default()
     };
     let tally = Tally::new();
     let topics = spec.topics.max(1);
+    let direct = spec.direct;
     let sessions = clients::open(
         &server,
         spec.sessions,
-        |i| vec![topic(i % topics)],
+        |i| match (direct, kind) {
+            (false, _) => vec![topic(i % topics)],
+            (true, Kind::Switchyard) => Vec::new(),
+            (true, _) => vec![format!("dm.user{i}")],
+        },
         512,
         &tally,
     )
@@ -117,7 +126,7 @@ pub async fn run(kind: Kind, options: &Options, spec: &Spec) -> anyhow::Result<O
     out.opened = spec.sessions - sessions.failures as usize;
     out.connect_s = sessions.elapsed.as_secs_f64();
     tokio::time::sleep(Duration::from_secs(1)).await;
-    out.rss_idle_kib = procfs::rss_kib(pid).unwrap_or(0);
+    out.rss_idle_kib = server.rss_kib();
 
     if spec.rate > 0 {
         // Subscribers per topic, for the deliveries expected.
@@ -126,7 +135,7 @@ pub async fn run(kind: Kind, options: &Options, spec: &Spec) -> anyhow::Result<O
             per_topic[i % topics] += 1;
         }
         let mut publisher = Publisher::connect(&server).await?;
-        let cpu0 = procfs::cpu_seconds(pid).unwrap_or(0.0);
+        let cpu0 = server.cpu_seconds();
         let me0 = procfs::cpu_seconds(std::process::id()).unwrap_or(0.0);
         let t0 = Instant::now();
         let start_ns = payload::now_ns();
@@ -138,10 +147,18 @@ pub async fn run(kind: Kind, options: &Options, spec: &Spec) -> anyhow::Result<O
             tick.tick().await;
             let due = ((t0.elapsed().as_secs_f64() * spec.rate as f64) as u64 + 1).min(total);
             while sent < due {
-                let t = (sent % topics as u64) as usize;
                 let body = payload::make(sent, payload::now_ns(), spec.size);
-                publisher.publish(&topic(t), &body).await?;
-                out.expected += per_topic[t];
+                if direct {
+                    let user = format!("user{}", sent % spec.sessions.max(1) as u64);
+                    publisher
+                        .publish(&format!("dm.{user}"), &body, Some(&user))
+                        .await?;
+                    out.expected += 1;
+                } else {
+                    let t = (sent % topics as u64) as usize;
+                    publisher.publish(&topic(t), &body, None).await?;
+                    out.expected += per_topic[t];
+                }
                 sent += 1;
             }
             publisher.flush().await?;
@@ -162,14 +179,14 @@ pub async fn run(kind: Kind, options: &Options, spec: &Spec) -> anyhow::Result<O
                 break;
             }
         }
-        out.server_cpu_s = procfs::cpu_seconds(pid).unwrap_or(0.0) - cpu0;
+        out.server_cpu_s = server.cpu_seconds() - cpu0;
         out.loadgen_cpu_s = procfs::cpu_seconds(std::process::id()).unwrap_or(0.0) - me0;
         out.window_s = t0.elapsed().as_secs_f64();
         out.received = tally.received.load(Ordering::Relaxed);
         let end_ns = tally.last_ns.load(Ordering::Relaxed).max(start_ns + 1);
         out.deliveries_per_s = out.received as f64 / ((end_ns - start_ns) as f64 / 1e9);
     }
-    out.rss_peak_kib = procfs::peak_rss_kib(pid).unwrap_or(0);
+    out.rss_peak_kib = server.peak_rss_kib();
     out.ended = tally.ended.load(Ordering::Relaxed);
     sessions.stop().await;
     let latency = tally.latency();

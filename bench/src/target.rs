@@ -10,6 +10,7 @@ use futures_util::{SinkExt, StreamExt};
 use tokio::net::TcpSocket;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 /// A client's WebSocket.
@@ -46,23 +47,54 @@ pub struct Options {
     /// Switchyard: load the example plugins (authorizer, router,
     /// transformer) on the benchmark topics.
     pub plugins: bool,
+    /// Two nodes: Switchyard nodes sharing a NATS server (JetStream) and a
+    /// fresh PostgreSQL database; two clustered nats-servers. Sessions
+    /// alternate between the nodes; events enter through the first. The
+    /// bare broadcaster has no cluster: it stays one process.
+    pub two_nodes: bool,
     /// Where the `switchyard` and `bare-broadcaster` binaries are (default:
     /// next to this one).
     pub bin_dir: Option<PathBuf>,
 }
 
-/// A running server (killed when dropped).
+/// A running server: every process of the target (killed when dropped).
 pub struct Server {
     /// Which.
     pub kind: Kind,
-    /// Its process id.
-    pub pid: u32,
-    /// Where WebSocket clients connect.
-    pub ws_addr: SocketAddr,
-    /// nats-server: where the publisher connects.
+    /// Its processes (their CPU and memory are summed).
+    pub pids: Vec<u32>,
+    /// Where WebSocket clients connect: session `i` to `ws_addrs[i % len]`.
+    pub ws_addrs: Vec<SocketAddr>,
+    /// nats-server, or Switchyard on NATS: where the publisher connects.
     pub nats_url: Option<String>,
-    _child: tokio::process::Child,
+    children: Vec<tokio::process::Child>,
+    database: Option<String>,
     _dir: tempfile::TempDir,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for c in &mut self.children {
+            let _ = c.start_kill();
+        }
+        if let Some(db) = &self.database {
+            let _ = psql(&format!("DROP DATABASE IF EXISTS {db} WITH (FORCE)"));
+        }
+    }
+}
+
+/// The machine's PostgreSQL (trust auth), as the tests use it.
+const POSTGRES: &str = "postgres://postgres@127.0.0.1:5432";
+
+fn psql(sql: &str) -> anyhow::Result<()> {
+    let out = std::process::Command::new("psql")
+        .args([&format!("{POSTGRES}/postgres"), "-qc", sql])
+        .output()
+        .context("running psql (the two-node scenario needs PostgreSQL at 127.0.0.1:5432)")?;
+    if !out.status.success() {
+        bail!("psql {sql:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
 }
 
 fn free_port() -> anyhow::Result<u16> {
@@ -91,80 +123,178 @@ fn sibling(dir: Option<&Path>, name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
+fn spawn(mut cmd: tokio::process::Command, dir: &Path) -> anyhow::Result<tokio::process::Child> {
+    let program = format!("{:?}", cmd.as_std().get_program());
+    cmd.current_dir(dir)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .with_context(|| format!("starting {program}"))
+}
+
+async fn listening(addr: SocketAddr, what: &str) -> anyhow::Result<()> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if tokio::time::Instant::now() > deadline {
+            bail!("{what} did not start listening on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    Ok(())
+}
+
 impl Server {
     /// Starts `kind` and waits until it accepts connections.
     pub async fn start(kind: Kind, options: &Options) -> anyhow::Result<Server> {
         let dir = tempfile::tempdir()?;
-        let port = free_port()?;
-        let ws_addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        let mut nats_url = None;
-        let mut cmd = match kind {
+        let mut server = Server {
+            kind,
+            pids: Vec::new(),
+            ws_addrs: Vec::new(),
+            nats_url: None,
+            children: Vec::new(),
+            database: None,
+            _dir: dir,
+        };
+        let dir = server._dir.path().to_path_buf();
+        let nodes = if options.two_nodes { 2 } else { 1 };
+        match kind {
             Kind::Switchyard => {
-                let config = dir.path().join("bench.toml");
-                std::fs::write(&config, switchyard_config(port, options.plugins))?;
-                let mut c = tokio::process::Command::new(sibling(
-                    options.bin_dir.as_deref(),
-                    "switchyard",
-                )?);
-                c.args(["serve", "--config"]).arg(&config);
-                c.env("RUST_LOG", "warn");
-                c
+                let mut backplane = None;
+                if options.two_nodes {
+                    // The backplane is part of the target: its CPU counts.
+                    let port = free_port()?;
+                    let mut c = tokio::process::Command::new("nats-server");
+                    c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+                        .arg(dir.join("jetstream"));
+                    server.add(spawn(c, &dir)?)?;
+                    listening(([127, 0, 0, 1], port).into(), "nats-server").await?;
+                    let url = format!("nats://127.0.0.1:{port}");
+                    let db = format!("switchyard_bench_{}_{}", std::process::id(), free_port()?);
+                    psql(&format!("CREATE DATABASE {db}"))?;
+                    server.database = Some(db.clone());
+                    server.nats_url = Some(url.clone());
+                    backplane = Some((url, format!("{POSTGRES}/{db}")));
+                }
+                for node in 0..nodes {
+                    let port = free_port()?;
+                    let config = dir.join(format!("bench-{node}.toml"));
+                    std::fs::write(
+                        &config,
+                        switchyard_config(port, node, options.plugins, backplane.as_ref()),
+                    )?;
+                    let mut c = tokio::process::Command::new(sibling(
+                        options.bin_dir.as_deref(),
+                        "switchyard",
+                    )?);
+                    c.args(["serve", "--config"]).arg(&config);
+                    c.env("RUST_LOG", "warn");
+                    server.add(spawn(c, &dir)?)?;
+                    let addr = ([127, 0, 0, 1], port).into();
+                    listening(addr, "switchyard").await?;
+                    server.ws_addrs.push(addr);
+                }
             }
             Kind::Nats => {
-                let client_port = free_port()?;
-                let config = dir.path().join("nats.conf");
-                std::fs::write(
-                    &config,
-                    format!(
+                let cluster_ports = [free_port()?, free_port()?];
+                for node in 0..nodes {
+                    let (client_port, port) = (free_port()?, free_port()?);
+                    let mut text = format!(
                         "listen: 127.0.0.1:{client_port}\nmax_connections: 1000000\n\
                          websocket {{\n  listen: \"127.0.0.1:{port}\"\n  no_tls: true\n}}\n"
-                    ),
-                )?;
-                nats_url = Some(format!("nats://127.0.0.1:{client_port}"));
-                let mut c = tokio::process::Command::new("nats-server");
-                c.arg("-c").arg(&config);
-                c
+                    );
+                    if options.two_nodes {
+                        let other = cluster_ports[1 - node];
+                        text.push_str(&format!(
+                            "cluster {{\n  name: bench\n  listen: 127.0.0.1:{}\n  routes: [\"nats://127.0.0.1:{other}\"]\n}}\n",
+                            cluster_ports[node]
+                        ));
+                    }
+                    let config = dir.join(format!("nats-{node}.conf"));
+                    std::fs::write(&config, text)?;
+                    if node == 0 {
+                        server.nats_url = Some(format!("nats://127.0.0.1:{client_port}"));
+                    }
+                    let mut c = tokio::process::Command::new("nats-server");
+                    c.arg("-c").arg(&config);
+                    server.add(spawn(c, &dir)?)?;
+                    let addr = ([127, 0, 0, 1], port).into();
+                    listening(addr, "nats-server").await?;
+                    server.ws_addrs.push(addr);
+                }
+                if options.two_nodes {
+                    // Let the route form before sessions subscribe.
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
             }
             Kind::Bare => {
+                let port = free_port()?;
+                let addr: SocketAddr = ([127, 0, 0, 1], port).into();
                 let mut c = tokio::process::Command::new(sibling(
                     options.bin_dir.as_deref(),
                     "bare-broadcaster",
                 )?);
-                c.args(["--listen", &ws_addr.to_string()]);
-                c
+                c.args(["--listen", &addr.to_string()]);
+                server.add(spawn(c, &dir)?)?;
+                listening(addr, "bare-broadcaster").await?;
+                server.ws_addrs.push(addr);
             }
-        };
-        let child = cmd
-            .current_dir(dir.path())
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::inherit())
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {}", kind.name()))?;
-        let pid = child.id().context("server pid")?;
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-        while tokio::net::TcpStream::connect(ws_addr).await.is_err() {
-            if tokio::time::Instant::now() > deadline {
-                bail!("{} did not start listening on {ws_addr}", kind.name());
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        Ok(Server {
-            kind,
-            pid,
-            ws_addr,
-            nats_url,
-            _child: child,
-            _dir: dir,
-        })
+        Ok(server)
+    }
+
+    fn add(&mut self, child: tokio::process::Child) -> anyhow::Result<()> {
+        self.pids.push(child.id().context("server pid")?);
+        self.children.push(child);
+        Ok(())
+    }
+
+    /// CPU seconds of all its processes.
+    pub fn cpu_seconds(&self) -> f64 {
+        self.pids
+            .iter()
+            .filter_map(|p| crate::procfs::cpu_seconds(*p))
+            .sum()
+    }
+
+    /// Resident memory of all its processes (KiB).
+    pub fn rss_kib(&self) -> u64 {
+        self.pids
+            .iter()
+            .filter_map(|p| crate::procfs::rss_kib(*p))
+            .sum()
+    }
+
+    /// Peak resident memory, summed over its processes (KiB).
+    pub fn peak_rss_kib(&self) -> u64 {
+        self.pids
+            .iter()
+            .filter_map(|p| crate::procfs::peak_rss_kib(*p))
+            .sum()
     }
 }
 
-fn switchyard_config(port: u16, plugins: bool) -> String {
+fn switchyard_config(
+    port: u16,
+    node: usize,
+    plugins: bool,
+    backplane: Option<&(String, String)>,
+) -> String {
+    let (bus, store) = match backplane {
+        Some((nats, postgres)) => (
+            format!("kind = \"nats\"\nurls = [\"{nats}\"]"),
+            postgres.clone(),
+        ),
+        None => (
+            "kind = \"local\"".to_owned(),
+            format!("sqlite://bench-{node}.db"),
+        ),
+    };
     let mut text = format!(
         r#"[server]
 listen = "127.0.0.1:{port}"
-node_id = "bench"
+node_id = "bench-{node}"
 heartbeat_s = 300
 drain_timeout_s = 1
 
@@ -172,10 +302,10 @@ drain_timeout_s = 1
 jwt_hs256_secret = "{SECRET}"
 
 [bus]
-kind = "local"
+{bus}
 
 [store]
-url = "sqlite://bench.db"
+url = "{store}"
 
 [limits]
 max_sessions = 1000000
@@ -236,19 +366,28 @@ pub fn token(user: &str) -> String {
     .unwrap_or_default()
 }
 
-/// Opens a WebSocket to `server` from the local address `from`.
-async fn open(server: &Server, from: IpAddr, user: &str) -> anyhow::Result<Ws> {
+/// Opens a WebSocket to node `node` of `server` from the local address `from`.
+async fn open(server: &Server, node: usize, from: IpAddr, user: &str) -> anyhow::Result<Ws> {
+    let addr = server.ws_addrs[node % server.ws_addrs.len()];
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(from, 0))?;
-    let stream = socket.connect(server.ws_addr).await?;
+    let stream = socket.connect(addr).await?;
     stream.set_nodelay(true)?;
-    let mut req = format!("ws://{}/v1/ws", server.ws_addr).into_client_request()?;
+    let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
     if server.kind == Kind::Switchyard {
         let h = req.headers_mut();
         h.insert("authorization", format!("Bearer {}", token(user)).parse()?);
         h.insert("sec-websocket-protocol", "switchyard.v1".parse()?);
     }
-    let (ws, _) = tokio_tungstenite::client_async(req, MaybeTlsStream::Plain(stream)).await?;
+    // 16 KiB: room for a batch of events per read without tungstenite's
+    // 128 KiB default on each of thousands of client sockets.
+    let config = WebSocketConfig::default().read_buffer_size(16 * 1024);
+    let (ws, _) = tokio_tungstenite::client_async_with_config(
+        req,
+        MaybeTlsStream::Plain(stream),
+        Some(config),
+    )
+    .await?;
     Ok(ws)
 }
 
@@ -266,15 +405,16 @@ async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     }
 }
 
-/// A session of `user` subscribed to `topics`: returns once the server
-/// confirmed every subscription.
+/// A session of `user` on node `node` subscribed to `topics`: returns
+/// once the server confirmed every subscription.
 pub async fn session(
     server: &Server,
+    node: usize,
     from: IpAddr,
     user: &str,
     topics: &[String],
 ) -> anyhow::Result<Ws> {
-    let mut ws = open(server, from, user).await?;
+    let mut ws = open(server, node, from, user).await?;
     match server.kind {
         Kind::Switchyard => {
             let welcome = next_text(&mut ws).await?;
@@ -331,35 +471,61 @@ pub enum Publisher {
     /// `switchyard.v1` `publish` frames over one WebSocket (acks drained by
     /// a task).
     Switchyard(futures_util::stream::SplitSink<Ws, Message>, u64),
-    /// A NATS client.
-    Nats(async_nats::Client),
+    /// A NATS client (nats-server; Switchyard on NATS: its ingest subjects).
+    Nats(async_nats::Client, Kind),
     /// `PUB` messages over one WebSocket.
     Bare(Ws),
 }
 
 impl Publisher {
-    /// Connects a publisher to `server`.
+    /// Connects a publisher to `server` (its first node).
     pub async fn connect(server: &Server) -> anyhow::Result<Publisher> {
         let local: IpAddr = [127, 0, 0, 1].into();
+        if let Some(url) = &server.nats_url {
+            return Ok(Publisher::Nats(
+                async_nats::connect(url.as_str()).await?,
+                server.kind,
+            ));
+        }
         Ok(match server.kind {
             Kind::Switchyard => {
-                let mut ws = open(server, local, "bench-publisher").await?;
+                let mut ws = open(server, 0, local, "bench-publisher").await?;
                 next_text(&mut ws).await?;
                 let (sink, mut source) = ws.split();
                 tokio::spawn(async move { while source.next().await.is_some() {} });
                 Publisher::Switchyard(sink, 0)
             }
-            Kind::Nats => {
-                let url = server.nats_url.clone().context("nats url")?;
-                Publisher::Nats(async_nats::connect(url).await?)
-            }
-            Kind::Bare => Publisher::Bare(open(server, local, "bench-publisher").await?),
+            Kind::Nats => bail!("nats-server without a client listener"),
+            Kind::Bare => Publisher::Bare(open(server, 0, local, "bench-publisher").await?),
         })
     }
 
-    /// Publishes `payload` (a JSON object) on `topic`.
-    pub async fn publish(&mut self, topic: &str, payload: &str) -> anyhow::Result<()> {
+    /// Publishes `payload` (a JSON object) on `topic`; to `user` alone if
+    /// given (Switchyard on NATS: the `Sy-To-Users` ingest header; the peers
+    /// have no users: their sessions subscribe to the topic instead).
+    pub async fn publish(
+        &mut self,
+        topic: &str,
+        payload: &str,
+        user: Option<&str>,
+    ) -> anyhow::Result<()> {
         match self {
+            Publisher::Nats(client, Kind::Switchyard) => {
+                let mut headers = async_nats::HeaderMap::new();
+                if let Some(user) = user {
+                    headers.insert("Sy-To-Users", user);
+                }
+                client
+                    .publish_with_headers(
+                        format!("sy.in.{topic}"),
+                        headers,
+                        bytes::Bytes::from(payload.to_owned()),
+                    )
+                    .await?;
+            }
+            Publisher::Switchyard(_, _) if user.is_some() => {
+                bail!("user-addressed events need Switchyard on NATS (two_nodes)")
+            }
             Publisher::Switchyard(sink, n) => {
                 *n += 1;
                 sink.feed(Message::text(format!(
@@ -367,7 +533,7 @@ impl Publisher {
                 )))
                 .await?;
             }
-            Publisher::Nats(client) => {
+            Publisher::Nats(client, _) => {
                 client
                     .publish(topic.to_owned(), bytes::Bytes::from(payload.to_owned()))
                     .await?;
@@ -384,7 +550,7 @@ impl Publisher {
     pub async fn flush(&mut self) -> anyhow::Result<()> {
         match self {
             Publisher::Switchyard(sink, _) => sink.flush().await?,
-            Publisher::Nats(client) => client.flush().await?,
+            Publisher::Nats(client, _) => client.flush().await?,
             Publisher::Bare(ws) => ws.flush().await?,
         }
         Ok(())

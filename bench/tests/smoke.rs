@@ -11,6 +11,7 @@ use switchyard_bench::target::{Kind, Options};
 fn options() -> Options {
     Options {
         plugins: false,
+        two_nodes: false,
         bin_dir: Path::new(env!("CARGO_BIN_EXE_bare-broadcaster"))
             .parent()
             .map(Path::to_path_buf),
@@ -24,6 +25,7 @@ async fn small_run(kind: Kind) {
         rate: 300,
         duration: Duration::from_secs(1),
         size: 256,
+        direct: false,
     };
     let o = scenario::run(kind, &options(), &spec)
         .await
@@ -56,4 +58,43 @@ async fn counts_every_delivery_on_the_bare_broadcaster() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_every_delivery_on_nats_server_websockets() {
     small_run(Kind::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_every_delivery_on_switchyard() {
+    small_run(Kind::Switchyard).await;
+}
+
+/// Scenario (c) at a small scale: sessions alternate between two nodes,
+/// every event goes to one user, entering through the first node.
+async fn direct_run(kind: Kind) {
+    let spec = Spec {
+        sessions: 40,
+        topics: 0,
+        rate: 200,
+        duration: Duration::from_secs(1),
+        size: 256,
+        direct: true,
+    };
+    let options = Options {
+        two_nodes: true,
+        ..options()
+    };
+    let o = scenario::run(kind, &options, &spec)
+        .await
+        .unwrap_or_else(|e| panic!("{}: {e:#}", kind.name()));
+    assert_eq!((o.opened, o.failures), (40, 0), "{o:?}");
+    assert_eq!((o.published, o.expected), (200, 200), "{o:?}");
+    assert_eq!(o.received, 200, "{}: nothing lost: {o:?}", kind.name());
+    assert!(o.server_cpu_s > 0.0, "{o:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_reach_users_on_both_switchyard_nodes() {
+    direct_run(Kind::Switchyard).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn direct_messages_cross_two_clustered_nats_servers() {
+    direct_run(Kind::Nats).await;
 }

@@ -17,8 +17,9 @@ use crate::hub::Hub;
 use crate::limits::TokenBucket;
 use crate::pipeline::{EventStats, PublishError};
 use crate::plugin::{AuthAction, AuthDecision, Interface, PluginEngine, PluginSet};
-use crate::routing::{Event, Topic};
+use crate::routing::{Event, EventId, Topic};
 use crate::session::{Protocol, SessionHandle};
+use crate::store::batched::BatchedLookup;
 use crate::subject::Subject;
 
 /// Why the gateway could not start.
@@ -58,6 +59,10 @@ pub enum Recovery {
     Reset,
 }
 
+/// The most keys one batched store lookup asks for (well under SQLite's
+/// and PostgreSQL's bound-parameter limits).
+const LOOKUP_BATCH: usize = 256;
+
 /// Everything the handlers share.
 pub struct Gateway {
     /// The config it started with.
@@ -79,6 +84,10 @@ pub struct Gateway {
     pub retention: crate::store::retention::Policy,
     /// This node's sessions in the connection registry.
     pub registry: crate::store::registry::Registry,
+    /// Inbox cursors of connecting users, read in batches.
+    inbox_cursors: BatchedLookup<String, EventId>,
+    /// The newest event of connecting users' inboxes, read in batches.
+    inbox_heads: BatchedLookup<String, Vec<EventId>>,
     /// The history writer's counters, when history is kept.
     pub history_stats: Option<Arc<crate::store::history::HistoryStats>>,
     /// Event counters.
@@ -152,7 +161,23 @@ impl Gateway {
         )
         .await?;
         let rate = config.limits.accept_rate;
+        let inbox_cursors = {
+            let store = store.clone();
+            BatchedLookup::start(LOOKUP_BATCH, move |users| {
+                let store = store.clone();
+                async move { store.inbox_cursors(users).await }
+            })
+        };
+        let inbox_heads = {
+            let store = store.clone();
+            BatchedLookup::start(LOOKUP_BATCH, move |streams| {
+                let store = store.clone();
+                async move { store.stream_heads(streams).await }
+            })
+        };
         let gateway = Arc::new(Gateway {
+            inbox_cursors,
+            inbox_heads,
             auth,
             hub,
             executor,
@@ -300,7 +325,7 @@ impl Gateway {
             session.add_subscription(t.as_str());
         }
         if self.retention.keeps_inbox() {
-            match self.store.inbox_cursor(&session.subject.user).await {
+            match self.inbox_cursors.get(session.subject.user.clone()).await {
                 Ok(cursor) => {
                     let _ = session.inbox_cursor.set(cursor);
                 }
@@ -433,6 +458,28 @@ impl Gateway {
         if let Err(e) = self.await_history(epoch).await {
             tracing::warn!(error = %e, "store unavailable; inbox not delivered");
             return none;
+        }
+        // Most connecting users have nothing waiting: one batched query
+        // over many sessions says so, instead of one inbox query each.
+        let after = cursor.filter(|c| c.epoch == epoch).map_or(0, |c| c.seq);
+        match self
+            .inbox_heads
+            .get(crate::store::retention::inbox_stream(&subject.user))
+            .await
+        {
+            Ok(heads)
+                if !heads
+                    .iter()
+                    .flatten()
+                    .any(|h| h.epoch == epoch && h.seq > after) =>
+            {
+                return none;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "inbox not delivered");
+                return none;
+            }
         }
         match self.store.undelivered(epoch, &subject.user, cursor).await {
             Ok(events) => {

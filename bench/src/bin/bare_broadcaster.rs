@@ -12,6 +12,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 use futures_util::{SinkExt, StreamExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::{Message, Utf8Bytes};
 
 /// Frames waiting per session before new ones are dropped.
@@ -36,7 +37,10 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn session(stream: TcpStream, topics: Topics) {
-    let Ok(ws) = tokio_tungstenite::accept_async(stream).await else {
+    // A small initial read buffer, as Switchyard's (tungstenite's default
+    // is 128 KiB per connection).
+    let config = WebSocketConfig::default().read_buffer_size(4096);
+    let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
         return;
     };
     let (mut sink, mut source) = ws.split();

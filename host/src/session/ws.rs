@@ -42,6 +42,11 @@ pub mod close {
     pub const PROTOCOL: u16 = 1002;
 }
 
+/// A session's initial read buffer. Client frames are small (subscribe,
+/// publish); a larger one grows the buffer as it arrives. tungstenite's
+/// default, 128 KiB, would be most of an idle session's memory.
+pub const READ_BUFFER_BYTES: usize = 4096;
+
 /// `?ticket=` for browsers.
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -74,6 +79,7 @@ pub async fn upgrade(
             ws.protocols([JSON_PROTOCOL])
                 .max_message_size(max)
                 .max_frame_size(max)
+                .read_buffer_size(READ_BUFFER_BYTES)
                 .on_upgrade(move |socket| async move {
                     let tracker = gw.tasks.clone();
                     let span = tracing::info_span!("session", id = %session.id, user = %session.subject.user);
@@ -135,6 +141,7 @@ async fn upgrade_stomp(
     ws.protocols(super::stomp::PROTOCOLS)
         .max_message_size(max)
         .max_frame_size(max)
+        .read_buffer_size(READ_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let tracker = gw.tasks.clone();
             tracker
@@ -184,7 +191,9 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
         last_seen.clone(),
     ));
     let session_loop = async {
-        deliver_inbox(&gw, &session).await;
+        // Boxed: a store query's future is large, and would otherwise stay
+        // in every idle session's task for its whole life.
+        Box::pin(deliver_inbox(&gw, &session)).await;
         read_loop(&gw, &session, stream, started, &last_seen, expires_at).await;
     };
     tokio::select! {
@@ -253,7 +262,8 @@ async fn read_loop(
         if session.queue.is_closed() {
             return;
         }
-        handle_text(gw, session, &text, &mut publish_rate).await;
+        // Boxed for the same reason: an idle session keeps only this loop.
+        Box::pin(handle_text(gw, session, &text, &mut publish_rate)).await;
     }
 }
 

@@ -4,6 +4,7 @@
 //! database. Migrations under `migrations/<database>/` are embedded and
 //! applied at start.
 
+pub mod batched;
 pub mod history;
 pub mod registry;
 pub mod retention;
@@ -37,6 +38,9 @@ pub enum StoreError {
     /// A query failed.
     #[error("store query failed: {0}")]
     Query(#[from] sqlx::Error),
+    /// A query answering several requests at once failed.
+    #[error("store query failed: {0}")]
+    Batch(String),
 }
 
 /// The database behind the store.
@@ -345,18 +349,66 @@ impl Store {
         .await
     }
 
-    /// The newest event of `user`'s inbox delivered so far.
-    pub async fn inbox_cursor(&self, user: &str) -> Result<Option<EventId>, StoreError> {
-        let cursor: Option<(i64, i64)> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT epoch, seq FROM sy_inbox_cursor WHERE user_id = $1"
-        )
-        .bind(user)
-        .fetch_optional(pool)
-        .await)?;
-        Ok(cursor.map(|(e, s)| EventId {
-            epoch: e as u64,
-            seq: s as u64,
-        }))
+    /// The inbox cursors of those of `users` that have one.
+    pub async fn inbox_cursors(
+        &self,
+        users: Vec<String>,
+    ) -> Result<HashMap<String, EventId>, StoreError> {
+        if users.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT user_id, epoch, seq FROM sy_inbox_cursor WHERE user_id IN ({})",
+            in_list(1, users.len())
+        );
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
+            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()));
+            for u in &users {
+                q = q.bind(u.as_str());
+            }
+            q.fetch_all(pool).await
+        })?;
+        Ok(rows
+            .into_iter()
+            .map(|(user, epoch, seq)| {
+                let id = EventId {
+                    epoch: epoch as u64,
+                    seq: seq as u64,
+                };
+                (user, id)
+            })
+            .collect())
+    }
+
+    /// For each of `streams` that has events, its newest event of each
+    /// epoch (a connecting session skips the inbox query when nothing is
+    /// newer than its cursor).
+    pub async fn stream_heads(
+        &self,
+        streams: Vec<String>,
+    ) -> Result<HashMap<String, Vec<EventId>>, StoreError> {
+        if streams.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT topic, epoch, MAX(seq) FROM sy_history WHERE topic IN ({}) GROUP BY topic, epoch",
+            in_list(1, streams.len())
+        );
+        let rows: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
+            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()));
+            for t in &streams {
+                q = q.bind(t.as_str());
+            }
+            q.fetch_all(pool).await
+        })?;
+        let mut heads: HashMap<String, Vec<EventId>> = HashMap::new();
+        for (stream, epoch, seq) in rows {
+            heads.entry(stream).or_default().push(EventId {
+                epoch: epoch as u64,
+                seq: seq as u64,
+            });
+        }
+        Ok(heads)
     }
 
     /// Moves users' delivery cursors forward (never back).
