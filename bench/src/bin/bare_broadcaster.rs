@@ -37,9 +37,11 @@ async fn main() -> anyhow::Result<()> {
 }
 
 async fn session(stream: TcpStream, topics: Topics) {
-    // A small initial read buffer, as Switchyard's (tungstenite's default
-    // is 128 KiB per connection).
-    let config = WebSocketConfig::default().read_buffer_size(4096);
+    // Switchyard's buffer sizes (tungstenite's defaults are 128 KiB each
+    // per connection).
+    let config = WebSocketConfig::default()
+        .read_buffer_size(4096)
+        .write_buffer_size(16 * 1024);
     let Ok(ws) = tokio_tungstenite::accept_async_with_config(stream, Some(config)).await else {
         return;
     };

@@ -13,6 +13,7 @@ pub mod stomp;
 pub mod ws;
 
 use std::collections::HashSet;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use crate::config::SlowConsumerPolicy;
@@ -80,6 +81,9 @@ pub struct SessionHandle {
     subscriptions: Mutex<HashSet<String>>,
     /// Live events held during a replay, and the floors of recovered topics.
     flow: Mutex<Flow>,
+    /// Whether `flow` holds or judges anything; when not (nearly always),
+    /// a delivery skips its lock.
+    flowing: AtomicBool,
     /// The user's inbox cursor when the session opened (`Some(None)`: no
     /// cursor yet; unset: unknown, the inbox is not delivered). Read before
     /// the session goes live, so that live deliveries marking the cursor
@@ -147,6 +151,7 @@ impl SessionHandle {
             audience: arc_swap::ArcSwapOption::empty(),
             subscriptions: Mutex::new(HashSet::new()),
             flow: Mutex::new(Flow::default()),
+            flowing: AtomicBool::new(false),
             inbox_cursor: std::sync::OnceLock::new(),
         }
     }
@@ -161,11 +166,14 @@ impl SessionHandle {
         if flow.held.is_none() {
             flow.held = Some(Vec::new());
         }
+        self.flowing.store(true, Ordering::SeqCst);
     }
 
     /// Delivers a live event: queued, or held while a replay runs.
     pub fn offer(&self, frame: &Arc<EventFrame>) -> Pushed {
-        {
+        // An offer that reads `false` here is ordered before a concurrent
+        // `hold`, as one that took the lock first would be.
+        if self.flowing.load(Ordering::SeqCst) {
             let mut flow = self.flow();
             if let Some(buf) = flow.held.as_mut() {
                 if buf.len() >= MAX_HELD {
@@ -201,6 +209,8 @@ impl SessionHandle {
                 self.queue.push(Outbound::Event(frame));
             }
         }
+        self.flowing
+            .store(!flow.floors.is_empty(), Ordering::SeqCst);
     }
 
     /// The topics it subscribes to.

@@ -111,6 +111,10 @@ impl<T> OutboundQueue<T> {
         if s.closed.is_some() {
             return Pushed::Closed;
         }
+        // The writer has been woken for a queue that already holds
+        // something (it takes everything when it runs): waking it again per
+        // event would cost a wake-up each during a backlog.
+        let wake = s.items.is_empty() && s.dropped == 0;
         let pushed = if s.events < self.depth {
             s.items.push_back(Entry {
                 item,
@@ -145,7 +149,9 @@ impl<T> OutboundQueue<T> {
             }
         };
         drop(s);
-        self.ready.notify_one();
+        if wake {
+            self.ready.notify_one();
+        }
         pushed
     }
 

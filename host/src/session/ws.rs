@@ -47,6 +47,13 @@ pub mod close {
 /// default, 128 KiB, would be most of an idle session's memory.
 pub const READ_BUFFER_BYTES: usize = 4096;
 
+/// Queued frames are written to the socket once this many bytes are
+/// buffered (and at the end of each batch). tungstenite's default, 128 KiB,
+/// let a backlog grow every session's buffer to that size, page-faulted in
+/// and moved down after each partial write: a fan-out under load spent a
+/// third of its CPU zeroing pages.
+pub const WRITE_BUFFER_BYTES: usize = 16 * 1024;
+
 /// `?ticket=` for browsers.
 #[derive(Debug, Deserialize)]
 pub struct WsQuery {
@@ -80,6 +87,7 @@ pub async fn upgrade(
                 .max_message_size(max)
                 .max_frame_size(max)
                 .read_buffer_size(READ_BUFFER_BYTES)
+                .write_buffer_size(WRITE_BUFFER_BYTES)
                 .on_upgrade(move |socket| async move {
                     let tracker = gw.tasks.clone();
                     let span = tracing::info_span!("session", id = %session.id, user = %session.subject.user);
@@ -142,6 +150,7 @@ async fn upgrade_stomp(
         .max_message_size(max)
         .max_frame_size(max)
         .read_buffer_size(READ_BUFFER_BYTES)
+        .write_buffer_size(WRITE_BUFFER_BYTES)
         .on_upgrade(move |socket| async move {
             let tracker = gw.tasks.clone();
             tracker
