@@ -88,77 +88,94 @@ struct Lane {
 impl Lane {
     async fn run(self, mut rx: mpsc::Receiver<Routed>, stop: CancellationToken) {
         let mut closing = false;
+        let mut batch = Vec::with_capacity(EDGE_BATCH);
         loop {
-            let routed = tokio::select! {
-                r = rx.recv() => match r { Some(r) => r, None => return },
+            let n = tokio::select! {
+                n = rx.recv_many(&mut batch, EDGE_BATCH) => n,
                 () = stop.cancelled(), if !closing => {
                     rx.close();
                     closing = true;
                     continue;
                 }
             };
+            if n == 0 {
+                return;
+            }
+            let set = self.executor.plugins();
+            self.deliver(&set, batch.drain(..)).await;
+        }
+    }
+
+    /// Delivers events taken from the lane together, in order per topic:
+    /// events without transformers go out at once; those with go out
+    /// after one plugin call for all of them (a call per event cost more
+    /// in thread hand-offs than in the transformers).
+    async fn deliver(&self, set: &PluginSet, batch: impl Iterator<Item = Routed>) {
+        let mut transformed: Vec<(Arc<Event>, Vec<Arc<SessionHandle>>)> = Vec::new();
+        for routed in batch {
             let span =
                 tracing::debug_span!("deliver", id = %routed.event.id, topic = %routed.event.topic);
-            async {
-                let set = self.executor.plugins();
-                self.deliver(&set, routed).await;
+            let _entered = span.enter();
+            let topics: Vec<&str> = routed.topics.iter().map(String::as_str).collect();
+            let users: Vec<&str> = routed.users.iter().map(String::as_str).collect();
+            let recipients = self.hub.recipients(&topics, &users);
+            let event = routed.event;
+            if recipients.is_empty() {
+                continue;
             }
-            .instrument(span)
-            .await;
-        }
-    }
-
-    async fn deliver(&self, set: &PluginSet, routed: Routed) {
-        let topics: Vec<&str> = routed.topics.iter().map(String::as_str).collect();
-        let users: Vec<&str> = routed.users.iter().map(String::as_str).collect();
-        let recipients = self.hub.recipients(&topics, &users);
-        let event = routed.event;
-        if recipients.is_empty() {
-            return;
-        }
-        self.mark_delivered(&event.id, &routed.users);
-        if !set.transforms(&event.topic) {
+            self.mark_delivered(&event.id, &routed.users);
+            if set.transforms(&event.topic) {
+                transformed.push((event, recipients));
+                continue;
+            }
             let frame = EventFrame::new(event);
+            let mut tally = Tally::default();
             for r in &recipients {
-                self.enqueue(r, &frame);
+                tally.add(r, r.offer(&frame));
             }
-            return;
+            tally.report(&self.stats);
         }
-        self.deliver_transformed(event, recipients).await;
+        if !transformed.is_empty() {
+            let span = tracing::debug_span!("transform", events = transformed.len());
+            self.deliver_transformed(transformed).instrument(span).await;
+        }
     }
 
-    /// Groups recipients by audience and asks the transformers once for
-    /// all, on one plugin set: audiences computed by another generation
-    /// (before a reload) are recomputed first, in the same call.
-    async fn deliver_transformed(&self, event: Arc<Event>, recipients: Vec<Arc<SessionHandle>>) {
-        let e = event.clone();
-        let sessions = recipients.clone();
-        let (deliveries, of_session) = match self
+    /// Groups each event's recipients by audience and asks the transformers
+    /// once per event and audience, all in one call on one plugin set:
+    /// audiences computed by another generation (before a reload) are
+    /// recomputed first, in the same call.
+    async fn deliver_transformed(&self, events: Vec<(Arc<Event>, Vec<Arc<SessionHandle>>)>) {
+        let asked = Arc::new(events);
+        let shared = asked.clone();
+        let answers = match self
             .executor
             .run(move |set| {
-                let mut distinct: Vec<Arc<Audience>> = Vec::new();
-                let mut index: HashMap<Arc<Audience>, usize> = HashMap::new();
-                let of_session: Vec<usize> = sessions
+                shared
                     .iter()
-                    .map(|s| {
-                        let audience = audience_of(set, s);
-                        *index.entry(audience.clone()).or_insert_with(|| {
-                            distinct.push(audience);
-                            distinct.len() - 1
-                        })
-                    })
-                    .collect();
-                let refs: Vec<&Audience> = distinct.iter().map(|a| &**a).collect();
-                (set.transform(&e, &refs), of_session)
+                    .map(|(e, sessions)| transform_for(set, e, sessions))
+                    .collect::<Vec<_>>()
             })
             .await
         {
             Ok(d) => d,
             Err(err) => {
-                tracing::warn!(error = %err, "transforms unavailable; event withheld");
+                tracing::warn!(error = %err, events = asked.len(), "transforms unavailable; events withheld");
                 return;
             }
         };
+        for ((event, recipients), (deliveries, of_session)) in asked.iter().zip(answers) {
+            self.enqueue_transformed(event.clone(), recipients, deliveries, of_session);
+        }
+    }
+
+    fn enqueue_transformed(
+        &self,
+        event: Arc<Event>,
+        recipients: &[Arc<SessionHandle>],
+        deliveries: Vec<Delivery>,
+        of_session: Vec<usize>,
+    ) {
         let original = EventFrame::new(event);
         let frames: Vec<Option<Arc<EventFrame>>> = deliveries
             .into_iter()
@@ -168,14 +185,14 @@ impl Lane {
                 Delivery::Withheld => None,
             })
             .collect();
+        let mut tally = Tally::default();
         for (r, i) in recipients.iter().zip(of_session) {
             match &frames[i] {
-                Some(frame) => self.enqueue(r, frame),
-                None => {
-                    self.stats.withheld.fetch_add(1, Ordering::Relaxed);
-                }
+                Some(frame) => tally.add(r, r.offer(frame)),
+                None => tally.withheld += 1,
             }
         }
+        tally.report(&self.stats);
     }
 
     /// Users with a session here have seen the event: it is not waiting
@@ -196,25 +213,72 @@ impl Lane {
             }
         }
     }
+}
 
-    fn enqueue(&self, session: &SessionHandle, frame: &Arc<EventFrame>) {
-        match session.offer(frame) {
-            Pushed::Queued => {
-                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-            }
-            Pushed::DroppedNewest => {
-                self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
-            }
+/// What `event` becomes for each distinct audience among `sessions`, and
+/// the audience index of each session.
+fn transform_for(
+    set: &PluginSet,
+    event: &Event,
+    sessions: &[Arc<SessionHandle>],
+) -> (Vec<Delivery>, Vec<usize>) {
+    let mut distinct: Vec<Arc<Audience>> = Vec::new();
+    let mut index: HashMap<Arc<Audience>, usize> = HashMap::new();
+    let of_session: Vec<usize> = sessions
+        .iter()
+        .map(|s| {
+            let audience = audience_of(set, s);
+            *index.entry(audience.clone()).or_insert_with(|| {
+                distinct.push(audience);
+                distinct.len() - 1
+            })
+        })
+        .collect();
+    let refs: Vec<&Audience> = distinct.iter().map(|a| &**a).collect();
+    (set.transform(event, &refs), of_session)
+}
+
+/// Routed events a lane takes at once (one transformer call for all).
+const EDGE_BATCH: usize = 64;
+
+/// What one event's fan-out did, added to the shared counters once (an
+/// atomic add per delivery was 8% of a fan-out's CPU).
+#[derive(Default)]
+struct Tally {
+    delivered: u64,
+    drops: u64,
+    slow: u64,
+    withheld: u64,
+}
+
+impl Tally {
+    fn add(&mut self, session: &SessionHandle, pushed: Pushed) {
+        match pushed {
+            Pushed::Queued => self.delivered += 1,
+            Pushed::DroppedNewest => self.drops += 1,
             Pushed::DroppedOldest => {
-                self.stats.delivered.fetch_add(1, Ordering::Relaxed);
-                self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
+                self.delivered += 1;
+                self.drops += 1;
             }
             Pushed::Overflowed => {
-                self.stats.queue_drops.fetch_add(1, Ordering::Relaxed);
-                self.stats.slow_consumers.fetch_add(1, Ordering::Relaxed);
+                self.drops += 1;
+                self.slow += 1;
                 tracing::info!(session = %session.id, "slow consumer: queue full, disconnecting");
             }
             Pushed::Closed => {}
+        }
+    }
+
+    fn report(&self, stats: &EventStats) {
+        for (counter, n) in [
+            (&stats.delivered, self.delivered),
+            (&stats.queue_drops, self.drops),
+            (&stats.slow_consumers, self.slow),
+            (&stats.withheld, self.withheld),
+        ] {
+            if n > 0 {
+                counter.fetch_add(n, Ordering::Relaxed);
+            }
         }
     }
 }

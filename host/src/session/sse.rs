@@ -232,7 +232,7 @@ async fn feed(
             if chunk.is_empty() {
                 continue;
             }
-            match tokio::time::timeout(stall, tx.send(Ok(Bytes::from(chunk)))).await {
+            match super::within(stall, tx.send(Ok(Bytes::from(chunk)))).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break,
                 Err(_) => {

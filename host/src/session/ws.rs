@@ -13,7 +13,7 @@ use axum::http::HeaderMap;
 use axum::http::header::{AUTHORIZATION, HOST, ORIGIN};
 use axum::response::{IntoResponse, Response};
 use futures_util::stream::{SplitSink, SplitStream};
-use futures_util::{SinkExt, StreamExt};
+use futures_util::{FutureExt, SinkExt, StreamExt};
 use serde::Deserialize;
 use tracing::Instrument;
 
@@ -218,10 +218,14 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
     gw.close_session(&session);
 }
 
+/// Client frames already received that are handled together: their
+/// publishes are authorized in one plugin call.
+const MAX_FRAME_BATCH: usize = 64;
+
 async fn read_loop(
     gw: &Gateway,
     session: &SessionHandle,
-    mut stream: SplitStream<WebSocket>,
+    stream: SplitStream<WebSocket>,
     started: Instant,
     last_seen: &AtomicU64,
     expires_at: u64,
@@ -233,6 +237,7 @@ async fn read_loop(
         expires_at.saturating_sub(Gateway::now_s()),
     ));
     tokio::pin!(expiry);
+    let mut stream = stream.peekable();
     loop {
         let msg = tokio::select! {
             m = stream.next() => m,
@@ -271,8 +276,61 @@ async fn read_loop(
         if session.queue.is_closed() {
             return;
         }
+        // A client publishing fast has more text frames waiting: take them
+        // now (in order), so that one plugin call authorizes them all.
+        let mut texts = vec![text];
+        while texts.len() < MAX_FRAME_BATCH {
+            let next_is_text = matches!(
+                std::pin::Pin::new(&mut stream).peek().now_or_never(),
+                Some(Some(Ok(Message::Text(_))))
+            );
+            if !next_is_text {
+                break;
+            }
+            if let Some(Some(Ok(Message::Text(t)))) = stream.next().now_or_never() {
+                texts.push(t);
+            }
+        }
         // Boxed for the same reason: an idle session keeps only this loop.
-        Box::pin(handle_text(gw, session, &text, &mut publish_rate)).await;
+        Box::pin(handle_texts(gw, session, &texts, &mut publish_rate)).await;
+    }
+}
+
+/// Handles client frames in order, their publishes authorized together.
+async fn handle_texts(
+    gw: &Gateway,
+    session: &SessionHandle,
+    texts: &[Utf8Bytes],
+    publish_rate: &mut TokenBucket,
+) {
+    let frames: Vec<Result<ClientFrame, json::FrameError>> = texts
+        .iter()
+        .map(|t| json::parse_client_frame(t.as_str()))
+        .collect();
+    let publishes: Vec<(usize, Topic)> = frames
+        .iter()
+        .enumerate()
+        .filter_map(|(i, f)| match f {
+            Ok(ClientFrame::Publish { topic, .. }) => Topic::parse(topic).ok().map(|t| (i, t)),
+            _ => None,
+        })
+        .collect();
+    let mut decisions: Vec<Option<AuthDecision>> = vec![None; frames.len()];
+    if publishes.len() > 1 {
+        let actions = publishes
+            .iter()
+            .map(|(_, t)| AuthAction::Publish(t.clone()))
+            .collect();
+        let answers = gw.authorize(&session.subject, actions).await;
+        for ((i, _), d) in publishes.iter().zip(answers) {
+            decisions[*i] = Some(d);
+        }
+    }
+    for (frame, decision) in frames.into_iter().zip(decisions) {
+        match frame {
+            Ok(f) => handle_frame(gw, session, f, decision, publish_rate).await,
+            Err(e) => reply(session, json::error(e.id, e.code, &e.message)),
+        }
     }
 }
 
@@ -328,16 +386,15 @@ pub(crate) async fn queue_replay(
     }
 }
 
-async fn handle_text(
+/// Handles one client frame; a publish with `decided` was authorized with
+/// others already.
+async fn handle_frame(
     gw: &Gateway,
     session: &SessionHandle,
-    text: &str,
+    frame: ClientFrame,
+    decided: Option<AuthDecision>,
     publish_rate: &mut TokenBucket,
 ) {
-    let frame = match json::parse_client_frame(text) {
-        Ok(f) => f,
-        Err(e) => return reply(session, json::error(e.id, e.code, &e.message)),
-    };
     match frame {
         ClientFrame::Subscribe {
             id,
@@ -410,7 +467,8 @@ async fn handle_text(
                     ),
                 );
             }
-            match publish(gw, session, &topic, event, data.get().as_bytes().to_vec()).await {
+            let data = data.get().as_bytes().to_vec();
+            match publish_decided(gw, session, &topic, event, data, decided).await {
                 Ok(_) => reply(session, json::ack(id, None)),
                 Err((code, message)) => reply(session, json::error(id, code, &message)),
             }
@@ -453,11 +511,29 @@ pub(crate) async fn publish(
     name: Option<String>,
     data: Vec<u8>,
 ) -> Result<String, (ErrorCode, String)> {
+    publish_decided(gw, session, topic, name, data, None).await
+}
+
+/// [`publish`], with the authorizer's decision when it was already asked.
+async fn publish_decided(
+    gw: &Gateway,
+    session: &SessionHandle,
+    topic: &str,
+    name: Option<String>,
+    data: Vec<u8>,
+    decided: Option<AuthDecision>,
+) -> Result<String, (ErrorCode, String)> {
     let topic = Topic::parse(topic).map_err(|e| (ErrorCode::InvalidTopic, e.to_string()))?;
-    let decision = gw
-        .authorize(&session.subject, vec![AuthAction::Publish(topic.clone())])
-        .await;
-    if let Some(AuthDecision::Deny(why)) = decision.into_iter().next() {
+    let decision = match decided {
+        Some(d) => d,
+        None => gw
+            .authorize(&session.subject, vec![AuthAction::Publish(topic.clone())])
+            .await
+            .into_iter()
+            .next()
+            .unwrap_or(AuthDecision::Allow),
+    };
+    if let AuthDecision::Deny(why) = decision {
         return Err((ErrorCode::Forbidden, why));
     }
     let mut event = Event::new(String::new(), topic, data);
@@ -492,7 +568,7 @@ async fn write_loop(
         tokio::select! {
             batch = session.queue.next_batch() => {
                 let closed = batch.closed.clone();
-                match tokio::time::timeout(stall, write_batch(&mut sink, batch)).await {
+                match super::within(stall, write_batch(&mut sink, batch)).await {
                     Ok(Ok(())) => {}
                     Ok(Err(_)) => return,
                     Err(_) => return stalled(&gw),
