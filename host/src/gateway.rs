@@ -207,6 +207,10 @@ impl Gateway {
             })
             .collect();
         crate::reload::record_deployment(&gateway, "start", &loaded, None).await;
+        tokio::spawn(crate::session::ws::heartbeats(
+            Arc::downgrade(&gateway),
+            gateway.shutdown.clone(),
+        ));
         if gateway.config.runtime.watch && gateway.config.source.is_some() {
             tokio::spawn(crate::reload::watch(gateway.clone()));
         }

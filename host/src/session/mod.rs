@@ -52,6 +52,8 @@ pub enum Outbound {
     Event(Arc<EventFrame>),
     /// A protocol frame for this session alone (ack, error), already encoded.
     Control(String),
+    /// A WebSocket ping (the node's heartbeat, `switchyard.v1` sessions).
+    Ping,
 }
 
 /// An audience and the plugin-set generation that computed it.
@@ -84,6 +86,10 @@ pub struct SessionHandle {
     /// Whether `flow` holds or judges anything; when not (nearly always),
     /// a delivery skips its lock.
     flowing: AtomicBool,
+    /// When it opened.
+    opened: std::time::Instant,
+    /// When the client last sent anything, in ms after `opened`.
+    last_seen_ms: std::sync::atomic::AtomicU64,
     /// The user's inbox cursor when the session opened (`Some(None)`: no
     /// cursor yet; unset: unknown, the inbox is not delivered). Read before
     /// the session goes live, so that live deliveries marking the cursor
@@ -167,8 +173,22 @@ impl SessionHandle {
             subscriptions: Mutex::new(HashSet::new()),
             flow: Mutex::new(Flow::default()),
             flowing: AtomicBool::new(false),
+            opened: std::time::Instant::now(),
+            last_seen_ms: std::sync::atomic::AtomicU64::new(0),
             inbox_cursor: std::sync::OnceLock::new(),
         }
+    }
+
+    /// The client sent something (a frame, a pong).
+    pub fn seen(&self) {
+        self.last_seen_ms
+            .store(self.opened.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    /// How long the client has sent nothing.
+    pub fn silent_for(&self) -> std::time::Duration {
+        let seen = std::time::Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed));
+        self.opened.elapsed().saturating_sub(seen)
     }
 
     fn flow(&self) -> std::sync::MutexGuard<'_, Flow> {

@@ -4,7 +4,7 @@
 //! queue, batching whatever is queued into one flush; sends pings; closes).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket, WebSocketUpgrade};
@@ -190,20 +190,12 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
     // events wait until the offline inbox is out.
     session.hold();
     gw.activate(&session).await;
-    let started = Instant::now();
-    let last_seen = Arc::new(AtomicU64::new(0));
-    let mut writer = tokio::spawn(write_loop(
-        gw.clone(),
-        session.clone(),
-        sink,
-        started,
-        last_seen.clone(),
-    ));
+    let mut writer = tokio::spawn(write_loop(gw.clone(), session.clone(), sink));
     let session_loop = async {
         // Boxed: a store query's future is large, and would otherwise stay
         // in every idle session's task for its whole life.
         Box::pin(deliver_inbox(&gw, &session)).await;
-        read_loop(&gw, &session, stream, started, &last_seen, expires_at).await;
+        read_loop(&gw, &session, stream, expires_at).await;
     };
     tokio::select! {
         () = session_loop => {
@@ -226,8 +218,6 @@ async fn read_loop(
     gw: &Gateway,
     session: &SessionHandle,
     stream: SplitStream<WebSocket>,
-    started: Instant,
-    last_seen: &AtomicU64,
     expires_at: u64,
 ) {
     let limits = &gw.config.limits;
@@ -252,7 +242,7 @@ async fn read_loop(
                 return;
             }
         };
-        last_seen.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+        session.seen();
         let text = match msg {
             None | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Text(t))) => t,
@@ -550,51 +540,71 @@ async fn publish_decided(
     })
 }
 
-async fn write_loop(
-    gw: Arc<Gateway>,
-    session: Arc<SessionHandle>,
-    mut sink: Sink,
-    started: Instant,
-    last_seen: Arc<AtomicU64>,
-) {
-    let cfg = &gw.config.server;
-    let heartbeat = Duration::from_secs(cfg.heartbeat_s);
-    let dead_after = Duration::from_secs(cfg.heartbeat_s + cfg.heartbeat_timeout_s);
+async fn write_loop(gw: Arc<Gateway>, session: Arc<SessionHandle>, mut sink: Sink) {
     // A socket that accepts no write for this long belongs to a dead or
     // stuck client: its session ends rather than hold a task.
-    let stall = Duration::from_secs(cfg.heartbeat_timeout_s);
-    let mut ping = tokio::time::interval_at(tokio::time::Instant::now() + heartbeat, heartbeat);
+    let stall = Duration::from_secs(gw.config.server.heartbeat_timeout_s);
+    loop {
+        let batch = session.queue.next_batch().await;
+        let closed = batch.closed.clone();
+        match super::within(stall, write_batch(&mut sink, batch)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return,
+            Err(_) => return stalled(&gw),
+        }
+        if let Some(reason) = closed {
+            let (code, text) = match reason {
+                CloseReason::SlowConsumer => (
+                    close::POLICY,
+                    "slow consumer: outbound queue full".to_owned(),
+                ),
+                CloseReason::Server(code, text) => (code, text),
+            };
+            let close = Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from(text),
+            }));
+            let _ = tokio::time::timeout(stall, sink.send(close)).await;
+            return;
+        }
+    }
+}
+
+/// The node's heartbeat for `switchyard.v1` sessions: every `heartbeat_s`,
+/// a session silent for longer than `heartbeat_s + heartbeat_timeout_s`
+/// is closed, every other one is sent a ping (its writer sends it with the
+/// next batch). One timer for the node instead of one per session: a
+/// session's writer then waits on its queue alone.
+pub async fn heartbeats(
+    gw: std::sync::Weak<Gateway>,
+    shutdown: tokio_util::sync::CancellationToken,
+) {
+    let period = match gw.upgrade() {
+        Some(gw) => Duration::from_secs(gw.config.server.heartbeat_s.max(1)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
-            batch = session.queue.next_batch() => {
-                let closed = batch.closed.clone();
-                match super::within(stall, write_batch(&mut sink, batch)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) => return stalled(&gw),
-                }
-                if let Some(reason) = closed {
-                    let (code, text) = match reason {
-                        CloseReason::SlowConsumer => (close::POLICY, "slow consumer: outbound queue full".to_owned()),
-                        CloseReason::Server(code, text) => (code, text),
-                    };
-                    let close = Message::Close(Some(CloseFrame { code, reason: Utf8Bytes::from(text) }));
-                    let _ = tokio::time::timeout(stall, sink.send(close)).await;
-                    return;
-                }
+            _ = tick.tick() => {}
+            () = shutdown.cancelled() => return,
+        }
+        let Some(gw) = gw.upgrade() else { return };
+        let cfg = &gw.config.server;
+        let dead_after = Duration::from_secs(cfg.heartbeat_s + cfg.heartbeat_timeout_s);
+        for session in gw.hub.sessions() {
+            if session.protocol != Protocol::Json {
+                continue;
             }
-            _ = ping.tick() => {
-                let seen = Duration::from_millis(last_seen.load(Ordering::Relaxed));
-                if started.elapsed().saturating_sub(seen) > dead_after {
-                    tracing::info!("no pong within the heartbeat timeout; closing");
-                    session.queue.close(CloseReason::Server(close::POLICY, "heartbeat timeout".into()));
-                    continue;
-                }
-                match tokio::time::timeout(stall, sink.send(Message::Ping(Default::default()))).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(_)) => return,
-                    Err(_) => return stalled(&gw),
-                }
+            if session.silent_for() > dead_after {
+                tracing::info!(session = %session.id, "no pong within the heartbeat timeout; closing");
+                session.queue.close(CloseReason::Server(
+                    close::POLICY,
+                    "heartbeat timeout".into(),
+                ));
+            } else {
+                session.queue.push_control(Outbound::Ping);
             }
         }
     }
@@ -609,6 +619,10 @@ async fn write_batch(
         let text = match item {
             Outbound::Event(frame) => frame.json_message().clone(),
             Outbound::Control(text) => Utf8Bytes::from(text),
+            Outbound::Ping => {
+                sink.feed(Message::Ping(Default::default())).await?;
+                continue;
+            }
         };
         sink.feed(Message::Text(text)).await?;
     }

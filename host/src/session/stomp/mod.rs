@@ -588,6 +588,8 @@ async fn write_batch(
     for item in batch.items {
         let msg = match item {
             Outbound::Control(t) => Message::Text(Utf8Bytes::from(t)),
+            // STOMP heart-beats are its own (the writer's ticker).
+            Outbound::Ping => continue,
             Outbound::Event(frame) => {
                 let sub = subs
                     .lock()
