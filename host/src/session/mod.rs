@@ -80,7 +80,9 @@ pub struct SessionHandle {
     /// Its audience for the transformers, as computed by the plugin set of
     /// that generation (recomputed on first use after a reload).
     pub audience: arc_swap::ArcSwapOption<StampedAudience>,
-    subscriptions: Mutex<HashSet<String>>,
+    /// Sorted: a few topics each, where a hash set's smallest table is
+    /// several times the size of the names (idle memory per session).
+    subscriptions: Mutex<Vec<Box<str>>>,
     /// Live events held during a replay, and the floors of recovered topics.
     flow: Mutex<Flow>,
     /// Whether `flow` holds or judges anything; when not (nearly always),
@@ -132,18 +134,31 @@ impl Flow {
 
 /// `tokio::time::timeout`, except that a future ready on its first poll (a
 /// socket write with room, nearly always) never touches the timer: creating
-/// one per batch was 5% of a fan-out's server CPU.
-pub(crate) async fn within<F: std::future::Future>(
+/// one per batch was 5% of a fan-out's server CPU. The timer is boxed, so
+/// that a session's writer does not carry one in its state while idle, and
+/// the future is lent pinned (`Unpin`: a `Pin<&mut _>` or a small future).
+pub(crate) async fn within<F: std::future::Future + Unpin>(
     limit: std::time::Duration,
-    fut: F,
-) -> Result<F::Output, tokio::time::error::Elapsed> {
-    let mut fut = std::pin::pin!(fut);
-    let first = std::future::poll_fn(|cx| std::task::Poll::Ready(fut.as_mut().poll(cx))).await;
-    match first {
-        std::task::Poll::Ready(out) => Ok(out),
-        std::task::Poll::Pending => tokio::time::timeout(limit, fut).await,
-    }
+    mut fut: F,
+) -> Result<F::Output, Stalled> {
+    use std::task::Poll;
+    let mut timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let Poll::Ready(out) = std::pin::Pin::new(&mut fut).poll(cx) {
+            return Poll::Ready(Ok(out));
+        }
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Err(Stalled)),
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
+
+/// A write did not complete within its limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Stalled;
 
 /// Live events held during a replay before the session is closed as a slow
 /// consumer (a replay takes milliseconds; this guards memory, not timing).
@@ -170,7 +185,7 @@ impl SessionHandle {
             protocol,
             queue: OutboundQueue::new(depth, policy, grace),
             audience: arc_swap::ArcSwapOption::empty(),
-            subscriptions: Mutex::new(HashSet::new()),
+            subscriptions: Mutex::new(Vec::new()),
             flow: Mutex::new(Flow::default()),
             flowing: AtomicBool::new(false),
             opened: std::time::Instant::now(),
@@ -248,14 +263,14 @@ impl SessionHandle {
             .store(!flow.floors.is_empty(), Ordering::SeqCst);
     }
 
-    /// The topics it subscribes to.
+    /// The topics it subscribes to, in order.
     pub fn subscriptions(&self) -> Vec<String> {
-        self.subs().iter().cloned().collect()
+        self.subs().iter().map(|t| t.to_string()).collect()
     }
 
     /// Whether it subscribes to `topic`.
     pub fn is_subscribed(&self, topic: &str) -> bool {
-        self.subs().contains(topic)
+        self.subs().binary_search_by(|t| (**t).cmp(topic)).is_ok()
     }
 
     /// How many topics it subscribes to.
@@ -263,18 +278,32 @@ impl SessionHandle {
         self.subs().len()
     }
 
-    fn subs(&self) -> std::sync::MutexGuard<'_, HashSet<String>> {
+    fn subs(&self) -> std::sync::MutexGuard<'_, Vec<Box<str>>> {
         self.subscriptions
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
     }
 
     pub(crate) fn add_subscription(&self, topic: &str) -> bool {
-        self.subs().insert(topic.to_owned())
+        let mut subs = self.subs();
+        match subs.binary_search_by(|t| (**t).cmp(topic)) {
+            Ok(_) => false,
+            Err(at) => {
+                subs.insert(at, topic.into());
+                true
+            }
+        }
     }
 
     pub(crate) fn remove_subscription(&self, topic: &str) -> bool {
-        self.subs().remove(topic)
+        let mut subs = self.subs();
+        match subs.binary_search_by(|t| (**t).cmp(topic)) {
+            Ok(at) => {
+                subs.remove(at);
+                true
+            }
+            Err(_) => false,
+        }
     }
 }
 
@@ -290,6 +319,42 @@ mod tests {
             topic,
             b"{}".to_vec(),
         )))
+    }
+
+    #[test]
+    fn subscriptions_are_kept_once_each_in_order() {
+        let s = SessionHandle::new(
+            1,
+            "n",
+            Subject::new("u", ""),
+            Protocol::Json,
+            4,
+            SlowConsumerPolicy::Disconnect,
+            std::time::Duration::ZERO,
+        );
+        assert!(s.add_subscription("b"));
+        assert!(s.add_subscription("a.x"));
+        assert!(s.add_subscription("c"));
+        assert!(!s.add_subscription("b"), "already subscribed");
+        assert_eq!(s.subscriptions(), ["a.x", "b", "c"]);
+        assert!(s.is_subscribed("c") && !s.is_subscribed("a"));
+        assert!(s.remove_subscription("b"));
+        assert!(!s.remove_subscription("b"), "already gone");
+        assert_eq!(s.subscription_count(), 2);
+    }
+
+    #[tokio::test]
+    async fn within_answers_a_ready_future_and_times_out_a_stuck_one() {
+        let short = std::time::Duration::from_millis(20);
+        assert_eq!(within(short, std::future::ready(7)).await, Ok(7));
+        let stuck = within(short, std::future::pending::<()>()).await;
+        assert_eq!(stuck, Err(Stalled));
+        let later = std::pin::pin!(async {
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+            8
+        });
+        let later = within(std::time::Duration::from_secs(30), later).await;
+        assert_eq!(later, Ok(8), "ready after a wait, within the limit");
     }
 
     #[test]

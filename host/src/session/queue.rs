@@ -212,8 +212,11 @@ impl<T> OutboundQueue<T> {
                 if !s.items.is_empty() || s.dropped > 0 || s.closed.is_some() {
                     s.events = 0;
                     s.full_since = None;
+                    // Taken whole: an idle session's queue then holds no
+                    // buffer (the batch's is freed once written).
+                    let items = Vec::from(std::mem::take(&mut s.items));
                     return Batch {
-                        items: s.items.drain(..).map(|e| e.item).collect(),
+                        items: items.into_iter().map(|e| e.item).collect(),
                         dropped: std::mem::take(&mut s.dropped),
                         closed: s.closed.clone(),
                     };

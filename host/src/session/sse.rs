@@ -232,7 +232,8 @@ async fn feed(
             if chunk.is_empty() {
                 continue;
             }
-            match super::within(stall, tx.send(Ok(Bytes::from(chunk)))).await {
+            let send = std::pin::pin!(tx.send(Ok(Bytes::from(chunk))));
+            match super::within(stall, send).await {
                 Ok(Ok(())) => {}
                 Ok(Err(_)) => break,
                 Err(_) => {

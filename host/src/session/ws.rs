@@ -88,12 +88,14 @@ pub async fn upgrade(
                 .max_frame_size(max)
                 .read_buffer_size(READ_BUFFER_BYTES)
                 .write_buffer_size(WRITE_BUFFER_BYTES)
-                .on_upgrade(move |socket| async move {
+                .on_upgrade(move |socket| {
+                    // Split before the session's future exists: a socket
+                    // passed in would keep its (moved-out) place in that
+                    // future's state for the session's whole life.
+                    let (sink, stream) = socket.split();
                     let tracker = gw.tasks.clone();
                     let span = tracing::info_span!("session", id = %session.id, user = %session.subject.user);
-                    tracker
-                        .track_future(run(gw, session, socket, expires_at).instrument(span))
-                        .await;
+                    tracker.track_future(run(gw, session, sink, stream, expires_at).instrument(span))
                 })
         }
         Err(e) => e.into_response(),
@@ -177,8 +179,13 @@ async fn prepare(
 
 type Sink = SplitSink<WebSocket, Message>;
 
-async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, expires_at: u64) {
-    let (sink, stream) = socket.split();
+async fn run(
+    gw: Arc<Gateway>,
+    session: Arc<SessionHandle>,
+    sink: Sink,
+    stream: SplitStream<WebSocket>,
+    expires_at: u64,
+) {
     let cfg = &gw.config.server;
     session.queue.push_control(Outbound::Control(json::welcome(
         &session.id,
@@ -189,7 +196,9 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
     // Welcome first: only then may events be queued behind it. Live
     // events wait until the offline inbox is out.
     session.hold();
-    gw.activate(&session).await;
+    // Boxed, like the other steps run once: an awaited future's room stays
+    // in the session's state for its whole life.
+    Box::pin(gw.activate(&session)).await;
     let mut writer = tokio::spawn(write_loop(gw.clone(), session.clone(), sink));
     let session_loop = async {
         // Boxed: a store query's future is large, and would otherwise stay
@@ -197,8 +206,10 @@ async fn run(gw: Arc<Gateway>, session: Arc<SessionHandle>, socket: WebSocket, e
         Box::pin(deliver_inbox(&gw, &session)).await;
         read_loop(&gw, &session, stream, expires_at).await;
     };
+    // Pinned in place: moved into `select!`, it would take its room twice.
+    tokio::pin!(session_loop);
     tokio::select! {
-        () = session_loop => {
+        () = &mut session_loop => {
             // Whatever ended the reader, the writer flushes and closes.
             session.queue.close(CloseReason::Server(close::GOING_AWAY, "session ended".into()));
             let _ = writer.await;
@@ -545,29 +556,40 @@ async fn write_loop(gw: Arc<Gateway>, session: Arc<SessionHandle>, mut sink: Sin
     // stuck client: its session ends rather than hold a task.
     let stall = Duration::from_secs(gw.config.server.heartbeat_timeout_s);
     loop {
-        let batch = session.queue.next_batch().await;
-        let closed = batch.closed.clone();
-        match super::within(stall, write_batch(&mut sink, batch)).await {
+        let mut batch = session.queue.next_batch().await;
+        let closed = batch.closed.take();
+        let written = {
+            // Pinned here and lent: a future passed by value to `within`
+            // would be held twice in this task's state (its argument, and
+            // the pinned copy), for every idle session.
+            let write = std::pin::pin!(write_batch(&mut sink, batch));
+            super::within(stall, write).await
+        };
+        match written {
             Ok(Ok(())) => {}
             Ok(Err(_)) => return,
             Err(_) => return stalled(&gw),
         }
         if let Some(reason) = closed {
-            let (code, text) = match reason {
-                CloseReason::SlowConsumer => (
-                    close::POLICY,
-                    "slow consumer: outbound queue full".to_owned(),
-                ),
-                CloseReason::Server(code, text) => (code, text),
-            };
-            let close = Message::Close(Some(CloseFrame {
-                code,
-                reason: Utf8Bytes::from(text),
-            }));
-            let _ = tokio::time::timeout(stall, sink.send(close)).await;
-            return;
+            return Box::pin(close_socket(&mut sink, reason, stall)).await;
         }
     }
+}
+
+/// Sends the close frame (boxed by the caller: it runs once).
+async fn close_socket(sink: &mut Sink, reason: CloseReason, stall: Duration) {
+    let (code, text) = match reason {
+        CloseReason::SlowConsumer => (
+            close::POLICY,
+            "slow consumer: outbound queue full".to_owned(),
+        ),
+        CloseReason::Server(code, text) => (code, text),
+    };
+    let close = Message::Close(Some(CloseFrame {
+        code,
+        reason: Utf8Bytes::from(text),
+    }));
+    let _ = tokio::time::timeout(stall, sink.send(close)).await;
 }
 
 /// The node's heartbeat for `switchyard.v1` sessions: every `heartbeat_s`,
@@ -610,27 +632,30 @@ pub async fn heartbeats(
     }
 }
 
-/// Writes a batch in one flush.
-async fn write_batch(
+/// Writes a batch in one flush. (A function returning a block, not an
+/// `async fn`: that would keep its argument and a moved copy of it.)
+fn write_batch(
     sink: &mut Sink,
     batch: super::queue::Batch<Outbound>,
-) -> Result<(), axum::Error> {
-    for item in batch.items {
-        let text = match item {
-            Outbound::Event(frame) => frame.json_message().clone(),
-            Outbound::Control(text) => Utf8Bytes::from(text),
-            Outbound::Ping => {
-                sink.feed(Message::Ping(Default::default())).await?;
-                continue;
-            }
-        };
-        sink.feed(Message::Text(text)).await?;
+) -> impl std::future::Future<Output = Result<(), axum::Error>> + '_ {
+    async move {
+        for item in batch.items {
+            let text = match item {
+                Outbound::Event(frame) => frame.json_message().clone(),
+                Outbound::Control(text) => Utf8Bytes::from(text),
+                Outbound::Ping => {
+                    sink.feed(Message::Ping(Default::default())).await?;
+                    continue;
+                }
+            };
+            sink.feed(Message::Text(text)).await?;
+        }
+        if batch.dropped > 0 {
+            sink.feed(Message::Text(Utf8Bytes::from(json::dropped(batch.dropped))))
+                .await?;
+        }
+        sink.flush().await
     }
-    if batch.dropped > 0 {
-        sink.feed(Message::Text(Utf8Bytes::from(json::dropped(batch.dropped))))
-            .await?;
-    }
-    sink.flush().await
 }
 
 /// Ends a session whose socket stopped accepting writes.

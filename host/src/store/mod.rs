@@ -1,6 +1,6 @@
 //! Durable state through sqlx: SQLite (embedded, the default) or
 //! PostgreSQL (clusters). Queries are written once with `$n` placeholders,
-//! which both databases accept, and checked at runtime, so building needs no
+//! which both databases accept (generated multi-row ones: see [`Params`]), and checked at runtime, so building needs no
 //! database. Migrations under `migrations/<database>/` are embedded and
 //! applied at start.
 
@@ -86,15 +86,72 @@ fn in_list(first: usize, n: usize) -> String {
 const EVENT_ROWS_PER_INSERT: usize = 256;
 const HISTORY_ROWS_PER_INSERT: usize = 512;
 
-/// `($1, $2, …), ($n+1, …)` for `rows` rows of `width` parameters.
-fn placeholders(rows: usize, width: usize) -> String {
-    (0..rows)
-        .map(|r| {
-            let cols: Vec<String> = (1..=width).map(|c| format!("${}", r * width + c)).collect();
-            format!("({})", cols.join(", "))
-        })
-        .collect::<Vec<_>>()
-        .join(", ")
+/// How a generated statement (a multi-row INSERT, an `IN` list) writes
+/// its parameters, every one used once and in order.
+///
+/// SQLite gets anonymous `?`: sqlx finds the argument of a numbered
+/// parameter through `sqlite3_bind_parameter_name`, a linear walk of the
+/// statement's parameter names, so binding a statement of n `$n`
+/// parameters costs O(n²) — a 512-row history INSERT 2,048² steps, and the
+/// first symbol in a connection storm's profile.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Params {
+    /// `$1, $2, …` (PostgreSQL).
+    Numbered,
+    /// `?, ?, …` (SQLite).
+    Anonymous,
+}
+
+impl Params {
+    /// `($1, $2, …), ($n+1, …)` for `rows` rows of `width` parameters.
+    pub(crate) fn rows(self, rows: usize, width: usize) -> String {
+        let mut out = String::with_capacity(rows * width * 5);
+        for r in 0..rows {
+            if r > 0 {
+                out.push_str(", ");
+            }
+            out.push('(');
+            for c in 1..=width {
+                if c > 1 {
+                    out.push_str(", ");
+                }
+                self.push(&mut out, r * width + c);
+            }
+            out.push(')');
+        }
+        out
+    }
+
+    /// `$1, $2, …` for `n` parameters.
+    pub(crate) fn list(self, n: usize) -> String {
+        let mut out = String::with_capacity(n * 5);
+        for i in 1..=n {
+            if i > 1 {
+                out.push_str(", ");
+            }
+            self.push(&mut out, i);
+        }
+        out
+    }
+
+    fn push(self, out: &mut String, i: usize) {
+        match self {
+            Params::Numbered => {
+                use std::fmt::Write;
+                let _ = write!(out, "${i}");
+            }
+            Params::Anonymous => out.push('?'),
+        }
+    }
+}
+
+/// Whether a generated statement of `n` rows (or list items) is worth
+/// keeping prepared: sqlx caches every distinct SQL text per connection,
+/// and a batch of each size between 1 and the maximum would fill that
+/// cache with large one-off programs (about 800 bytes per session of a
+/// connection storm's RSS). Small batches and full ones recur.
+pub(crate) fn recurring(n: usize, max: usize) -> bool {
+    n <= 8 || n == max
 }
 
 /// The most events one replay returns; further behind is a reset.
@@ -111,6 +168,14 @@ fn redact(url: &str) -> String {
 }
 
 impl Store {
+    /// How generated statements write their parameters here.
+    pub(crate) fn params(&self) -> Params {
+        match self {
+            Store::Sqlite(_) => Params::Anonymous,
+            Store::Postgres(_) => Params::Numbered,
+        }
+    }
+
     /// Opens (creating a SQLite file and its directory if needed) and
     /// migrates.
     pub async fn open(config: &StoreConfig) -> Result<Store, StoreError> {
@@ -239,15 +304,17 @@ impl Store {
         // An event that joins no stream needs no body either.
         let kept: std::collections::HashSet<EventId> = routes.iter().map(|(_, id)| *id).collect();
         let rows: Vec<Row> = rows.into_iter().filter(|r| kept.contains(&r.id)).collect();
+        let params = self.params();
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             for chunk in rows.chunks(EVENT_ROWS_PER_INSERT) {
                 let sql = format!(
                     "INSERT INTO sy_events (epoch, seq, topic, name, data, headers, sender, created_ms) \
                      VALUES {} ON CONFLICT (epoch, seq) DO NOTHING",
-                    placeholders(chunk.len(), 8)
+                    params.rows(chunk.len(), 8)
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql));
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .persistent(recurring(chunk.len(), EVENT_ROWS_PER_INSERT));
                 for r in chunk {
                     q = q
                         .bind(r.id.epoch as i64)
@@ -265,9 +332,10 @@ impl Store {
                 let sql = format!(
                     "INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES {} \
                      ON CONFLICT (topic, epoch, seq) DO NOTHING",
-                    placeholders(chunk.len(), 4)
+                    params.rows(chunk.len(), 4)
                 );
-                let mut q = sqlx::query(AssertSqlSafe(sql));
+                let mut q = sqlx::query(AssertSqlSafe(sql))
+                    .persistent(recurring(chunk.len(), HISTORY_ROWS_PER_INSERT));
                 for (topic, id) in chunk {
                     q = q
                         .bind(topic.as_str())
@@ -359,10 +427,11 @@ impl Store {
         }
         let sql = format!(
             "SELECT user_id, epoch, seq FROM sy_inbox_cursor WHERE user_id IN ({})",
-            in_list(1, users.len())
+            self.params().list(users.len())
         );
         let rows: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
-            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()));
+            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()))
+                .persistent(recurring(users.len(), usize::MAX));
             for u in &users {
                 q = q.bind(u.as_str());
             }
@@ -392,10 +461,11 @@ impl Store {
         }
         let sql = format!(
             "SELECT topic, epoch, MAX(seq) FROM sy_history WHERE topic IN ({}) GROUP BY topic, epoch",
-            in_list(1, streams.len())
+            self.params().list(streams.len())
         );
         let rows: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
-            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()));
+            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()))
+                .persistent(recurring(streams.len(), usize::MAX));
             for t in &streams {
                 q = q.bind(t.as_str());
             }
@@ -419,10 +489,11 @@ impl Store {
                  ON CONFLICT (user_id) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq \
                  WHERE excluded.epoch > sy_inbox_cursor.epoch \
                  OR (excluded.epoch = sy_inbox_cursor.epoch AND excluded.seq > sy_inbox_cursor.seq)",
-                placeholders(chunk.len(), 3)
+                self.params().rows(chunk.len(), 3)
             );
             on_pool!(self, |pool| {
-                let mut q = sqlx::query(AssertSqlSafe(sql.clone()));
+                let mut q =
+                    sqlx::query(AssertSqlSafe(sql.clone())).persistent(recurring(chunk.len(), 256));
                 for (user, id) in chunk {
                     q = q
                         .bind(user.as_str())
@@ -642,7 +713,10 @@ mod tests {
 
     #[test]
     fn placeholders_number_rows_in_order() {
-        assert_eq!(placeholders(2, 3), "($1, $2, $3), ($4, $5, $6)");
-        assert_eq!(placeholders(1, 1), "($1)");
+        assert_eq!(Params::Numbered.rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
+        assert_eq!(Params::Numbered.rows(1, 1), "($1)");
+        assert_eq!(Params::Anonymous.rows(2, 2), "(?, ?), (?, ?)");
+        assert_eq!(Params::Numbered.list(3), "$1, $2, $3");
+        assert_eq!(Params::Anonymous.list(3), "?, ?, ?");
     }
 }

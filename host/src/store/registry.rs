@@ -12,7 +12,7 @@ use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use super::{Store, StoreError, on_pool, placeholders};
+use super::{Store, StoreError, on_pool, recurring};
 
 /// A session as the registry keeps it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -194,15 +194,17 @@ impl Store {
         opened: &[Entry],
         closed: &[String],
     ) -> Result<(), StoreError> {
+        let params = self.params();
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
             for chunk in opened.chunks(256) {
                 let sql = format!(
                     "INSERT INTO sy_sessions (session_id, node, protocol, user_id, connected_ms, heartbeat_ms) \
                      VALUES {} ON CONFLICT (session_id) DO NOTHING",
-                    placeholders(chunk.len(), 6)
+                    params.rows(chunk.len(), 6)
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                let mut q =
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(recurring(chunk.len(), 256));
                 for e in chunk {
                     q = q
                         .bind(e.session.as_str())
@@ -217,9 +219,10 @@ impl Store {
             for chunk in closed.chunks(256) {
                 let sql = format!(
                     "DELETE FROM sy_sessions WHERE session_id IN ({})",
-                    super::in_list(1, chunk.len())
+                    params.list(chunk.len())
                 );
-                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                let mut q =
+                    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(recurring(chunk.len(), 256));
                 for id in chunk {
                     q = q.bind(id.as_str());
                 }
