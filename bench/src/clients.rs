@@ -108,10 +108,13 @@ pub async fn open(
 ) -> Sessions {
     let (stop, stopped) = watch::channel(false);
     let gate = Arc::new(Semaphore::new(parallel));
+    let bearers: Vec<Option<String>> = (0..n)
+        .map(|i| crate::target::bearer(server, &format!("user{i}")))
+        .collect();
     let started = Instant::now();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<Result<(), String>>();
     let mut tasks = Vec::with_capacity(n);
-    for i in 0..n {
+    for (i, bearer) in bearers.into_iter().enumerate() {
         let server = server.clone();
         let topics = topics_of(i);
         let tally = tally.clone();
@@ -120,7 +123,7 @@ pub async fn open(
         let stopped = stopped.clone();
         tasks.push(tokio::spawn(async move {
             let permit = gate.acquire_owned().await;
-            let opened = session(&server, i, source(i), &format!("user{i}"), &topics).await;
+            let opened = session(&server, i, source(i), bearer.as_deref(), &topics).await;
             drop(permit);
             match opened {
                 Ok(ws) => {

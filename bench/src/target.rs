@@ -367,7 +367,12 @@ pub fn token(user: &str) -> String {
 }
 
 /// Opens a WebSocket to node `node` of `server` from the local address `from`.
-async fn open(server: &Server, node: usize, from: IpAddr, user: &str) -> anyhow::Result<Ws> {
+async fn open(
+    server: &Server,
+    node: usize,
+    from: IpAddr,
+    bearer: Option<&str>,
+) -> anyhow::Result<Ws> {
     let addr = server.ws_addrs[node % server.ws_addrs.len()];
     let socket = TcpSocket::new_v4()?;
     socket.bind(SocketAddr::new(from, 0))?;
@@ -376,7 +381,9 @@ async fn open(server: &Server, node: usize, from: IpAddr, user: &str) -> anyhow:
     let mut req = format!("ws://{addr}/v1/ws").into_client_request()?;
     if server.kind == Kind::Switchyard {
         let h = req.headers_mut();
-        h.insert("authorization", format!("Bearer {}", token(user)).parse()?);
+        if let Some(bearer) = bearer {
+            h.insert("authorization", bearer.parse()?);
+        }
         h.insert("sec-websocket-protocol", "switchyard.v1".parse()?);
     }
     // 16 KiB: room for a batch of events per read without tungstenite's
@@ -405,16 +412,22 @@ async fn next_text(ws: &mut Ws) -> anyhow::Result<String> {
     }
 }
 
-/// A session of `user` on node `node` subscribed to `topics`: returns
-/// once the server confirmed every subscription.
+/// The `Authorization` header of `user` for `server` (Switchyard's alone),
+/// made before a run: a client has its token when it connects.
+pub fn bearer(server: &Server, user: &str) -> Option<String> {
+    (server.kind == Kind::Switchyard).then(|| format!("Bearer {}", token(user)))
+}
+
+/// A session on node `node` (with `bearer`, [`bearer`]) subscribed to
+/// `topics`: returns once the server confirmed every subscription.
 pub async fn session(
     server: &Server,
     node: usize,
     from: IpAddr,
-    user: &str,
+    bearer: Option<&str>,
     topics: &[String],
 ) -> anyhow::Result<Ws> {
-    let mut ws = open(server, node, from, user).await?;
+    let mut ws = open(server, node, from, bearer).await?;
     match server.kind {
         Kind::Switchyard => {
             let welcome = next_text(&mut ws).await?;
@@ -489,14 +502,28 @@ impl Publisher {
         }
         Ok(match server.kind {
             Kind::Switchyard => {
-                let mut ws = open(server, 0, local, "bench-publisher").await?;
+                let mut ws = open(
+                    server,
+                    0,
+                    local,
+                    self::bearer(server, "bench-publisher").as_deref(),
+                )
+                .await?;
                 next_text(&mut ws).await?;
                 let (sink, mut source) = ws.split();
                 tokio::spawn(async move { while source.next().await.is_some() {} });
                 Publisher::Switchyard(sink, 0)
             }
             Kind::Nats => bail!("nats-server without a client listener"),
-            Kind::Bare => Publisher::Bare(open(server, 0, local, "bench-publisher").await?),
+            Kind::Bare => Publisher::Bare(
+                open(
+                    server,
+                    0,
+                    local,
+                    self::bearer(server, "bench-publisher").as_deref(),
+                )
+                .await?,
+            ),
         })
     }
 

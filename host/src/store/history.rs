@@ -58,6 +58,8 @@ pub struct History {
 const BACKLOG: usize = 65_536;
 /// The most records in one transaction.
 const BATCH: usize = 1024;
+/// How long a small batch waits for more records.
+const LINGER: Duration = Duration::from_millis(5);
 /// How often retention runs.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// A missing sequence the watermark waits for before moving past it.
@@ -204,6 +206,19 @@ async fn write_loop(
         };
         if n == 0 && closing {
             break;
+        }
+        if n > 0 && n < BATCH / 2 && !closing {
+            // A trickle of events: wait a moment for more, so that a batch
+            // is one transaction of many rows rather than one per event
+            // (each statement is two thread hand-offs through sqlx's SQLite
+            // worker). Replay waits on the watermark, so it sees this too.
+            tokio::time::sleep(LINGER).await;
+            while batch.len() < BATCH {
+                match rx.try_recv() {
+                    Ok(record) => batch.push(record),
+                    Err(_) => break,
+                }
+            }
         }
         let mut routed = Vec::with_capacity(batch.len());
         let mut delivered: HashMap<String, EventId> = HashMap::new();
