@@ -634,6 +634,7 @@ pub async fn heartbeats(
 
 /// Writes a batch in one flush. (A function returning a block, not an
 /// `async fn`: that would keep its argument and a moved copy of it.)
+#[allow(clippy::manual_async_fn)]
 fn write_batch(
     sink: &mut Sink,
     batch: super::queue::Batch<Outbound>,
