@@ -515,15 +515,7 @@ impl Publisher {
                 Publisher::Switchyard(sink, 0)
             }
             Kind::Nats => bail!("nats-server without a client listener"),
-            Kind::Bare => Publisher::Bare(
-                open(
-                    server,
-                    0,
-                    local,
-                    self::bearer(server, "bench-publisher").as_deref(),
-                )
-                .await?,
-            ),
+            Kind::Bare => Publisher::Bare(open(server, 0, local, None).await?),
         })
     }
 

@@ -59,10 +59,6 @@ pub enum Recovery {
     Reset,
 }
 
-/// The most keys one batched store lookup asks for (well under SQLite's
-/// and PostgreSQL's bound-parameter limits).
-const LOOKUP_BATCH: usize = 256;
-
 /// Everything the handlers share.
 pub struct Gateway {
     /// The config it started with.
@@ -163,14 +159,14 @@ impl Gateway {
         let rate = config.limits.accept_rate;
         let inbox_cursors = {
             let store = store.clone();
-            BatchedLookup::start(LOOKUP_BATCH, move |users| {
+            BatchedLookup::start(crate::store::LOOKUP_BATCH, move |users| {
                 let store = store.clone();
                 async move { store.inbox_cursors(users).await }
             })
         };
         let inbox_heads = {
             let store = store.clone();
-            BatchedLookup::start(LOOKUP_BATCH, move |streams| {
+            BatchedLookup::start(crate::store::LOOKUP_BATCH, move |streams| {
                 let store = store.clone();
                 async move { store.stream_heads(streams).await }
             })

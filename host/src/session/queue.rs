@@ -253,6 +253,20 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_drained_queue_keeps_no_buffer() {
+        let q = OutboundQueue::new(64, SlowConsumerPolicy::Disconnect, NO_GRACE);
+        for i in 0..10 {
+            q.push(i);
+        }
+        assert_eq!(q.next_batch().await.items.len(), 10);
+        assert_eq!(
+            q.lock().items.capacity(),
+            0,
+            "an idle session holds no queue buffer"
+        );
+    }
+
+    #[tokio::test]
     async fn drop_oldest_keeps_the_newest_events_and_every_control() {
         let q = OutboundQueue::new(2, SlowConsumerPolicy::DropOldest, NO_GRACE);
         assert!(q.push_control(100));

@@ -1,7 +1,7 @@
 //! Durable state through sqlx: SQLite (embedded, the default) or
 //! PostgreSQL (clusters). Queries are written once with `$n` placeholders,
-//! which both databases accept (generated multi-row ones: see [`Params`]), and checked at runtime, so building needs no
-//! database. Migrations under `migrations/<database>/` are embedded and
+//! which both databases accept (generated multi-row ones: see [`Params`]),
+//! and checked at runtime, so building needs no database. Migrations under `migrations/<database>/` are embedded and
 //! applied at start.
 
 pub mod batched;
@@ -73,13 +73,12 @@ pub enum Replay {
     Reset,
 }
 
-/// `$first, $first+1, …` for `n` parameters.
-fn in_list(first: usize, n: usize) -> String {
-    (first..first + n)
-        .map(|i| format!("${i}"))
-        .collect::<Vec<_>>()
-        .join(", ")
-}
+/// The most keys one batched lookup asks for ([`batched`]; well under
+/// SQLite's and PostgreSQL's bound-parameter limits).
+pub const LOOKUP_BATCH: usize = 256;
+
+/// Delivery cursors per multi-row upsert.
+const CURSOR_ROWS_PER_INSERT: usize = 256;
 
 /// Rows per multi-row INSERT (8 and 4 parameters a row; both databases
 /// take far more parameters than this per statement).
@@ -105,33 +104,33 @@ pub(crate) enum Params {
 impl Params {
     /// `($1, $2, …), ($n+1, …)` for `rows` rows of `width` parameters.
     pub(crate) fn rows(self, rows: usize, width: usize) -> String {
-        let mut out = String::with_capacity(rows * width * 5);
+        let mut out = String::with_capacity(rows * (width * 5 + 4));
         for r in 0..rows {
             if r > 0 {
                 out.push_str(", ");
             }
             out.push('(');
-            for c in 1..=width {
-                if c > 1 {
-                    out.push_str(", ");
-                }
-                self.push(&mut out, r * width + c);
-            }
+            self.push_run(&mut out, r * width + 1, width);
             out.push(')');
         }
         out
     }
 
-    /// `$1, $2, …` for `n` parameters.
-    pub(crate) fn list(self, n: usize) -> String {
+    /// `$first, $first+1, …` for `n` parameters (`?, ?, …` anonymous:
+    /// then `first` must follow the statement's other parameters).
+    pub(crate) fn list(self, first: usize, n: usize) -> String {
         let mut out = String::with_capacity(n * 5);
-        for i in 1..=n {
-            if i > 1 {
+        self.push_run(&mut out, first, n);
+        out
+    }
+
+    fn push_run(self, out: &mut String, first: usize, n: usize) {
+        for i in first..first + n {
+            if i > first {
                 out.push_str(", ");
             }
-            self.push(&mut out, i);
+            self.push(out, i);
         }
-        out
     }
 
     fn push(self, out: &mut String, i: usize) {
@@ -374,7 +373,7 @@ impl Store {
         if streams.is_empty() {
             return Ok(Replay::Events(Vec::new()));
         }
-        let list = in_list(2, streams.len());
+        let list = Params::Numbered.list(2, streams.len());
         let trimmed_sql =
             format!("SELECT MAX(upto) FROM sy_trimmed WHERE epoch = $1 AND topic IN ({list})");
         let (trimmed,): (Option<i64>,) = on_pool!(self, |pool| {
@@ -427,11 +426,11 @@ impl Store {
         }
         let sql = format!(
             "SELECT user_id, epoch, seq FROM sy_inbox_cursor WHERE user_id IN ({})",
-            self.params().list(users.len())
+            self.params().list(1, users.len())
         );
         let rows: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
             let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()))
-                .persistent(recurring(users.len(), usize::MAX));
+                .persistent(recurring(users.len(), LOOKUP_BATCH));
             for u in &users {
                 q = q.bind(u.as_str());
             }
@@ -461,11 +460,11 @@ impl Store {
         }
         let sql = format!(
             "SELECT topic, epoch, MAX(seq) FROM sy_history WHERE topic IN ({}) GROUP BY topic, epoch",
-            self.params().list(streams.len())
+            self.params().list(1, streams.len())
         );
         let rows: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
             let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()))
-                .persistent(recurring(streams.len(), usize::MAX));
+                .persistent(recurring(streams.len(), LOOKUP_BATCH));
             for t in &streams {
                 q = q.bind(t.as_str());
             }
@@ -483,7 +482,7 @@ impl Store {
 
     /// Moves users' delivery cursors forward (never back).
     pub async fn mark_delivered(&self, cursors: &[(String, EventId)]) -> Result<(), StoreError> {
-        for chunk in cursors.chunks(256) {
+        for chunk in cursors.chunks(CURSOR_ROWS_PER_INSERT) {
             let sql = format!(
                 "INSERT INTO sy_inbox_cursor (user_id, epoch, seq) VALUES {} \
                  ON CONFLICT (user_id) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq \
@@ -492,8 +491,8 @@ impl Store {
                 self.params().rows(chunk.len(), 3)
             );
             on_pool!(self, |pool| {
-                let mut q =
-                    sqlx::query(AssertSqlSafe(sql.clone())).persistent(recurring(chunk.len(), 256));
+                let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
+                    .persistent(recurring(chunk.len(), CURSOR_ROWS_PER_INSERT));
                 for (user, id) in chunk {
                     q = q
                         .bind(user.as_str())
@@ -523,7 +522,7 @@ impl Store {
              WHERE e.epoch = $1 AND e.seq IN (SELECT DISTINCT h.seq FROM sy_history h \
              WHERE h.epoch = $1 AND h.topic IN ({}) AND h.seq > ${}) \
              ORDER BY e.seq LIMIT ${}",
-            in_list(2, streams.len()),
+            Params::Numbered.list(2, streams.len()),
             streams.len() + 2,
             streams.len() + 3
         );
@@ -716,7 +715,8 @@ mod tests {
         assert_eq!(Params::Numbered.rows(2, 3), "($1, $2, $3), ($4, $5, $6)");
         assert_eq!(Params::Numbered.rows(1, 1), "($1)");
         assert_eq!(Params::Anonymous.rows(2, 2), "(?, ?), (?, ?)");
-        assert_eq!(Params::Numbered.list(3), "$1, $2, $3");
-        assert_eq!(Params::Anonymous.list(3), "?, ?, ?");
+        assert_eq!(Params::Numbered.list(1, 3), "$1, $2, $3");
+        assert_eq!(Params::Numbered.list(2, 2), "$2, $3");
+        assert_eq!(Params::Anonymous.list(1, 3), "?, ?, ?");
     }
 }

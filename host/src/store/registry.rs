@@ -14,6 +14,9 @@ use tokio_util::task::TaskTracker;
 
 use super::{Store, StoreError, on_pool, recurring};
 
+/// Sessions opened or closed per multi-row statement.
+const ROWS_PER_STATEMENT: usize = 256;
+
 /// A session as the registry keeps it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct Entry {
@@ -197,14 +200,14 @@ impl Store {
         let params = self.params();
         on_pool!(self, |pool| {
             let mut tx = pool.begin().await?;
-            for chunk in opened.chunks(256) {
+            for chunk in opened.chunks(ROWS_PER_STATEMENT) {
                 let sql = format!(
                     "INSERT INTO sy_sessions (session_id, node, protocol, user_id, connected_ms, heartbeat_ms) \
                      VALUES {} ON CONFLICT (session_id) DO NOTHING",
                     params.rows(chunk.len(), 6)
                 );
-                let mut q =
-                    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(recurring(chunk.len(), 256));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .persistent(recurring(chunk.len(), ROWS_PER_STATEMENT));
                 for e in chunk {
                     q = q
                         .bind(e.session.as_str())
@@ -216,13 +219,13 @@ impl Store {
                 }
                 q.execute(&mut *tx).await?;
             }
-            for chunk in closed.chunks(256) {
+            for chunk in closed.chunks(ROWS_PER_STATEMENT) {
                 let sql = format!(
                     "DELETE FROM sy_sessions WHERE session_id IN ({})",
-                    params.list(chunk.len())
+                    params.list(1, chunk.len())
                 );
-                let mut q =
-                    sqlx::query(sqlx::AssertSqlSafe(sql)).persistent(recurring(chunk.len(), 256));
+                let mut q = sqlx::query(sqlx::AssertSqlSafe(sql))
+                    .persistent(recurring(chunk.len(), ROWS_PER_STATEMENT));
                 for id in chunk {
                     q = q.bind(id.as_str());
                 }
