@@ -2,7 +2,7 @@
 //! waits on one insert per event), with the watermark below which every
 //! sequence of the epoch has been handled, and retention applied as it goes.
 
-use std::collections::{BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::Store;
-use super::retention::Policy;
+use super::retention::{Headroom, Policy};
 use crate::routing::{EventId, Routed};
 
 /// What the router stage tells the writer.
@@ -62,6 +62,10 @@ const BATCH: usize = 1024;
 const LINGER: Duration = Duration::from_millis(5);
 /// How often retention runs.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
+/// How often the writer forgets what it counted of each stream (see
+/// [`Headroom`]): a stream another node wrote to is over its cap at most
+/// this long.
+const RECOUNT_EVERY: Duration = Duration::from_secs(60);
 /// A missing sequence the watermark waits for before moving past it.
 const GAP_PATIENCE: Duration = Duration::from_secs(10);
 
@@ -189,8 +193,9 @@ async fn write_loop(
     let mut closing = false;
     let mut batch = Vec::with_capacity(BATCH);
     let mut mark: Option<Watermark> = None;
-    let mut written_topics: HashSet<String> = HashSet::new();
+    let mut headroom = Headroom::default();
     let mut last_trim = Instant::now();
+    let mut last_recount = Instant::now();
     let mut written_upto: Option<(u64, u64)> = None;
     loop {
         batch.clear();
@@ -241,8 +246,13 @@ async fn write_loop(
                 m.mark(id.seq);
             }
             if let Record::Routed(r) = record {
-                written_topics.extend(r.topics.iter().cloned());
-                written_topics.extend(r.users.iter().map(|u| super::retention::inbox_stream(u)));
+                // The streams the store keeps this event in (as in `write`).
+                for topic in r.topics.iter().filter(|t| retention.of(t).max_events > 0) {
+                    headroom.wrote(topic, 1);
+                }
+                for user in r.users.iter().filter(|_| retention.keeps_inbox()) {
+                    headroom.wrote(&super::retention::inbox_stream(user), 1);
+                }
                 routed.push(r);
             }
         }
@@ -294,10 +304,18 @@ async fn write_loop(
         }
         if last_trim.elapsed() >= TRIM_EVERY {
             last_trim = Instant::now();
-            let streams: Vec<String> = written_topics.drain().collect();
-            match store.trim(&retention, &streams, now_ms()).await {
-                Ok(n) => {
-                    stats.trimmed.fetch_add(n, Ordering::Relaxed);
+            match store.trim(&retention, &headroom.due(), now_ms()).await {
+                Ok(trimmed) => {
+                    stats.trimmed.fetch_add(trimmed.removed, Ordering::Relaxed);
+                    for (stream, left) in &trimmed.room {
+                        headroom.counted(stream, *left);
+                    }
+                    // After a trim, so that no stream known to be over is
+                    // forgotten.
+                    if last_recount.elapsed() >= RECOUNT_EVERY {
+                        last_recount = Instant::now();
+                        headroom.forget();
+                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "history retention failed"),
             }

@@ -153,6 +153,10 @@ pub(crate) fn recurring(n: usize, max: usize) -> bool {
     n <= 8 || n == max
 }
 
+/// How long a PostgreSQL connection sits idle before it is pinged on its
+/// next use (a server restart is then noticed before a query fails).
+const PING_IDLE_CONNECTIONS_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// The most events one replay returns; further behind is a reset.
 pub const MAX_REPLAY: usize = 10_000;
 
@@ -197,8 +201,12 @@ impl Store {
             {
                 std::fs::create_dir_all(dir).map_err(|e| open_err(&e))?;
             }
+            // No ping before each use: a connection to a local file does
+            // not go away, and every ping is a round trip through sqlx's
+            // worker thread (one more per statement run on the pool).
             let pool = SqlitePoolOptions::new()
                 .max_connections(4)
+                .test_before_acquire(false)
                 .connect_with(options)
                 .await
                 .map_err(|e| open_err(&e))?;
@@ -208,8 +216,19 @@ impl Store {
                 .map_err(|e| StoreError::Migrate(e.to_string()))?;
             Store::Sqlite(pool)
         } else {
+            // A connection is checked only after it sat idle: a ping before
+            // every use doubles the round trips of single statements.
             let pool = PgPoolOptions::new()
                 .max_connections(8)
+                .test_before_acquire(false)
+                .before_acquire(|conn, meta| {
+                    Box::pin(async move {
+                        if meta.idle_for >= PING_IDLE_CONNECTIONS_AFTER {
+                            sqlx::Connection::ping(conn).await?;
+                        }
+                        Ok(true)
+                    })
+                })
                 .connect(url)
                 .await
                 .map_err(|e| open_err(&e))?;
@@ -611,17 +630,19 @@ impl Store {
             .collect())
     }
 
-    /// Applies `policy`: per stream at most `max_events` (checked for the
-    /// streams written lately, `recent`), none older than `max_age_s`;
-    /// records what was removed so that older cursors reset.
+    /// Applies `policy`: none older than `max_age_s`, and at most
+    /// `max_events` in each of the streams `due` (those that may be over:
+    /// see [`retention::Headroom`]); records what was removed so that older
+    /// cursors reset.
     pub async fn trim(
         &self,
         policy: &retention::Policy,
-        recent: &[String],
+        due: &[String],
         now_ms: u64,
-    ) -> Result<u64, StoreError> {
+    ) -> Result<Trimmed, StoreError> {
         let cutoff = |age_s: u64| now_ms.saturating_sub(age_s.saturating_mul(1000)) as i64;
         let mut cut: HashMap<(String, i64), i64> = HashMap::new();
+        let mut trimmed = Trimmed::default();
         // By age: the streams holding a row older than the shortest age
         // any stream keeps, then each against its own age.
         let candidates: Vec<(String,)> = on_pool!(self, |pool| {
@@ -645,35 +666,66 @@ impl Store {
                 cut.insert((stream.clone(), epoch), seq);
             }
         }
-        // By count, for the streams written lately.
-        for stream in recent {
-            let row: Option<(i64, i64)> = on_pool!(self, |pool| {
-                sqlx::query_as(
-                "SELECT epoch, seq FROM sy_history WHERE topic = $1 ORDER BY epoch DESC, seq DESC LIMIT 1 OFFSET $2"
-            )
-            .bind(stream.as_str())
-            .bind(policy.of(stream).max_events as i64)
-            .fetch_optional(pool)
-            .await
-            })?;
-            if let Some((epoch, seq)) = row {
-                let key = (stream.clone(), epoch);
-                let e = cut.entry(key).or_insert(seq);
-                *e = (*e).max(seq);
+        // By count: how many rows each due stream holds (a query per batch
+        // of streams); for those over their cap, the newest row past it.
+        let params = self.params();
+        for chunk in due.chunks(LOOKUP_BATCH) {
+            let sql = format!(
+                "SELECT topic, COUNT(*) FROM sy_history WHERE topic IN ({}) GROUP BY topic",
+                params.list(1, chunk.len())
+            );
+            let held: HashMap<String, i64> = on_pool!(self, |pool| {
+                let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()))
+                    .persistent(recurring(chunk.len(), LOOKUP_BATCH));
+                for stream in chunk {
+                    q = q.bind(stream.as_str());
+                }
+                q.fetch_all(pool).await
+            })?
+            .into_iter()
+            .collect();
+            for stream in chunk {
+                let max = policy.of(stream).max_events;
+                let n = held.get(stream).map_or(0, |n| (*n).max(0) as u64);
+                if n <= max {
+                    trimmed.room.push((stream.clone(), max - n));
+                    continue;
+                }
+                let past: Option<(i64, i64)> = on_pool!(self, |pool| {
+                    sqlx::query_as(
+                        "SELECT epoch, seq FROM sy_history WHERE topic = $1 \
+                         ORDER BY epoch DESC, seq DESC LIMIT 1 OFFSET $2",
+                    )
+                    .bind(stream.as_str())
+                    .bind(max as i64)
+                    .fetch_optional(pool)
+                    .await
+                })?;
+                if let Some((epoch, seq)) = past {
+                    let e = cut.entry((stream.clone(), epoch)).or_insert(seq);
+                    *e = (*e).max(seq);
+                }
+                trimmed.room.push((stream.clone(), 0));
             }
         }
-        let mut removed = 0;
+        // The events whose rows went: those no stream holds any more go too.
+        let mut gone: HashMap<i64, Vec<i64>> = HashMap::new();
         for ((topic, epoch), upto) in &cut {
-            let done = on_pool!(self, |pool| sqlx::query(
-                "DELETE FROM sy_history WHERE topic = $1 AND epoch = $2 AND seq <= $3"
+            let seqs: Vec<(i64,)> =
+                on_pool!(self, |pool| {
+                    sqlx::query_as(
+                "DELETE FROM sy_history WHERE topic = $1 AND epoch = $2 AND seq <= $3 RETURNING seq"
             )
             .bind(topic.as_str())
             .bind(*epoch)
             .bind(*upto)
-            .execute(pool)
+            .fetch_all(pool)
             .await
-            .map(|r| r.rows_affected()))?;
-            removed += done;
+                })?;
+            trimmed.removed += seqs.len() as u64;
+            gone.entry(*epoch)
+                .or_default()
+                .extend(seqs.into_iter().map(|(s,)| s));
             on_pool!(self, |pool| {
                 sqlx::query(
                 "INSERT INTO sy_trimmed (topic, epoch, upto) VALUES ($1, $2, $3) \
@@ -688,19 +740,38 @@ impl Store {
             .map(|_| ())
             })?;
         }
-        if removed > 0 {
-            on_pool!(self, |pool| {
-                sqlx::query(
-                "DELETE FROM sy_events WHERE NOT EXISTS \
-                 (SELECT 1 FROM sy_history h WHERE h.epoch = sy_events.epoch AND h.seq = sy_events.seq)"
-            )
-            .execute(pool)
-            .await
-            .map(|_| ())
-            })?;
+        for (epoch, mut seqs) in gone {
+            seqs.sort_unstable();
+            seqs.dedup();
+            for chunk in seqs.chunks(LOOKUP_BATCH) {
+                let sql = format!(
+                    "DELETE FROM sy_events WHERE epoch = {} AND seq IN ({}) AND NOT EXISTS \
+                     (SELECT 1 FROM sy_history h WHERE h.epoch = sy_events.epoch AND h.seq = sy_events.seq)",
+                    params.list(1, 1),
+                    params.list(2, chunk.len())
+                );
+                on_pool!(self, |pool| {
+                    let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
+                        .persistent(recurring(chunk.len(), LOOKUP_BATCH))
+                        .bind(epoch);
+                    for seq in chunk {
+                        q = q.bind(*seq);
+                    }
+                    q.execute(pool).await.map(|_| ())
+                })?;
+            }
         }
-        Ok(removed)
+        Ok(trimmed)
     }
+}
+
+/// What [`Store::trim`] did.
+#[derive(Debug, Default)]
+pub struct Trimmed {
+    /// History rows removed.
+    pub removed: u64,
+    /// Of the streams counted, how many more rows each takes before its cap.
+    pub room: Vec<(String, u64)>,
 }
 
 /// Shared handle.

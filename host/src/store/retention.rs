@@ -1,6 +1,8 @@
 //! Retention policy (pure): how many events, and how old, each history
 //! stream keeps. A stream is a topic, or a user's inbox.
 
+use std::collections::HashMap;
+
 use crate::config::StoreConfig;
 use crate::routing::TopicPattern;
 
@@ -99,10 +101,125 @@ impl Policy {
     }
 }
 
+/// How many more rows each stream written lately can take before it may
+/// hold more than its `max_events`, from what the writer counted and wrote
+/// since. Retention by count asks the store only about the streams that
+/// may be over (or were never counted), so a trim costs queries in
+/// proportion to the streams at their cap, not to the streams written.
+///
+/// What other writers add (another node that routed while this one did
+/// not) is not seen: [`Headroom::forget`] at an interval bounds how long a
+/// stream can stay over its cap, and the memory held.
+#[derive(Debug, Default)]
+pub struct Headroom {
+    streams: HashMap<String, Room>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Room {
+    /// Written, never counted.
+    Unknown,
+    /// Rows it takes before reaching its cap.
+    Left(u64),
+    /// Written past what it could take.
+    Over,
+}
+
+impl Headroom {
+    /// `rows` more rows were written to `stream`.
+    pub fn wrote(&mut self, stream: &str, rows: u64) {
+        match self.streams.get_mut(stream) {
+            Some(room) => {
+                *room = match *room {
+                    Room::Left(left) if rows <= left => Room::Left(left - rows),
+                    Room::Left(_) | Room::Over => Room::Over,
+                    Room::Unknown => Room::Unknown,
+                }
+            }
+            None => {
+                self.streams.insert(stream.to_owned(), Room::Unknown);
+            }
+        }
+    }
+
+    /// The streams to count (and trim) now.
+    pub fn due(&self) -> Vec<String> {
+        self.streams
+            .iter()
+            .filter(|(_, room)| !matches!(room, Room::Left(_)))
+            .map(|(stream, _)| stream.clone())
+            .collect()
+    }
+
+    /// `stream` was counted: it takes `left` more rows (0 once trimmed to
+    /// its cap).
+    pub fn counted(&mut self, stream: &str, left: u64) {
+        if let Some(room) = self.streams.get_mut(stream) {
+            *room = Room::Left(left);
+        }
+    }
+
+    /// Forgets every count: the streams written next are counted afresh.
+    pub fn forget(&mut self) {
+        self.streams = HashMap::new();
+    }
+
+    /// Streams tracked.
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether none is tracked.
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::config::RetentionRule;
+
+    fn sorted(mut v: Vec<String>) -> Vec<String> {
+        v.sort();
+        v
+    }
+
+    #[test]
+    fn only_streams_never_counted_or_written_past_their_room_are_due() {
+        let mut h = Headroom::default();
+        h.wrote("a", 3);
+        h.wrote("b", 1);
+        assert_eq!(sorted(h.due()), ["a", "b"], "never counted");
+        h.counted("a", 5);
+        h.counted("b", 0);
+        assert!(h.due().is_empty());
+        h.wrote("a", 5);
+        assert!(
+            h.due().is_empty(),
+            "a fills its room exactly: still at most its cap"
+        );
+        h.wrote("a", 1);
+        h.wrote("b", 1);
+        assert_eq!(sorted(h.due()), ["a", "b"]);
+        h.counted("a", 0);
+        assert_eq!(h.due(), ["b"]);
+        h.wrote("b", 7);
+        assert_eq!(h.due(), ["b"], "over stays over until counted");
+    }
+
+    #[test]
+    fn counting_a_stream_not_written_lately_tracks_nothing_and_forget_starts_over() {
+        let mut h = Headroom::default();
+        h.counted("ghost", 3);
+        assert!(h.is_empty());
+        h.wrote("a", 1);
+        h.counted("a", 10);
+        h.forget();
+        assert!(h.is_empty());
+        h.wrote("a", 1);
+        assert_eq!(h.due(), ["a"], "counted afresh after forget");
+    }
 
     fn policy() -> Policy {
         Policy::from_config(&StoreConfig {

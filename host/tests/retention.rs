@@ -1,0 +1,168 @@
+//! Retention in the store, on SQLite and on PostgreSQL: trimming by count
+//! reports how much room each stream it counted has left (what the history
+//! writer uses to ask only about streams that may be over their cap), and
+//! an event goes with its last history row, not before.
+
+mod support;
+
+use std::sync::Arc;
+
+use switchyard_host::config::{RetentionRule, StoreConfig};
+use switchyard_host::routing::{Event, EventId, Routed, Topic};
+use switchyard_host::store::retention::Policy;
+use switchyard_host::store::{Replay, Store};
+
+const EPOCH: u64 = 7;
+
+fn policy() -> Policy {
+    Policy::from_config(&StoreConfig {
+        history_retention: 10,
+        retention: vec![RetentionRule {
+            topics: "keep.>".into(),
+            max_events: Some(1000),
+            max_age_s: None,
+        }],
+        ..StoreConfig::default()
+    })
+}
+
+fn routed(seq: u64, topics: &[&str]) -> Routed {
+    let id = EventId { epoch: EPOCH, seq }.to_string();
+    let topic = Topic::parse(topics[0]).expect("topic");
+    Routed {
+        event: Arc::new(Event::new(
+            id,
+            topic,
+            format!("{{\"n\":{seq}}}").into_bytes(),
+        )),
+        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
+        users: Vec::new(),
+        stamp: 0,
+    }
+}
+
+async fn count(store: &Store, sql: &str) -> i64 {
+    let sql = sqlx::AssertSqlSafe(sql.to_owned());
+    match store {
+        Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+        Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
+    }
+    .expect("count")
+}
+
+async fn seqs_after(store: &Store, seq: u64, stream: &str) -> Option<Vec<u64>> {
+    let since = EventId { epoch: EPOCH, seq };
+    match store
+        .replay(EPOCH, since, &[stream.to_owned()])
+        .await
+        .expect("replay")
+    {
+        Replay::Events(events) => Some(
+            events
+                .iter()
+                .map(|e| EventId::parse(&e.id).expect("id").seq)
+                .collect(),
+        ),
+        Replay::Reset => None,
+    }
+}
+
+fn room(trimmed: &switchyard_host::store::Trimmed, stream: &str) -> Option<u64> {
+    trimmed
+        .room
+        .iter()
+        .find(|(s, _)| s == stream)
+        .map(|(_, left)| *left)
+}
+
+async fn trims_by_count_and_reports_room(url: String) {
+    let store = Store::open(&StoreConfig {
+        url,
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("store");
+    let policy = policy();
+    let now = support::now() * 1000;
+    // 30 events on news.a (keeps 10); the first 5 also on keep.x (keeps 1000).
+    let events: Vec<Routed> = (1..=30)
+        .map(|seq| {
+            if seq <= 5 {
+                routed(seq, &["news.a", "keep.x"])
+            } else {
+                routed(seq, &["news.a"])
+            }
+        })
+        .collect();
+    store
+        .write(&events, EPOCH, 30, now, &policy)
+        .await
+        .expect("write");
+
+    let due = ["news.a".to_owned(), "keep.x".to_owned()];
+    let t = store.trim(&policy, &due, now).await.expect("trim");
+    assert_eq!(t.removed, 20, "news.a keeps its newest 10");
+    assert_eq!(room(&t, "news.a"), Some(0), "trimmed to its cap");
+    assert_eq!(room(&t, "keep.x"), Some(995), "5 of 1000 held");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM sy_history WHERE topic = 'news.a'"
+        )
+        .await,
+        10
+    );
+    // Events 1-5 are still in keep.x's history; 6-20 are in no stream.
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM sy_events").await, 15);
+    assert_eq!(
+        seqs_after(&store, 0, "keep.x").await,
+        Some(vec![1, 2, 3, 4, 5])
+    );
+    assert_eq!(
+        seqs_after(&store, 5, "news.a").await,
+        None,
+        "trimmed: a reset"
+    );
+    assert_eq!(
+        seqs_after(&store, 25, "news.a").await,
+        Some((26..=30).collect())
+    );
+
+    // Three more on news.a: trimmed again to 10; nothing due, nothing done.
+    let more: Vec<Routed> = (31..=33).map(|seq| routed(seq, &["news.a"])).collect();
+    store
+        .write(&more, EPOCH, 33, now, &policy)
+        .await
+        .expect("write");
+    let t = store
+        .trim(&policy, &["news.a".to_owned()], now)
+        .await
+        .expect("trim");
+    assert_eq!((t.removed, room(&t, "news.a")), (3, Some(0)));
+    assert_eq!(
+        seqs_after(&store, 23, "news.a").await,
+        Some((24..=33).collect())
+    );
+    let t = store.trim(&policy, &[], now).await.expect("trim");
+    assert_eq!((t.removed, t.room.len()), (0, 0));
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM sy_events").await, 15);
+
+    // A stream under its cap that was never written reports its full room.
+    let t = store
+        .trim(&policy, &["news.empty".to_owned()], now)
+        .await
+        .expect("trim");
+    assert_eq!(room(&t, "news.empty"), Some(10));
+}
+
+#[tokio::test]
+async fn trims_by_count_and_reports_room_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let url = format!("sqlite://{}", dir.path().join("retention.db").display());
+    trims_by_count_and_reports_room(url).await;
+}
+
+#[tokio::test]
+async fn trims_by_count_and_reports_room_on_postgres() {
+    trims_by_count_and_reports_room(support::fresh_postgres().await).await;
+}
