@@ -128,12 +128,14 @@ impl Gateway {
         let stats = Arc::new(EventStats::default());
         let store = crate::store::Store::open(&config.store).await?;
         let retention = crate::store::retention::Policy::from_config(&config.store);
-        let history = (retention.keeps_topics() || retention.keeps_inbox()).then(|| {
-            Arc::new(crate::store::history::History::start(
-                store.clone(),
+        let history = if retention.keeps_topics() || retention.keeps_inbox() {
+            Some(Arc::new(crate::store::history::History::start(
+                store.for_writer().await?,
                 retention.clone(),
-            ))
-        });
+            )))
+        } else {
+            None
+        };
         let registry = crate::store::registry::Registry::start(
             store.clone(),
             &config.server.node_id,

@@ -155,6 +155,112 @@ async fn trims_by_count_and_reports_room(url: String) {
     assert_eq!(room(&t, "news.empty"), Some(10));
 }
 
+/// Topic, name, headers, sender and data of a replayed event.
+type Replayed = (
+    String,
+    String,
+    Vec<(String, String)>,
+    Option<String>,
+    Vec<u8>,
+);
+
+/// Events written in one batch come back with their own name, headers
+/// and sender (the writer binds each distinct string once per batch).
+async fn replays_what_was_written(url: String) {
+    let store = Store::open(&StoreConfig {
+        url,
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("store");
+    let policy = policy();
+    let mut plain = routed(1, &["news.a"]);
+    let mut named = routed(2, &["news.a"]);
+    let mut tagged = routed(3, &["news.b", "news.a"]);
+    Arc::make_mut(&mut plain.event).sender = Some("ann".into());
+    {
+        let e = Arc::make_mut(&mut named.event);
+        e.name = "typing".into();
+        e.sender = Some("bob".into());
+    }
+    {
+        let e = Arc::make_mut(&mut tagged.event);
+        *e = e.clone().with_header("x-trace", "t-1");
+        e.sender = Some("ann".into());
+    }
+    store
+        .write(
+            &[plain, named, tagged],
+            EPOCH,
+            3,
+            support::now() * 1000,
+            &policy,
+        )
+        .await
+        .expect("write");
+    let since = EventId {
+        epoch: EPOCH,
+        seq: 0,
+    };
+    let Replay::Events(events) = store
+        .replay(EPOCH, since, &["news.a".to_owned()])
+        .await
+        .expect("replay")
+    else {
+        panic!("a reset");
+    };
+    let got: Vec<Replayed> = events
+        .into_iter()
+        .map(|e| {
+            (
+                e.topic.as_str().to_owned(),
+                e.name,
+                e.headers,
+                e.sender,
+                e.data,
+            )
+        })
+        .collect();
+    let header = vec![("x-trace".to_owned(), "t-1".to_owned())];
+    assert_eq!(
+        got,
+        vec![
+            (
+                "news.a".into(),
+                "message".into(),
+                vec![],
+                Some("ann".into()),
+                b"{\"n\":1}".to_vec()
+            ),
+            (
+                "news.a".into(),
+                "typing".into(),
+                vec![],
+                Some("bob".into()),
+                b"{\"n\":2}".to_vec()
+            ),
+            (
+                "news.b".into(),
+                "message".into(),
+                header,
+                Some("ann".into()),
+                b"{\"n\":3}".to_vec()
+            ),
+        ]
+    );
+}
+
+#[tokio::test]
+async fn replays_what_was_written_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    replays_what_was_written(format!("sqlite://{}", dir.path().join("r.db").display())).await;
+}
+
+#[tokio::test]
+async fn replays_what_was_written_on_postgres() {
+    replays_what_was_written(support::fresh_postgres().await).await;
+}
+
 #[tokio::test]
 async fn trims_by_count_and_reports_room_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");

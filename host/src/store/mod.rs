@@ -195,6 +195,10 @@ impl Store {
                 // WAL with NORMAL sync: a power loss may lose the last
                 // transactions, never corrupt the file.
                 .synchronous(SqliteSynchronous::Normal)
+                // Statement journals (every multi-row INSERT inside a
+                // transaction has one) in memory: on disk each was a temp
+                // file created, written and unlinked per statement.
+                .pragma("temp_store", "memory")
                 .busy_timeout(std::time::Duration::from_secs(5));
             if let Some(dir) = options.get_filename().parent()
                 && !dir.as_os_str().is_empty()
@@ -239,6 +243,32 @@ impl Store {
             Store::Postgres(pool)
         };
         Ok(store)
+    }
+
+    /// A store for one long-lived writer (the history writer): on SQLite,
+    /// its own connection to the same file. Each SQLite connection has its
+    /// own page cache, which it drops whenever it finds the file changed by
+    /// another connection; a writer taking turns on the shared pool's
+    /// connections found its cache dropped at every batch and read the
+    /// B-trees it inserts into back from the file. PostgreSQL shares its
+    /// buffers: the shared pool serves.
+    pub async fn for_writer(&self) -> Result<Store, StoreError> {
+        match self {
+            Store::Sqlite(pool) => {
+                let options = (*pool.connect_options()).clone();
+                let own = SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .test_before_acquire(false)
+                    .connect_with(options)
+                    .await
+                    .map_err(|e| StoreError::Open {
+                        url: "the SQLite store".into(),
+                        reason: e.to_string(),
+                    })?;
+                Ok(Store::Sqlite(own))
+            }
+            Store::Postgres(_) => Ok(self.clone()),
+        }
     }
 
     /// Whether the database answers.
@@ -286,39 +316,47 @@ impl Store {
         struct Row<'a> {
             id: EventId,
             event: &'a Event,
-            headers: String,
+            topic: Arc<str>,
+            name: Arc<str>,
+            headers: Arc<str>,
+            sender: Option<Arc<str>>,
         }
+        let mut shared = SharedStrings::default();
         let rows: Vec<Row> = events
             .iter()
             .filter_map(|r| {
+                let headers = if r.event.headers.is_empty() {
+                    shared.get("[]")
+                } else {
+                    Arc::from(
+                        serde_json::to_string(&r.event.headers).unwrap_or_else(|_| "[]".into()),
+                    )
+                };
                 Some(Row {
                     id: EventId::parse(&r.event.id)?,
                     event: &r.event,
-                    headers: serde_json::to_string(&r.event.headers)
-                        .unwrap_or_else(|_| "[]".into()),
+                    topic: shared.get(r.event.topic.as_str()),
+                    name: shared.get(&r.event.name),
+                    headers,
+                    sender: r.event.sender.as_deref().map(|s| shared.get(s)),
                 })
             })
             .collect();
         // The streams each event joins: its topics that keep history, and
         // the inboxes of the users it was addressed to.
         let keep_inbox = policy.keeps_inbox();
-        let routes: Vec<(String, EventId)> = events
-            .iter()
-            .filter_map(|r| Some((r, EventId::parse(&r.event.id)?)))
-            .flat_map(|(r, id)| {
-                let topics = r
-                    .topics
-                    .iter()
-                    .filter(|t| policy.of(t).max_events > 0)
-                    .map(move |t| (t.clone(), id));
-                let inboxes = r
-                    .users
-                    .iter()
-                    .filter(move |_| keep_inbox)
-                    .map(move |u| (retention::inbox_stream(u), id));
-                topics.chain(inboxes)
-            })
-            .collect();
+        let mut routes: Vec<(Arc<str>, EventId)> = Vec::with_capacity(rows.len());
+        for r in events {
+            let Some(id) = EventId::parse(&r.event.id) else {
+                continue;
+            };
+            for t in r.topics.iter().filter(|t| policy.of(t).max_events > 0) {
+                routes.push((shared.get(t), id));
+            }
+            for u in r.users.iter().filter(|_| keep_inbox) {
+                routes.push((Arc::from(retention::inbox_stream(u)), id));
+            }
+        }
         // An event that joins no stream needs no body either.
         let kept: std::collections::HashSet<EventId> = routes.iter().map(|(_, id)| *id).collect();
         let rows: Vec<Row> = rows.into_iter().filter(|r| kept.contains(&r.id)).collect();
@@ -337,11 +375,11 @@ impl Store {
                     q = q
                         .bind(r.id.epoch as i64)
                         .bind(r.id.seq as i64)
-                        .bind(r.event.topic.as_str())
-                        .bind(r.event.name.as_str())
+                        .bind(r.topic.clone())
+                        .bind(r.name.clone())
                         .bind(r.event.data.as_slice())
-                        .bind(r.headers.as_str())
-                        .bind(r.event.sender.as_deref())
+                        .bind(r.headers.clone())
+                        .bind(r.sender.clone())
                         .bind(now_ms as i64);
                 }
                 q.execute(&mut *tx).await?;
@@ -356,7 +394,7 @@ impl Store {
                     .persistent(recurring(chunk.len(), HISTORY_ROWS_PER_INSERT));
                 for (topic, id) in chunk {
                     q = q
-                        .bind(topic.as_str())
+                        .bind(topic.clone())
                         .bind(id.epoch as i64)
                         .bind(id.seq as i64)
                         .bind(now_ms as i64);
@@ -711,9 +749,8 @@ impl Store {
         // The events whose rows went: those no stream holds any more go too.
         let mut gone: HashMap<i64, Vec<i64>> = HashMap::new();
         for ((topic, epoch), upto) in &cut {
-            let seqs: Vec<(i64,)> =
-                on_pool!(self, |pool| {
-                    sqlx::query_as(
+            let seqs: Vec<(i64,)> = on_pool!(self, |pool| {
+                sqlx::query_as(
                 "DELETE FROM sy_history WHERE topic = $1 AND epoch = $2 AND seq <= $3 RETURNING seq"
             )
             .bind(topic.as_str())
@@ -721,7 +758,7 @@ impl Store {
             .bind(*upto)
             .fetch_all(pool)
             .await
-                })?;
+            })?;
             trimmed.removed += seqs.len() as u64;
             gone.entry(*epoch)
                 .or_default()
@@ -772,6 +809,18 @@ pub struct Trimmed {
     pub removed: u64,
     /// Of the streams counted, how many more rows each takes before its cap.
     pub room: Vec<(String, u64)>,
+}
+
+/// One `Arc<str>` per distinct string of a batch: sqlx's SQLite binding
+/// copies a `&str` into a new `Arc<String>` (two allocations per value),
+/// and binds an `Arc<str>` as it is.
+#[derive(Default)]
+struct SharedStrings<'a>(HashMap<&'a str, Arc<str>>);
+
+impl<'a> SharedStrings<'a> {
+    fn get(&mut self, s: &'a str) -> Arc<str> {
+        self.0.entry(s).or_insert_with(|| Arc::from(s)).clone()
+    }
 }
 
 /// Shared handle.
