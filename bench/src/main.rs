@@ -3,7 +3,7 @@
 //! Runs each scenario against each target, one after the other on this
 //! machine, and prints Markdown tables with every figure beside the bare
 //! broadcaster's. Scenarios: `latency`, `fanout`, `topics`, `direct`,
-//! `plugins`, `idle` (default: all). `--quick` divides sessions, rates and
+//! `plugins`, `history`, `idle` (default: all). `--quick` divides sessions, rates and
 //! time by 10 (a smoke run, not a measurement).
 
 use std::time::Duration;
@@ -13,7 +13,9 @@ use switchyard_bench::report::{self, Row};
 use switchyard_bench::scenario::{self, Spec};
 use switchyard_bench::target::{Kind, Options};
 
-const ALL: [&str; 6] = ["latency", "fanout", "topics", "direct", "plugins", "idle"];
+const ALL: [&str; 7] = [
+    "latency", "fanout", "topics", "direct", "plugins", "history", "idle",
+];
 
 /// A throughput scenario: its title, sessions, topics, events/s, whether
 /// events are direct messages over two nodes.
@@ -29,7 +31,7 @@ fn load(name: &str) -> Option<Load> {
     let (title, sessions, topics, rate, direct) = match name {
         "latency" => ("Latency", 1000, 1, 100, false),
         "fanout" => ("(a) Fan-out", 10_000, 1, 100, false),
-        "topics" | "plugins" => ("(b) Many topics", 10_000, 1000, 5000, false),
+        "topics" | "plugins" | "history" => ("(b) Many topics", 10_000, 1000, 5000, false),
         "direct" => (
             "(c) Direct messages to users, two nodes",
             10_000,
@@ -140,6 +142,27 @@ async fn main() -> anyhow::Result<()> {
             println!(
                 "### (f) Plugins on vs off, scenario (b): authorizer + router + transformer on every topic\n\n{}",
                 report::throughput(&rows, "switchyard, no plugins")
+            );
+            continue;
+        }
+        if name == "history" {
+            let mut rows: Vec<Row> = Vec::new();
+            for (label, kind, no_history) in [
+                ("switchyard, history on", Kind::Switchyard, false),
+                ("switchyard, history off", Kind::Switchyard, true),
+                ("bare", Kind::Bare, false),
+            ] {
+                eprintln!("running history: {label}");
+                let options = Options {
+                    no_history,
+                    ..Options::default()
+                };
+                let o = scenario::run(kind, &options, &spec).await?;
+                rows.push((label.to_owned(), o));
+            }
+            println!(
+                "### History on vs off, scenario (b): SQLite history of every topic (the default) or none\n\n{}",
+                report::throughput(&rows, "bare")
             );
             continue;
         }

@@ -52,6 +52,9 @@ pub struct Options {
     /// alternate between the nodes; events enter through the first. The
     /// bare broadcaster has no cluster: it stays one process.
     pub two_nodes: bool,
+    /// Switchyard: keep no history and no inboxes (`store.history_retention
+    /// = 0`, `store.inbox_max_events = 0`), to price writing them.
+    pub no_history: bool,
     /// Where the `switchyard` and `bare-broadcaster` binaries are (default:
     /// next to this one).
     pub bin_dir: Option<PathBuf>,
@@ -182,7 +185,7 @@ impl Server {
                     let config = dir.join(format!("bench-{node}.toml"));
                     std::fs::write(
                         &config,
-                        switchyard_config(port, node, options.plugins, backplane.as_ref()),
+                        switchyard_config(port, node, options, backplane.as_ref()),
                     )?;
                     let mut c = tokio::process::Command::new(sibling(
                         options.bin_dir.as_deref(),
@@ -278,7 +281,7 @@ impl Server {
 fn switchyard_config(
     port: u16,
     node: usize,
-    plugins: bool,
+    options: &Options,
     backplane: Option<&(String, String)>,
 ) -> String {
     let (bus, store) = match backplane {
@@ -290,6 +293,11 @@ fn switchyard_config(
             "kind = \"local\"".to_owned(),
             format!("sqlite://bench-{node}.db"),
         ),
+    };
+    let history = if options.no_history {
+        "history_retention = 0\ninbox_max_events = 0"
+    } else {
+        ""
     };
     let mut text = format!(
         r#"[server]
@@ -306,6 +314,7 @@ jwt_hs256_secret = "{SECRET}"
 
 [store]
 url = "{store}"
+{history}
 
 [limits]
 max_sessions = 1000000
@@ -318,7 +327,7 @@ cache_dir = "cache"
 watch = false
 "#
     );
-    if plugins {
+    if options.plugins {
         let wasm = workspace().join("target/wasm/wasm32-wasip2/plugin");
         text.push_str(&format!(
             r#"
@@ -573,5 +582,26 @@ impl Publisher {
             Publisher::Bare(ws) => ws.flush().await?,
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn no_history_turns_off_topic_history_and_inboxes() {
+        let on = switchyard_config(1, 0, &Options::default(), None);
+        assert!(!on.contains("history_retention"), "{on}");
+        let off = Options {
+            no_history: true,
+            ..Options::default()
+        };
+        let off = switchyard_config(1, 0, &off, None);
+        let store = off.split("[store]").nth(1).unwrap_or_default();
+        assert!(
+            store.contains("history_retention = 0\ninbox_max_events = 0"),
+            "{off}"
+        );
     }
 }

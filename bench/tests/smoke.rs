@@ -12,6 +12,7 @@ fn options() -> Options {
     Options {
         plugins: false,
         two_nodes: false,
+        no_history: false,
         bin_dir: Path::new(env!("CARGO_BIN_EXE_bare-broadcaster"))
             .parent()
             .map(Path::to_path_buf),
@@ -19,6 +20,10 @@ fn options() -> Options {
 }
 
 async fn small_run(kind: Kind) {
+    small_run_with(kind, &options()).await;
+}
+
+async fn small_run_with(kind: Kind, options: &Options) {
     let spec = Spec {
         sessions: 60,
         topics: 7,
@@ -27,7 +32,7 @@ async fn small_run(kind: Kind) {
         size: 256,
         direct: false,
     };
-    let o = scenario::run(kind, &options(), &spec)
+    let o = scenario::run(kind, options, &spec)
         .await
         .unwrap_or_else(|e| panic!("{}: {e:#}", kind.name()));
     assert_eq!((o.opened, o.failures), (60, 0), "{o:?}");
@@ -63,6 +68,15 @@ async fn counts_every_delivery_on_nats_server_websockets() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn counts_every_delivery_on_switchyard() {
     small_run(Kind::Switchyard).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counts_every_delivery_on_switchyard_without_history() {
+    let options = Options {
+        no_history: true,
+        ..options()
+    };
+    small_run_with(Kind::Switchyard, &options).await;
 }
 
 /// Scenario (c) at a small scale: sessions alternate between two nodes,

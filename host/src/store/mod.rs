@@ -195,10 +195,6 @@ impl Store {
                 // WAL with NORMAL sync: a power loss may lose the last
                 // transactions, never corrupt the file.
                 .synchronous(SqliteSynchronous::Normal)
-                // Statement journals (every multi-row INSERT inside a
-                // transaction has one) in memory: on disk each was a temp
-                // file created, written and unlinked per statement.
-                .pragma("temp_store", "memory")
                 .busy_timeout(std::time::Duration::from_secs(5));
             if let Some(dir) = options.get_filename().parent()
                 && !dir.as_os_str().is_empty()
@@ -255,7 +251,12 @@ impl Store {
     pub async fn for_writer(&self) -> Result<Store, StoreError> {
         match self {
             Store::Sqlite(pool) => {
-                let options = (*pool.connect_options()).clone();
+                // Statement journals (every multi-row INSERT inside a
+                // transaction has one) in memory: on disk each was a temp
+                // file created, written and unlinked per statement.
+                let options = (*pool.connect_options())
+                    .clone()
+                    .pragma("temp_store", "memory");
                 let own = SqlitePoolOptions::new()
                     .max_connections(1)
                     .test_before_acquire(false)
