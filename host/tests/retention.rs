@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use switchyard_host::config::{RetentionRule, StoreConfig};
 use switchyard_host::routing::{Event, EventId, Routed, Topic};
-use switchyard_host::store::retention::Policy;
+use switchyard_host::store::retention::{Due, Policy};
 use switchyard_host::store::{Replay, Store};
 
 const EPOCH: u64 = 7;
@@ -99,7 +99,10 @@ async fn trims_by_count_and_reports_room(url: String) {
         .await
         .expect("write");
 
-    let due = ["news.a".to_owned(), "keep.x".to_owned()];
+    let due = Due {
+        count: vec!["news.a".to_owned(), "keep.x".to_owned()],
+        over: Vec::new(),
+    };
     let t = store.trim(&policy, &due, now).await.expect("trim");
     assert_eq!(t.removed, 20, "news.a keeps its newest 10");
     assert_eq!(room(&t, "news.a"), Some(0), "trimmed to its cap");
@@ -134,24 +137,30 @@ async fn trims_by_count_and_reports_room(url: String) {
         .write(&more, EPOCH, 33, now, &policy)
         .await
         .expect("write");
-    let t = store
-        .trim(&policy, &["news.a".to_owned()], now)
-        .await
-        .expect("trim");
+    // Known to be over (its room was 0): trimmed without a count.
+    let over = Due {
+        count: Vec::new(),
+        over: vec!["news.a".to_owned()],
+    };
+    let t = store.trim(&policy, &over, now).await.expect("trim");
     assert_eq!((t.removed, room(&t, "news.a")), (3, Some(0)));
     assert_eq!(
         seqs_after(&store, 23, "news.a").await,
         Some((24..=33).collect())
     );
-    let t = store.trim(&policy, &[], now).await.expect("trim");
+    let t = store
+        .trim(&policy, &Due::default(), now)
+        .await
+        .expect("trim");
     assert_eq!((t.removed, t.room.len()), (0, 0));
     assert_eq!(count(&store, "SELECT COUNT(*) FROM sy_events").await, 15);
 
     // A stream under its cap that was never written reports its full room.
-    let t = store
-        .trim(&policy, &["news.empty".to_owned()], now)
-        .await
-        .expect("trim");
+    let empty = Due {
+        count: vec!["news.empty".to_owned()],
+        over: Vec::new(),
+    };
+    let t = store.trim(&policy, &empty, now).await.expect("trim");
     assert_eq!(room(&t, "news.empty"), Some(10));
 }
 

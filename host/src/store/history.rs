@@ -63,8 +63,8 @@ const LINGER: Duration = Duration::from_millis(5);
 /// How often retention runs.
 const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// How often the writer forgets what it counted of each stream (see
-/// [`Headroom`]): a stream another node wrote to is over its cap at most
-/// this long.
+/// [`Headroom`]): rows another node wrote are seen at this node's first
+/// write to the stream after that.
 const RECOUNT_EVERY: Duration = Duration::from_secs(60);
 /// A missing sequence the watermark waits for before moving past it.
 const GAP_PATIENCE: Duration = Duration::from_secs(10);
@@ -246,12 +246,8 @@ async fn write_loop(
                 m.mark(id.seq);
             }
             if let Record::Routed(r) = record {
-                // The streams the store keeps this event in (as in `write`).
-                for topic in r.topics.iter().filter(|t| retention.of(t).max_events > 0) {
-                    headroom.wrote(topic, 1);
-                }
-                for user in r.users.iter().filter(|_| retention.keeps_inbox()) {
-                    headroom.wrote(&super::retention::inbox_stream(user), 1);
+                for stream in retention.streams_of(&r) {
+                    headroom.wrote(&stream, 1);
                 }
                 routed.push(r);
             }
@@ -310,14 +306,12 @@ async fn write_loop(
                     for (stream, left) in &trimmed.room {
                         headroom.counted(stream, *left);
                     }
-                    // After a trim, so that no stream known to be over is
-                    // forgotten.
-                    if last_recount.elapsed() >= RECOUNT_EVERY {
-                        last_recount = Instant::now();
-                        headroom.forget();
-                    }
                 }
                 Err(e) => tracing::warn!(error = %e, "history retention failed"),
+            }
+            if last_recount.elapsed() >= RECOUNT_EVERY {
+                last_recount = Instant::now();
+                headroom.forget();
             }
         }
     }

@@ -195,6 +195,10 @@ impl Store {
                 // WAL with NORMAL sync: a power loss may lose the last
                 // transactions, never corrupt the file.
                 .synchronous(SqliteSynchronous::Normal)
+                // Statement journals (a multi-row statement inside a
+                // transaction has one) in memory: on disk each was a temp
+                // file created, written and unlinked per statement.
+                .pragma("temp_store", "memory")
                 .busy_timeout(std::time::Duration::from_secs(5));
             if let Some(dir) = options.get_filename().parent()
                 && !dir.as_os_str().is_empty()
@@ -251,19 +255,15 @@ impl Store {
     pub async fn for_writer(&self) -> Result<Store, StoreError> {
         match self {
             Store::Sqlite(pool) => {
-                // Statement journals (every multi-row INSERT inside a
-                // transaction has one) in memory: on disk each was a temp
-                // file created, written and unlinked per statement.
-                let options = (*pool.connect_options())
-                    .clone()
-                    .pragma("temp_store", "memory");
+                let options = (*pool.connect_options()).clone();
+                let file = options.get_filename().display().to_string();
                 let own = SqlitePoolOptions::new()
                     .max_connections(1)
                     .test_before_acquire(false)
                     .connect_with(options)
                     .await
                     .map_err(|e| StoreError::Open {
-                        url: "the SQLite store".into(),
+                        url: file,
                         reason: e.to_string(),
                     })?;
                 Ok(Store::Sqlite(own))
@@ -343,19 +343,18 @@ impl Store {
                 })
             })
             .collect();
-        // The streams each event joins: its topics that keep history, and
-        // the inboxes of the users it was addressed to.
-        let keep_inbox = policy.keeps_inbox();
+        // The streams each event joins.
         let mut routes: Vec<(Arc<str>, EventId)> = Vec::with_capacity(rows.len());
         for r in events {
             let Some(id) = EventId::parse(&r.event.id) else {
                 continue;
             };
-            for t in r.topics.iter().filter(|t| policy.of(t).max_events > 0) {
-                routes.push((shared.get(t), id));
-            }
-            for u in r.users.iter().filter(|_| keep_inbox) {
-                routes.push((Arc::from(retention::inbox_stream(u)), id));
+            for stream in policy.streams_of(r) {
+                let stream = match stream {
+                    std::borrow::Cow::Borrowed(s) => shared.get(s),
+                    std::borrow::Cow::Owned(s) => Arc::from(s),
+                };
+                routes.push((stream, id));
             }
         }
         // An event that joins no stream needs no body either.
@@ -676,7 +675,7 @@ impl Store {
     pub async fn trim(
         &self,
         policy: &retention::Policy,
-        due: &[String],
+        due: &retention::Due,
         now_ms: u64,
     ) -> Result<Trimmed, StoreError> {
         let cutoff = |age_s: u64| now_ms.saturating_sub(age_s.saturating_mul(1000)) as i64;
@@ -705,10 +704,12 @@ impl Store {
                 cut.insert((stream.clone(), epoch), seq);
             }
         }
-        // By count: how many rows each due stream holds (a query per batch
-        // of streams); for those over their cap, the newest row past it.
+        // By count: how many rows each stream never counted holds (a query
+        // per batch of streams); for those over their cap, and those known
+        // to be, the newest row past it.
         let params = self.params();
-        for chunk in due.chunks(LOOKUP_BATCH) {
+        let mut over: Vec<&String> = due.over.iter().collect();
+        for chunk in due.count.chunks(LOOKUP_BATCH) {
             let sql = format!(
                 "SELECT topic, COUNT(*) FROM sy_history WHERE topic IN ({}) GROUP BY topic",
                 params.list(1, chunk.len())
@@ -728,76 +729,70 @@ impl Store {
                 let n = held.get(stream).map_or(0, |n| (*n).max(0) as u64);
                 if n <= max {
                     trimmed.room.push((stream.clone(), max - n));
-                    continue;
+                } else {
+                    over.push(stream);
                 }
-                let past: Option<(i64, i64)> = on_pool!(self, |pool| {
-                    sqlx::query_as(
-                        "SELECT epoch, seq FROM sy_history WHERE topic = $1 \
-                         ORDER BY epoch DESC, seq DESC LIMIT 1 OFFSET $2",
-                    )
-                    .bind(stream.as_str())
-                    .bind(max as i64)
-                    .fetch_optional(pool)
-                    .await
-                })?;
-                if let Some((epoch, seq)) = past {
-                    let e = cut.entry((stream.clone(), epoch)).or_insert(seq);
-                    *e = (*e).max(seq);
-                }
-                trimmed.room.push((stream.clone(), 0));
             }
         }
-        // The events whose rows went: those no stream holds any more go too.
-        let mut gone: HashMap<i64, Vec<i64>> = HashMap::new();
-        for ((topic, epoch), upto) in &cut {
-            let seqs: Vec<(i64,)> = on_pool!(self, |pool| {
+        for stream in over {
+            let past: Option<(i64, i64)> = on_pool!(self, |pool| {
                 sqlx::query_as(
-                "DELETE FROM sy_history WHERE topic = $1 AND epoch = $2 AND seq <= $3 RETURNING seq"
-            )
-            .bind(topic.as_str())
-            .bind(*epoch)
-            .bind(*upto)
-            .fetch_all(pool)
-            .await
+                    "SELECT epoch, seq FROM sy_history WHERE topic = $1 \
+                     ORDER BY epoch DESC, seq DESC LIMIT 1 OFFSET $2",
+                )
+                .bind(stream.as_str())
+                .bind(policy.of(stream).max_events as i64)
+                .fetch_optional(pool)
+                .await
             })?;
-            trimmed.removed += seqs.len() as u64;
-            gone.entry(*epoch)
-                .or_default()
-                .extend(seqs.into_iter().map(|(s,)| s));
-            on_pool!(self, |pool| {
-                sqlx::query(
-                "INSERT INTO sy_trimmed (topic, epoch, upto) VALUES ($1, $2, $3) \
-                 ON CONFLICT (topic, epoch) DO UPDATE SET upto = \
-                 CASE WHEN excluded.upto > sy_trimmed.upto THEN excluded.upto ELSE sy_trimmed.upto END"
-            )
-            .bind(topic.as_str())
-            .bind(*epoch)
-            .bind(*upto)
-            .execute(pool)
-            .await
-            .map(|_| ())
-            })?;
+            if let Some((epoch, seq)) = past {
+                let e = cut.entry((stream.clone(), epoch)).or_insert(seq);
+                *e = (*e).max(seq);
+            }
+            trimmed.room.push((stream.clone(), 0));
         }
-        for (epoch, mut seqs) in gone {
-            seqs.sort_unstable();
-            seqs.dedup();
-            for chunk in seqs.chunks(LOOKUP_BATCH) {
-                let sql = format!(
-                    "DELETE FROM sy_events WHERE epoch = {} AND seq IN ({}) AND NOT EXISTS \
-                     (SELECT 1 FROM sy_history h WHERE h.epoch = sy_events.epoch AND h.seq = sy_events.seq)",
-                    params.list(1, 1),
-                    params.list(2, chunk.len())
-                );
-                on_pool!(self, |pool| {
-                    let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
+        // Per stream and epoch, in one transaction: its rows, the record of
+        // the cut, and the bodies of those events no stream holds any more
+        // (an error between them would leave bodies nothing removes).
+        for ((topic, epoch), upto) in &cut {
+            let removed = on_pool!(self, |pool| {
+                let mut tx = pool.begin().await?;
+                let seqs: Vec<(i64,)> = sqlx::query_as(
+                    "DELETE FROM sy_history WHERE topic = $1 AND epoch = $2 AND seq <= $3 RETURNING seq",
+                )
+                .bind(topic.as_str())
+                .bind(*epoch)
+                .bind(*upto)
+                .fetch_all(&mut *tx)
+                .await?;
+                sqlx::query(
+                    "INSERT INTO sy_trimmed (topic, epoch, upto) VALUES ($1, $2, $3) \
+                     ON CONFLICT (topic, epoch) DO UPDATE SET upto = \
+                     CASE WHEN excluded.upto > sy_trimmed.upto THEN excluded.upto ELSE sy_trimmed.upto END",
+                )
+                .bind(topic.as_str())
+                .bind(*epoch)
+                .bind(*upto)
+                .execute(&mut *tx)
+                .await?;
+                for chunk in seqs.chunks(LOOKUP_BATCH) {
+                    let sql = format!(
+                        "DELETE FROM sy_events WHERE epoch = {} AND seq IN ({}) AND NOT EXISTS \
+                         (SELECT 1 FROM sy_history h WHERE h.epoch = sy_events.epoch AND h.seq = sy_events.seq)",
+                        params.list(1, 1),
+                        params.list(2, chunk.len())
+                    );
+                    let mut q = sqlx::query(AssertSqlSafe(sql))
                         .persistent(recurring(chunk.len(), LOOKUP_BATCH))
-                        .bind(epoch);
-                    for seq in chunk {
+                        .bind(*epoch);
+                    for (seq,) in chunk {
                         q = q.bind(*seq);
                     }
-                    q.execute(pool).await.map(|_| ())
-                })?;
-            }
+                    q.execute(&mut *tx).await?;
+                }
+                tx.commit().await.map(|()| seqs.len() as u64)
+            })?;
+            trimmed.removed += removed;
         }
         Ok(trimmed)
     }

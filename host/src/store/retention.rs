@@ -1,10 +1,11 @@
 //! Retention policy (pure): how many events, and how old, each history
 //! stream keeps. A stream is a topic, or a user's inbox.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use crate::config::StoreConfig;
-use crate::routing::TopicPattern;
+use crate::routing::{Routed, TopicPattern};
 
 /// Limits of one stream.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -99,6 +100,23 @@ impl Policy {
     pub fn keeps_inbox(&self) -> bool {
         self.inbox.max_events > 0 && self.inbox.max_age_s > 0
     }
+
+    /// The streams a routed event joins in history: its topics that keep
+    /// events, and the inboxes of the users it was addressed to (when
+    /// inboxes are kept).
+    pub fn streams_of<'a>(&'a self, r: &'a Routed) -> impl Iterator<Item = Cow<'a, str>> + 'a {
+        let topics = r
+            .topics
+            .iter()
+            .filter(|t| self.of(t).max_events > 0)
+            .map(|t| Cow::Borrowed(t.as_str()));
+        let inboxes = r
+            .users
+            .iter()
+            .filter(|_| self.keeps_inbox())
+            .map(|u| Cow::Owned(inbox_stream(u)));
+        topics.chain(inboxes)
+    }
 }
 
 /// How many more rows each stream written lately can take before it may
@@ -113,6 +131,15 @@ impl Policy {
 #[derive(Debug, Default)]
 pub struct Headroom {
     streams: HashMap<String, Room>,
+}
+
+/// What [`Headroom::due`] asks the store to look at.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Due {
+    /// Streams never counted.
+    pub count: Vec<String>,
+    /// Streams written past their room: over their cap.
+    pub over: Vec<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -142,13 +169,18 @@ impl Headroom {
         }
     }
 
-    /// The streams to count (and trim) now.
-    pub fn due(&self) -> Vec<String> {
-        self.streams
-            .iter()
-            .filter(|(_, room)| !matches!(room, Room::Left(_)))
-            .map(|(stream, _)| stream.clone())
-            .collect()
+    /// The streams to count, and those known to be over their cap (to
+    /// trim without counting first).
+    pub fn due(&self) -> Due {
+        let mut due = Due::default();
+        for (stream, room) in &self.streams {
+            match room {
+                Room::Unknown => due.count.push(stream.clone()),
+                Room::Over => due.over.push(stream.clone()),
+                Room::Left(_) => {}
+            }
+        }
+        due
     }
 
     /// `stream` was counted: it takes `left` more rows (0 once trimmed to
@@ -159,9 +191,12 @@ impl Headroom {
         }
     }
 
-    /// Forgets every count: the streams written next are counted afresh.
+    /// Forgets every count (keeping the streams still due): a stream
+    /// written after this is counted afresh.
     pub fn forget(&mut self) {
-        self.streams = HashMap::new();
+        self.streams
+            .retain(|_, room| !matches!(room, Room::Left(_)));
+        self.streams.shrink_to_fit();
     }
 
     /// Streams tracked.
@@ -185,40 +220,82 @@ mod tests {
         v
     }
 
+    /// Every stream due, counted or over.
+    fn due(h: &Headroom) -> Vec<String> {
+        let d = h.due();
+        sorted(d.count.into_iter().chain(d.over).collect())
+    }
+
     #[test]
     fn only_streams_never_counted_or_written_past_their_room_are_due() {
         let mut h = Headroom::default();
         h.wrote("a", 3);
         h.wrote("b", 1);
-        assert_eq!(sorted(h.due()), ["a", "b"], "never counted");
+        assert_eq!(sorted(h.due().count), ["a", "b"], "never counted");
         h.counted("a", 5);
         h.counted("b", 0);
-        assert!(h.due().is_empty());
+        assert_eq!(h.due(), Due::default());
         h.wrote("a", 5);
-        assert!(
-            h.due().is_empty(),
+        assert_eq!(
+            h.due(),
+            Due::default(),
             "a fills its room exactly: still at most its cap"
         );
         h.wrote("a", 1);
         h.wrote("b", 1);
-        assert_eq!(sorted(h.due()), ["a", "b"]);
+        assert_eq!(
+            sorted(h.due().over),
+            ["a", "b"],
+            "over: trimmed without a count"
+        );
         h.counted("a", 0);
-        assert_eq!(h.due(), ["b"]);
+        assert_eq!(due(&h), ["b"]);
         h.wrote("b", 7);
-        assert_eq!(h.due(), ["b"], "over stays over until counted");
+        assert_eq!(h.due().over, ["b"], "over stays over until counted");
     }
 
     #[test]
-    fn counting_a_stream_not_written_lately_tracks_nothing_and_forget_starts_over() {
+    fn counting_a_stream_not_written_lately_tracks_nothing_and_forget_keeps_only_what_is_due() {
         let mut h = Headroom::default();
         h.counted("ghost", 3);
         assert!(h.is_empty());
         h.wrote("a", 1);
         h.counted("a", 10);
+        h.wrote("b", 1);
+        h.counted("b", 0);
+        h.wrote("b", 1);
+        h.wrote("c", 1);
         h.forget();
-        assert!(h.is_empty());
+        assert_eq!(due(&h), ["b", "c"], "over and never counted are kept");
+        assert_eq!(h.len(), 2);
         h.wrote("a", 1);
-        assert_eq!(h.due(), ["a"], "counted afresh after forget");
+        assert_eq!(
+            sorted(h.due().count),
+            ["a", "c"],
+            "a is counted afresh after forget"
+        );
+    }
+
+    #[test]
+    fn an_event_joins_its_topics_that_keep_history_and_the_inboxes_of_its_users() {
+        let mut p = policy();
+        let event = crate::routing::Event::new(
+            "1-1",
+            crate::routing::Topic::parse("news.x").expect("topic"),
+            Vec::new(),
+        );
+        let r = Routed {
+            event: std::sync::Arc::new(event),
+            topics: vec!["news.x".into(), "chat.a".into()],
+            users: vec!["ann".into()],
+            stamp: 0,
+        };
+        let streams: Vec<String> = p.streams_of(&r).map(Cow::into_owned).collect();
+        assert_eq!(streams, ["news.x", "chat.a", "@inbox ann"]);
+        p.rules[0].1.max_events = 0;
+        p.inbox.max_age_s = 0;
+        let streams: Vec<String> = p.streams_of(&r).map(Cow::into_owned).collect();
+        assert_eq!(streams, ["news.x"], "chat.> keeps nothing, inboxes off");
     }
 
     fn policy() -> Policy {
