@@ -281,3 +281,73 @@ async fn trims_by_count_and_reports_room_on_sqlite() {
 async fn trims_by_count_and_reports_room_on_postgres() {
     trims_by_count_and_reports_room(support::fresh_postgres().await).await;
 }
+
+/// Waits (up to 10 s) until `f` holds.
+async fn eventually(what: &str, f: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !f() {
+        assert!(std::time::Instant::now() < deadline, "never: {what}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}
+
+/// The history writer counts a stream once, then trims it by what it
+/// wrote since: a stream that goes over its cap after it was counted is
+/// trimmed on the next tick, and again each time it goes over.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_writer_trims_a_stream_each_time_it_goes_over_its_cap() {
+    use std::sync::atomic::Ordering;
+    use switchyard_host::store::history::{History, Record};
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&StoreConfig {
+        url: format!("sqlite://{}", dir.path().join("w.db").display()),
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("store");
+    let history = History::start(store.for_writer().await.expect("writer"), policy());
+    let held = || {
+        count(
+            &store,
+            "SELECT COUNT(*) FROM sy_history WHERE topic = 'news.a'",
+        )
+    };
+    let mut seq = 0;
+    let mut record = async |n: u64| {
+        for _ in 0..n {
+            seq += 1;
+            history
+                .record(Record::Routed(routed(seq, &["news.a"])))
+                .await;
+        }
+    };
+
+    // 5 of 10: counted on the first tick, nothing to trim.
+    record(5).await;
+    eventually("5 written", || {
+        history.stats.written.load(Ordering::Relaxed) == 5
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(history.stats.trimmed.load(Ordering::Relaxed), 0);
+    // 10 more: 5 past the room counted before, trimmed without a recount.
+    record(10).await;
+    eventually("trimmed to 10", || {
+        history.stats.trimmed.load(Ordering::Relaxed) == 5
+    })
+    .await;
+    assert_eq!(held().await, 10);
+    // One more: over again, trimmed again.
+    record(1).await;
+    eventually("trimmed again", || {
+        history.stats.trimmed.load(Ordering::Relaxed) == 6
+    })
+    .await;
+    assert_eq!(held().await, 10);
+    assert_eq!(
+        seqs_after(&store, 6, "news.a").await,
+        Some((7..=16).collect())
+    );
+    history.flush_and_stop().await;
+}
