@@ -282,6 +282,58 @@ async fn trims_by_count_and_reports_room_on_postgres() {
     trims_by_count_and_reports_room(support::fresh_postgres().await).await;
 }
 
+/// A stream over its cap loses its rows of older epochs too: they are
+/// older than any row of the current one.
+#[tokio::test]
+async fn trimming_by_count_removes_older_epochs_first() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let store = Store::open(&StoreConfig {
+        url: format!("sqlite://{}", dir.path().join("e.db").display()),
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("store");
+    let policy = policy();
+    let now = support::now() * 1000;
+    let in_epoch = |epoch: u64, seq: u64| {
+        let mut r = routed(seq, &["news.a"]);
+        Arc::make_mut(&mut r.event).id = EventId { epoch, seq }.to_string();
+        r
+    };
+    let old: Vec<Routed> = (1..=4).map(|seq| in_epoch(EPOCH - 1, seq)).collect();
+    store
+        .write(&old, EPOCH - 1, 4, now, &policy)
+        .await
+        .expect("write");
+    let new: Vec<Routed> = (1..=12).map(|seq| in_epoch(EPOCH, seq)).collect();
+    store
+        .write(&new, EPOCH, 12, now, &policy)
+        .await
+        .expect("write");
+    let due = Due {
+        count: vec!["news.a".to_owned()],
+        over: Vec::new(),
+    };
+    let t = store.trim(&policy, &due, now).await.expect("trim");
+    assert_eq!(t.removed, 6, "4 of the old epoch, 2 of the new");
+    assert_eq!(
+        count(
+            &store,
+            "SELECT COUNT(*) FROM sy_history WHERE topic = 'news.a'"
+        )
+        .await,
+        10
+    );
+    assert_eq!(
+        count(
+            &store,
+            &format!("SELECT COUNT(*) FROM sy_events WHERE epoch = {}", EPOCH - 1)
+        )
+        .await,
+        0
+    );
+}
+
 /// Waits (up to 10 s) until `f` holds.
 async fn eventually(what: &str, f: impl Fn() -> bool) {
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);

@@ -746,8 +746,22 @@ impl Store {
                 .await
             })?;
             if let Some((epoch, seq)) = past {
-                let e = cut.entry((stream.clone(), epoch)).or_insert(seq);
-                *e = (*e).max(seq);
+                // Rows of older epochs are older still: they go too (else
+                // the stream would stay over its cap until they age out).
+                let older: Vec<(i64, i64)> = on_pool!(self, |pool| {
+                    sqlx::query_as(
+                        "SELECT epoch, MAX(seq) FROM sy_history WHERE topic = $1 AND epoch < $2 \
+                         GROUP BY epoch",
+                    )
+                    .bind(stream.as_str())
+                    .bind(epoch)
+                    .fetch_all(pool)
+                    .await
+                })?;
+                for (epoch, seq) in older.into_iter().chain([(epoch, seq)]) {
+                    let e = cut.entry((stream.clone(), epoch)).or_insert(seq);
+                    *e = (*e).max(seq);
+                }
             }
             trimmed.room.push((stream.clone(), 0));
         }
