@@ -10,8 +10,9 @@ use switchyard_host::gateway::Gateway;
 use switchyard_host::plugin::{CompileCache, EngineSettings, PluginEngine, PluginSet};
 
 /// With `--features mimalloc`: a connection storm and a fan-out spent
-/// about a tenth of the server's CPU in glibc's allocator, which keeps
-/// idle sessions smaller (bench/README.md has both).
+/// about a tenth of the server's CPU in glibc's allocator; glibc stays the
+/// default because it keeps idle sessions smaller (bench/README.md has
+/// both).
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -41,6 +41,20 @@ fn routed(seq: u64, topics: &[&str]) -> Routed {
     }
 }
 
+/// A SQLite store file in `dir`.
+fn sqlite_url(dir: &tempfile::TempDir) -> String {
+    format!("sqlite://{}", dir.path().join("store.db").display())
+}
+
+async fn open(url: String) -> Store {
+    Store::open(&StoreConfig {
+        url,
+        ..StoreConfig::default()
+    })
+    .await
+    .expect("store")
+}
+
 async fn count(store: &Store, sql: &str) -> i64 {
     let sql = sqlx::AssertSqlSafe(sql.to_owned());
     match store {
@@ -76,12 +90,7 @@ fn room(trimmed: &switchyard_host::store::Trimmed, stream: &str) -> Option<u64> 
 }
 
 async fn trims_by_count_and_reports_room(url: String) {
-    let store = Store::open(&StoreConfig {
-        url,
-        ..StoreConfig::default()
-    })
-    .await
-    .expect("store");
+    let store = open(url).await;
     let policy = policy();
     let now = support::now() * 1000;
     // 30 events on news.a (keeps 10); the first 5 also on keep.x (keeps 1000).
@@ -176,12 +185,7 @@ type Replayed = (
 /// Events written in one batch come back with their own name, headers
 /// and sender (the writer binds each distinct string once per batch).
 async fn replays_what_was_written(url: String) {
-    let store = Store::open(&StoreConfig {
-        url,
-        ..StoreConfig::default()
-    })
-    .await
-    .expect("store");
+    let store = open(url).await;
     let policy = policy();
     let mut plain = routed(1, &["news.a"]);
     let mut named = routed(2, &["news.a"]);
@@ -262,7 +266,7 @@ async fn replays_what_was_written(url: String) {
 #[tokio::test]
 async fn replays_what_was_written_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
-    replays_what_was_written(format!("sqlite://{}", dir.path().join("r.db").display())).await;
+    replays_what_was_written(sqlite_url(&dir)).await;
 }
 
 #[tokio::test]
@@ -273,8 +277,7 @@ async fn replays_what_was_written_on_postgres() {
 #[tokio::test]
 async fn trims_by_count_and_reports_room_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let url = format!("sqlite://{}", dir.path().join("retention.db").display());
-    trims_by_count_and_reports_room(url).await;
+    trims_by_count_and_reports_room(sqlite_url(&dir)).await;
 }
 
 #[tokio::test]
@@ -287,12 +290,7 @@ async fn trims_by_count_and_reports_room_on_postgres() {
 #[tokio::test]
 async fn trimming_by_count_removes_older_epochs_first() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&StoreConfig {
-        url: format!("sqlite://{}", dir.path().join("e.db").display()),
-        ..StoreConfig::default()
-    })
-    .await
-    .expect("store");
+    let store = open(sqlite_url(&dir)).await;
     let policy = policy();
     let now = support::now() * 1000;
     let in_epoch = |epoch: u64, seq: u64| {
@@ -352,12 +350,7 @@ async fn the_writer_trims_a_stream_each_time_it_goes_over_its_cap() {
     use switchyard_host::store::history::{History, Record};
 
     let dir = tempfile::tempdir().expect("tempdir");
-    let store = Store::open(&StoreConfig {
-        url: format!("sqlite://{}", dir.path().join("w.db").display()),
-        ..StoreConfig::default()
-    })
-    .await
-    .expect("store");
+    let store = open(sqlite_url(&dir)).await;
     let history = History::start(store.for_writer().await.expect("writer"), policy());
     let held = || {
         count(

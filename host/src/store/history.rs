@@ -246,9 +246,6 @@ async fn write_loop(
                 m.mark(id.seq);
             }
             if let Record::Routed(r) = record {
-                for stream in retention.streams_of(&r) {
-                    headroom.wrote(&stream, 1);
-                }
                 routed.push(r);
             }
         }
@@ -272,7 +269,10 @@ async fn write_loop(
                     .write(&routed, m.epoch, m.upto(), now_ms(), &retention)
                     .await
                 {
-                    Ok(()) => {
+                    Ok(streams) => {
+                        for stream in &streams {
+                            headroom.wrote(stream, 1);
+                        }
                         stats
                             .written
                             .fetch_add(routed.len() as u64, Ordering::Relaxed);

@@ -1,8 +1,8 @@
 //! Durable state through sqlx: SQLite (embedded, the default) or
 //! PostgreSQL (clusters). Queries are written once with `$n` placeholders,
 //! which both databases accept (generated multi-row ones: see [`Params`]),
-//! and checked at runtime, so building needs no database. Migrations under `migrations/<database>/` are embedded and
-//! applied at start.
+//! and checked at runtime, so building needs no database. Migrations under
+//! `migrations/<database>/` are embedded and applied at start.
 
 pub mod batched;
 pub mod history;
@@ -311,7 +311,7 @@ impl Store {
         upto: u64,
         now_ms: u64,
         policy: &retention::Policy,
-    ) -> Result<(), StoreError> {
+    ) -> Result<Vec<Arc<str>>, StoreError> {
         // Flatten first: multi-row INSERTs (one statement per chunk) are
         // an order of magnitude faster than a statement per row.
         struct Row<'a> {
@@ -411,7 +411,7 @@ impl Store {
             .await?;
             tx.commit().await?;
         });
-        Ok(())
+        Ok(routes.into_iter().map(|(stream, _)| stream).collect())
     }
 
     /// The events of `streams` (topics, inboxes) after `since`, in order,

@@ -191,22 +191,24 @@ impl Headroom {
         }
     }
 
+    /// Streams tracked.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    /// Whether none is tracked.
+    #[cfg(test)]
+    fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
     /// Forgets every count (keeping the streams still due): a stream
     /// written after this is counted afresh.
     pub fn forget(&mut self) {
         self.streams
             .retain(|_, room| !matches!(room, Room::Left(_)));
         self.streams.shrink_to_fit();
-    }
-
-    /// Streams tracked.
-    pub fn len(&self) -> usize {
-        self.streams.len()
-    }
-
-    /// Whether none is tracked.
-    pub fn is_empty(&self) -> bool {
-        self.streams.is_empty()
     }
 }
 
