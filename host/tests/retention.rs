@@ -263,6 +263,77 @@ async fn replays_what_was_written(url: String) {
     );
 }
 
+/// Batches of every shape the writer pads (sizes between its padded row
+/// counts, more rows than one statement takes) store each event and each
+/// history row once, and a batch written again changes nothing.
+async fn writes_each_row_of_every_batch_size_once(url: String) {
+    let store = open(url).await;
+    let policy = policy();
+    let mut seq = 0;
+    let mut batches = Vec::new();
+    for size in [1, 8, 9, 13, 100, 257, 300] {
+        let batch: Vec<Routed> = (0..size)
+            .map(|_| {
+                seq += 1;
+                routed(seq, &["news.a", "news.b"])
+            })
+            .collect();
+        let streams = store
+            .write(&batch, EPOCH, seq, support::now() * 1000, &policy)
+            .await
+            .expect("write");
+        assert_eq!(streams.len(), 2 * size as usize);
+        batches.push((batch, seq));
+    }
+    let (again, upto) = &batches[4];
+    store
+        .write(again, EPOCH, *upto, support::now() * 1000, &policy)
+        .await
+        .expect("write again");
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM sy_events").await,
+        seq as i64
+    );
+    assert_eq!(
+        count(&store, "SELECT COUNT(*) FROM sy_history").await,
+        2 * seq as i64
+    );
+    assert_eq!(store.watermark(EPOCH).await.expect("watermark"), seq);
+    let Replay::Events(events) = store
+        .replay(
+            EPOCH,
+            EventId {
+                epoch: EPOCH,
+                seq: 0,
+            },
+            &["news.b".to_owned()],
+        )
+        .await
+        .expect("replay")
+    else {
+        panic!("a reset");
+    };
+    let got: Vec<(u64, Vec<u8>)> = events
+        .iter()
+        .map(|e| (EventId::parse(&e.id).expect("id").seq, e.data.clone()))
+        .collect();
+    let want: Vec<(u64, Vec<u8>)> = (1..=seq)
+        .map(|n| (n, format!("{{\"n\":{n}}}").into_bytes()))
+        .collect();
+    assert_eq!(got, want);
+}
+
+#[tokio::test]
+async fn writes_each_row_of_every_batch_size_once_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    writes_each_row_of_every_batch_size_once(sqlite_url(&dir)).await;
+}
+
+#[tokio::test]
+async fn writes_each_row_of_every_batch_size_once_on_postgres() {
+    writes_each_row_of_every_batch_size_once(support::fresh_postgres().await).await;
+}
+
 #[tokio::test]
 async fn replays_what_was_written_on_sqlite() {
     let dir = tempfile::tempdir().expect("tempdir");

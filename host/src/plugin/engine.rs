@@ -2,9 +2,9 @@
 //! allocator, epoch interruption driven by a ticker thread, and the linker
 //! holding everything a plugin may import.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::thread::JoinHandle;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::thread::{JoinHandle, Thread};
 use std::time::Duration;
 
 use wasmtime::component::{HasSelf, Linker};
@@ -118,6 +118,11 @@ impl PluginEngine {
         u64::try_from(timeout.as_nanos().div_ceil(tick)).unwrap_or(u64::MAX) + 1
     }
 
+    /// What plugin code marks itself running with, so that deadlines tick.
+    pub fn running(&self) -> Arc<Running> {
+        self.ticker.running.clone()
+    }
+
     /// Whether the ticker thread is still running (for readiness).
     pub fn ticking(&self) -> bool {
         self.ticker
@@ -127,31 +132,89 @@ impl PluginEngine {
     }
 }
 
-/// A thread that advances the engine's epoch every tick. It holds only a weak
-/// reference, and stops when told to or when the engine is gone.
+/// Plugin code running now (instantiations and calls). The ticker ticks
+/// only while some runs: a deadline counts ticks from the call's start,
+/// and an idle node then wakes no thread a thousand times a second.
+#[derive(Debug, Default)]
+pub struct Running {
+    calls: AtomicUsize,
+    ticker: OnceLock<Thread>,
+    /// Ticks so far.
+    ticks: AtomicU64,
+}
+
+/// One piece of plugin code running, until dropped.
+#[must_use = "plugin code counts as running only while this is held"]
+pub struct RunningCall<'a>(&'a Running);
+
+impl Running {
+    /// Marks plugin code as running, waking the ticker for the first.
+    pub fn enter(&self) -> RunningCall<'_> {
+        if self.calls.fetch_add(1, Ordering::SeqCst) == 0
+            && let Some(t) = self.ticker.get()
+        {
+            t.unpark();
+        }
+        RunningCall(self)
+    }
+
+    fn idle(&self) -> bool {
+        self.calls.load(Ordering::SeqCst) == 0
+    }
+
+    /// Epoch ticks so far.
+    pub fn ticks(&self) -> u64 {
+        self.ticks.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for RunningCall<'_> {
+    fn drop(&mut self) {
+        self.0.calls.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A thread that advances the engine's epoch every tick while plugin code
+/// runs. It holds only a weak reference, and stops when told to or when
+/// the engine is gone.
 struct Ticker {
     stop: Arc<AtomicBool>,
+    running: Arc<Running>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Ticker {
     fn start(engine: &Engine, tick: Duration) -> std::io::Result<Self> {
         let stop = Arc::new(AtomicBool::new(false));
+        let running = Arc::new(Running::default());
         let weak = engine.weak();
         let flag = stop.clone();
+        let demand = running.clone();
         let handle = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
                 while !flag.load(Ordering::Relaxed) {
+                    if demand.idle() {
+                        // `enter` unparks: a call that starts between the
+                        // check and the park leaves the token, and the park
+                        // returns at once. The timeout only bounds a stop.
+                        std::thread::park_timeout(Duration::from_secs(1));
+                        continue;
+                    }
                     std::thread::sleep(tick);
                     match weak.upgrade() {
-                        Some(engine) => engine.increment_epoch(),
+                        Some(engine) => {
+                            engine.increment_epoch();
+                            demand.ticks.fetch_add(1, Ordering::Relaxed);
+                        }
                         None => break,
                     }
                 }
             })?;
+        let _ = running.ticker.set(handle.thread().clone());
         Ok(Ticker {
             stop,
+            running,
             handle: Some(handle),
         })
     }
@@ -161,7 +224,43 @@ impl Drop for Ticker {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
+            h.thread().unpark();
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_epoch_ticks_only_while_plugin_code_runs() {
+        let engine = PluginEngine::new(EngineSettings {
+            pool_instances: 4,
+            max_memory_mb: 16,
+            ..EngineSettings::default()
+        })
+        .expect("engine");
+        let running = engine.running();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(running.ticks(), 0, "ticked while nothing ran");
+        {
+            let _call = running.enter();
+            let start = std::time::Instant::now();
+            while running.ticks() < 3 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(10),
+                    "no tick while a call ran"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            }
+        }
+        // Once the last call ended, at most the tick under way follows.
+        std::thread::sleep(Duration::from_millis(20));
+        let after = running.ticks();
+        std::thread::sleep(Duration::from_millis(50));
+        assert_eq!(running.ticks(), after, "ticked after the calls ended");
+        assert!(engine.ticking());
     }
 }

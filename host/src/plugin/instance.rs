@@ -72,10 +72,14 @@ pub struct InstanceRecipe {
     pub(super) config_json: Arc<str>,
     pub(super) memory_bytes: usize,
     pub(super) deadline_ticks: u64,
+    /// Marked while plugin code runs (the deadline ticks only then).
+    pub(super) running: Arc<super::engine::Running>,
 }
 
 impl InstanceRecipe {
     fn instantiate(&self) -> Result<WarmInstance, CallError> {
+        // Instantiation runs the component's start code.
+        let _running = self.running.enter();
         let engine = self.pre.engine();
         let state = PluginState::new(
             self.name.clone(),
@@ -210,6 +214,11 @@ impl InstancePool {
     /// Instances currently alive (idle or in use).
     pub fn live(&self) -> usize {
         self.lock().live
+    }
+
+    /// Marks plugin code of this pool as running (deadlines tick only then).
+    pub fn enter(&self) -> super::engine::RunningCall<'_> {
+        self.recipe.running.enter()
     }
 
     /// The deadline each call gets, in epoch ticks.

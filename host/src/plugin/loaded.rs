@@ -101,6 +101,7 @@ impl LoadedPlugin {
             config_json: opts.config_json.into(),
             memory_bytes: opts.memory_mb as usize * 1024 * 1024,
             deadline_ticks: engine.deadline_ticks(opts.timeout),
+            running: engine.running(),
         };
         Ok(LoadedPlugin {
             name,
@@ -250,6 +251,7 @@ impl LoadedPlugin {
             self.metrics.instantiations.fetch_add(1, Ordering::Relaxed);
         }
         let instance = lease.instance();
+        let _running = self.pool.enter();
         instance
             .store
             .set_epoch_deadline(self.pool.deadline_ticks());

@@ -8,6 +8,7 @@ pub mod batched;
 pub mod history;
 pub mod registry;
 pub mod retention;
+mod write;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +20,7 @@ use sqlx::sqlite::{
 };
 
 use crate::config::StoreConfig;
-use crate::routing::{Event, EventId, Routed, Topic};
+use crate::routing::{Event, EventId, Topic};
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -79,11 +80,6 @@ pub const LOOKUP_BATCH: usize = 256;
 
 /// Delivery cursors per multi-row upsert.
 const CURSOR_ROWS_PER_INSERT: usize = 256;
-
-/// Rows per multi-row INSERT (8 and 4 parameters a row; both databases
-/// take far more parameters than this per statement).
-const EVENT_ROWS_PER_INSERT: usize = 256;
-const HISTORY_ROWS_PER_INSERT: usize = 512;
 
 /// How a generated statement (a multi-row INSERT, an `IN` list) writes
 /// its parameters, every one used once and in order.
@@ -199,6 +195,14 @@ impl Store {
                 // transaction has one) in memory: on disk each was a temp
                 // file created, written and unlinked per statement.
                 .pragma("temp_store", "memory")
+                // Checkpoint every 8,192 WAL pages (32 MiB), not SQLite's
+                // 1,000: a checkpoint writes each page changed since the
+                // last back to the file, and history keeps changing the
+                // same pages (the tails of its tables and indexes), so
+                // rarer checkpoints write far fewer pages per event. The
+                // file is cut back to 64 MiB when a reader held it longer.
+                .pragma("wal_autocheckpoint", "8192")
+                .pragma("journal_size_limit", "67108864")
                 .busy_timeout(std::time::Duration::from_secs(5));
             if let Some(dir) = options.get_filename().parent()
                 && !dir.as_os_str().is_empty()
@@ -300,118 +304,6 @@ impl Store {
         .fetch_optional(pool)
         .await)?;
         Ok(row.map_or(0, |(u,)| u as u64))
-    }
-
-    /// Writes routed events and moves the watermark of `epoch` to `upto`
-    /// (never back), in one transaction.
-    pub async fn write(
-        &self,
-        events: &[Routed],
-        epoch: u64,
-        upto: u64,
-        now_ms: u64,
-        policy: &retention::Policy,
-    ) -> Result<Vec<Arc<str>>, StoreError> {
-        // Flatten first: multi-row INSERTs (one statement per chunk) are
-        // an order of magnitude faster than a statement per row.
-        struct Row<'a> {
-            id: EventId,
-            event: &'a Event,
-            topic: Arc<str>,
-            name: Arc<str>,
-            headers: Arc<str>,
-            sender: Option<Arc<str>>,
-        }
-        let mut shared = SharedStrings::default();
-        let rows: Vec<Row> = events
-            .iter()
-            .filter_map(|r| {
-                let headers = if r.event.headers.is_empty() {
-                    shared.get("[]")
-                } else {
-                    Arc::from(
-                        serde_json::to_string(&r.event.headers).unwrap_or_else(|_| "[]".into()),
-                    )
-                };
-                Some(Row {
-                    id: EventId::parse(&r.event.id)?,
-                    event: &r.event,
-                    topic: shared.get(r.event.topic.as_str()),
-                    name: shared.get(&r.event.name),
-                    headers,
-                    sender: r.event.sender.as_deref().map(|s| shared.get(s)),
-                })
-            })
-            .collect();
-        // The streams each event joins.
-        let mut routes: Vec<(Arc<str>, EventId)> = Vec::with_capacity(rows.len());
-        for r in events {
-            let Some(id) = EventId::parse(&r.event.id) else {
-                continue;
-            };
-            for stream in policy.streams_of(r) {
-                let stream = match stream {
-                    std::borrow::Cow::Borrowed(s) => shared.get(s),
-                    std::borrow::Cow::Owned(s) => Arc::from(s),
-                };
-                routes.push((stream, id));
-            }
-        }
-        // An event that joins no stream needs no body either.
-        let kept: std::collections::HashSet<EventId> = routes.iter().map(|(_, id)| *id).collect();
-        let rows: Vec<Row> = rows.into_iter().filter(|r| kept.contains(&r.id)).collect();
-        let params = self.params();
-        on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            for chunk in rows.chunks(EVENT_ROWS_PER_INSERT) {
-                let sql = format!(
-                    "INSERT INTO sy_events (epoch, seq, topic, name, data, headers, sender, created_ms) \
-                     VALUES {} ON CONFLICT (epoch, seq) DO NOTHING",
-                    params.rows(chunk.len(), 8)
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql))
-                    .persistent(recurring(chunk.len(), EVENT_ROWS_PER_INSERT));
-                for r in chunk {
-                    q = q
-                        .bind(r.id.epoch as i64)
-                        .bind(r.id.seq as i64)
-                        .bind(r.topic.clone())
-                        .bind(r.name.clone())
-                        .bind(r.event.data.as_slice())
-                        .bind(r.headers.clone())
-                        .bind(r.sender.clone())
-                        .bind(now_ms as i64);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            for chunk in routes.chunks(HISTORY_ROWS_PER_INSERT) {
-                let sql = format!(
-                    "INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES {} \
-                     ON CONFLICT (topic, epoch, seq) DO NOTHING",
-                    params.rows(chunk.len(), 4)
-                );
-                let mut q = sqlx::query(AssertSqlSafe(sql))
-                    .persistent(recurring(chunk.len(), HISTORY_ROWS_PER_INSERT));
-                for (topic, id) in chunk {
-                    q = q
-                        .bind(topic.clone())
-                        .bind(id.epoch as i64)
-                        .bind(id.seq as i64)
-                        .bind(now_ms as i64);
-                }
-                q.execute(&mut *tx).await?;
-            }
-            sqlx::query(
-                "INSERT INTO sy_watermark (epoch, upto) VALUES ($1, $2) ON CONFLICT (epoch) DO UPDATE SET upto = \
-                 CASE WHEN excluded.upto > sy_watermark.upto THEN excluded.upto ELSE sy_watermark.upto END",
-            )
-            .bind(epoch as i64)
-            .bind(upto as i64)
-            .execute(&mut *tx)
-            .await?;
-            tx.commit().await?;
-        });
-        Ok(routes.into_iter().map(|(stream, _)| stream).collect())
     }
 
     /// The events of `streams` (topics, inboxes) after `since`, in order,
@@ -819,18 +711,6 @@ pub struct Trimmed {
     pub removed: u64,
     /// Of the streams counted, how many more rows each takes before its cap.
     pub room: Vec<(String, u64)>,
-}
-
-/// One `Arc<str>` per distinct string of a batch: sqlx's SQLite binding
-/// copies a `&str` into a new `Arc<String>` (two allocations per value),
-/// and binds an `Arc<str>` as it is.
-#[derive(Default)]
-struct SharedStrings<'a>(HashMap<&'a str, Arc<str>>);
-
-impl<'a> SharedStrings<'a> {
-    fn get(&mut self, s: &'a str) -> Arc<str> {
-        self.0.entry(s).or_insert_with(|| Arc::from(s)).clone()
-    }
 }
 
 /// Shared handle.

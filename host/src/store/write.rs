@@ -1,0 +1,271 @@
+//! Writing routed events: their bodies (`sy_events`), a row per stream
+//! that holds each (`sy_history`) and the watermark, in one transaction.
+//!
+//! Two costs shape it (profile of scenario (b), SQLite's worker thread):
+//! preparing a multi-row INSERT of a row count seen for the first time
+//! (a batch's size varies from one to the next), and each statement's round
+//! trip through sqlx's SQLite worker thread. So an INSERT is padded to one
+//! of a few row counts by repeating its last row (a repeat is a conflict the
+//! statement skips), which keeps every statement prepared; and on SQLite the
+//! statements of a batch go in one multi-statement query, one round trip.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use sqlx::AssertSqlSafe;
+
+use super::{Params, Store, StoreError, on_pool, retention};
+use crate::routing::{Event, EventId, Routed};
+
+/// Rows per multi-row INSERT (8 and 4 parameters a row; both databases
+/// take far more parameters than this per statement).
+const EVENT_ROWS_PER_INSERT: usize = 256;
+const HISTORY_ROWS_PER_INSERT: usize = 512;
+
+/// The row counts above 8 a generated INSERT is padded to: steps of at
+/// most 1.5×, so a statement binds at most half again its rows.
+const PADDED_SIZES: [usize; 12] = [12, 16, 24, 32, 48, 64, 96, 128, 192, 256, 384, 512];
+
+/// The rows an INSERT of `n` rows (at most `max`) is written with: `n`
+/// up to 8, else the next of [`PADDED_SIZES`], never more than `max`.
+pub(crate) fn padded(n: usize, max: usize) -> usize {
+    if n <= 8 {
+        return n;
+    }
+    PADDED_SIZES
+        .iter()
+        .copied()
+        .find(|&s| s >= n)
+        .unwrap_or(n)
+        .min(max)
+        .max(n)
+}
+
+/// `rows`, then its last row again until there are `padded(len, max)`.
+fn padded_rows<T>(rows: &[T], max: usize) -> impl Iterator<Item = &T> {
+    let pad = padded(rows.len(), max) - rows.len();
+    rows.iter().chain(
+        rows.last()
+            .into_iter()
+            .flat_map(move |l| std::iter::repeat_n(l, pad)),
+    )
+}
+
+/// One event body to write.
+struct Body<'a> {
+    id: EventId,
+    event: &'a Event,
+    topic: Arc<str>,
+    name: Arc<str>,
+    headers: Arc<str>,
+    sender: Option<Arc<str>>,
+}
+
+/// One statement of a write.
+enum Piece<'a> {
+    Bodies(&'a [Body<'a>]),
+    Streams(&'a [(Arc<str>, EventId)]),
+    Watermark,
+}
+
+impl Piece<'_> {
+    fn sql(&self, params: Params) -> String {
+        match self {
+            Piece::Bodies(rows) => format!(
+                "INSERT INTO sy_events (epoch, seq, topic, name, data, headers, sender, created_ms) \
+                 VALUES {} ON CONFLICT (epoch, seq) DO NOTHING",
+                params.rows(padded(rows.len(), EVENT_ROWS_PER_INSERT), 8)
+            ),
+            Piece::Streams(rows) => format!(
+                "INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES {} \
+                 ON CONFLICT (topic, epoch, seq) DO NOTHING",
+                params.rows(padded(rows.len(), HISTORY_ROWS_PER_INSERT), 4)
+            ),
+            Piece::Watermark => format!(
+                "INSERT INTO sy_watermark (epoch, upto) VALUES {} ON CONFLICT (epoch) DO UPDATE SET upto = \
+                 CASE WHEN excluded.upto > sy_watermark.upto THEN excluded.upto ELSE sy_watermark.upto END",
+                params.rows(1, 2)
+            ),
+        }
+    }
+}
+
+/// The statements of a write, grouped into queries: on SQLite one query
+/// (its statements take their anonymous parameters in order); PostgreSQL
+/// prepares one statement per query.
+fn queries<'a>(pieces: Vec<Piece<'a>>, params: Params) -> Vec<(String, Vec<Piece<'a>>)> {
+    match params {
+        Params::Anonymous => {
+            let sql = pieces
+                .iter()
+                .map(|p| p.sql(params))
+                .collect::<Vec<_>>()
+                .join(";\n");
+            vec![(sql, pieces)]
+        }
+        Params::Numbered => pieces
+            .into_iter()
+            .map(|p| (p.sql(params), vec![p]))
+            .collect(),
+    }
+}
+
+impl Store {
+    /// Writes routed events and moves the watermark of `epoch` to `upto`
+    /// (never back), in one transaction. Returns the stream of every
+    /// history row written.
+    pub async fn write(
+        &self,
+        events: &[Routed],
+        epoch: u64,
+        upto: u64,
+        now_ms: u64,
+        policy: &retention::Policy,
+    ) -> Result<Vec<Arc<str>>, StoreError> {
+        let mut shared = SharedStrings::default();
+        let mut bodies: Vec<Body> = Vec::with_capacity(events.len());
+        let mut routes: Vec<(Arc<str>, EventId)> = Vec::with_capacity(events.len());
+        for r in events {
+            let Some(id) = EventId::parse(&r.event.id) else {
+                continue;
+            };
+            let joined = routes.len();
+            for stream in policy.streams_of(r) {
+                let stream = match stream {
+                    std::borrow::Cow::Borrowed(s) => shared.get(s),
+                    std::borrow::Cow::Owned(s) => Arc::from(s),
+                };
+                routes.push((stream, id));
+            }
+            // An event that joins no stream needs no body either.
+            if routes.len() == joined {
+                continue;
+            }
+            let headers = if r.event.headers.is_empty() {
+                shared.get("[]")
+            } else {
+                Arc::from(serde_json::to_string(&r.event.headers).unwrap_or_else(|_| "[]".into()))
+            };
+            bodies.push(Body {
+                id,
+                event: &r.event,
+                topic: shared.get(r.event.topic.as_str()),
+                name: shared.get(&r.event.name),
+                headers,
+                sender: r.event.sender.as_deref().map(|s| shared.get(s)),
+            });
+        }
+        let params = self.params();
+        let pieces: Vec<Piece> = bodies
+            .chunks(EVENT_ROWS_PER_INSERT)
+            .map(Piece::Bodies)
+            .chain(routes.chunks(HISTORY_ROWS_PER_INSERT).map(Piece::Streams))
+            .chain(std::iter::once(Piece::Watermark))
+            .collect();
+        let queries = queries(pieces, params);
+        on_pool!(self, |pool| {
+            let mut tx = pool.begin().await?;
+            for (sql, pieces) in queries {
+                // Every statement here recurs: padded row counts.
+                let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(true);
+                for piece in &pieces {
+                    match piece {
+                        Piece::Bodies(rows) => {
+                            for r in padded_rows(rows, EVENT_ROWS_PER_INSERT) {
+                                q = q
+                                    .bind(r.id.epoch as i64)
+                                    .bind(r.id.seq as i64)
+                                    .bind(r.topic.clone())
+                                    .bind(r.name.clone())
+                                    .bind(r.event.data.as_slice())
+                                    .bind(r.headers.clone())
+                                    .bind(r.sender.clone())
+                                    .bind(now_ms as i64);
+                            }
+                        }
+                        Piece::Streams(rows) => {
+                            for (stream, id) in padded_rows(rows, HISTORY_ROWS_PER_INSERT) {
+                                q = q
+                                    .bind(stream.clone())
+                                    .bind(id.epoch as i64)
+                                    .bind(id.seq as i64)
+                                    .bind(now_ms as i64);
+                            }
+                        }
+                        Piece::Watermark => q = q.bind(epoch as i64).bind(upto as i64),
+                    }
+                }
+                q.execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        });
+        Ok(routes.into_iter().map(|(stream, _)| stream).collect())
+    }
+}
+
+/// One `Arc<str>` per distinct string of a batch: sqlx's SQLite binding
+/// copies a `&str` into a new `Arc<String>` (two allocations per value),
+/// and binds an `Arc<str>` as it is.
+#[derive(Default)]
+struct SharedStrings<'a>(HashMap<&'a str, Arc<str>>);
+
+impl<'a> SharedStrings<'a> {
+    fn get(&mut self, s: &'a str) -> Arc<str> {
+        self.0.entry(s).or_insert_with(|| Arc::from(s)).clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn row_counts_are_padded_to_few_sizes_within_the_cap() {
+        for n in 0..=8 {
+            assert_eq!(padded(n, 256), n);
+        }
+        assert_eq!(padded(9, 256), 12);
+        assert_eq!(padded(12, 256), 12);
+        assert_eq!(padded(13, 256), 16);
+        assert_eq!(padded(100, 256), 128);
+        assert_eq!(padded(200, 256), 256);
+        assert_eq!(padded(256, 256), 256);
+        assert_eq!(padded(300, 512), 384);
+        // A cap between sizes is a size of its own.
+        assert_eq!(padded(90, 80), 90);
+        assert_eq!(padded(70, 80), 80);
+        let sizes: std::collections::BTreeSet<usize> = (1..=512).map(|n| padded(n, 512)).collect();
+        assert_eq!(sizes.len(), 8 + PADDED_SIZES.len());
+        for n in 9..=512 {
+            let p = padded(n, 512);
+            assert!(p >= n && p * 2 <= n * 3, "{n} padded to {p}");
+        }
+    }
+
+    #[test]
+    fn padding_repeats_the_last_row() {
+        let rows: Vec<u32> = (1..=10).collect();
+        let out: Vec<u32> = padded_rows(&rows, 256).copied().collect();
+        assert_eq!(out, [1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 10, 10]);
+        let none: Vec<u32> = Vec::new();
+        assert_eq!(padded_rows(&none, 256).count(), 0);
+    }
+
+    #[test]
+    fn sqlite_writes_a_batch_in_one_query_postgres_a_query_per_statement() {
+        let ids = [(Arc::<str>::from("a"), EventId { epoch: 1, seq: 1 })];
+        let pieces = || vec![Piece::Streams(&ids), Piece::Watermark];
+        let sqlite = queries(pieces(), Params::Anonymous);
+        assert_eq!(sqlite.len(), 1);
+        assert_eq!(sqlite[0].1.len(), 2);
+        assert!(sqlite[0].0.contains("VALUES (?, ?, ?, ?) ON CONFLICT"));
+        assert!(
+            sqlite[0]
+                .0
+                .contains(";\nINSERT INTO sy_watermark (epoch, upto) VALUES (?, ?)")
+        );
+        let pg = queries(pieces(), Params::Numbered);
+        assert_eq!(pg.len(), 2);
+        assert!(pg[1].0.contains("VALUES ($1, $2)"));
+    }
+}
