@@ -249,8 +249,9 @@ impl NatsBus {
 
     /// The ingest stream's last sequence.
     pub async fn high_water(&self) -> Option<u64> {
-        let mut stream = self.js.get_stream(&self.ingest_stream).await.ok()?;
-        Some(stream.info().await.ok()?.state.last_sequence)
+        // `get_stream` already fetched the stream's info: one round trip.
+        let stream = self.js.get_stream(&self.ingest_stream).await.ok()?;
+        Some(stream.cached_info().state.last_sequence)
     }
 
     /// Live node ids.
