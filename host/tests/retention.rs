@@ -264,14 +264,16 @@ async fn replays_what_was_written(url: String) {
 }
 
 /// Batches of every shape the writer pads (sizes between its padded row
-/// counts, more rows than one statement takes) store each event and each
-/// history row once, and a batch written again changes nothing.
+/// counts, more rows than one INSERT takes, more parameters than one
+/// statement takes) store each event and each history row once, and a
+/// batch written again changes nothing.
 async fn writes_each_row_of_every_batch_size_once(url: String) {
     let store = open(url).await;
     let policy = policy();
     let mut seq = 0;
     let mut batches = Vec::new();
-    for size in [1, 8, 9, 13, 100, 257, 300] {
+    // 3,000: more parameters than one PostgreSQL statement takes.
+    for size in [1, 8, 9, 13, 100, 257, 300, 3000] {
         let batch: Vec<Routed> = (0..size)
             .map(|_| {
                 seq += 1;

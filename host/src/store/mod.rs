@@ -100,13 +100,18 @@ pub(crate) enum Params {
 impl Params {
     /// `($1, $2, …), ($n+1, …)` for `rows` rows of `width` parameters.
     pub(crate) fn rows(self, rows: usize, width: usize) -> String {
+        self.rows_from(1, rows, width)
+    }
+
+    /// [`Params::rows`] numbered from `first` (a statement's later part).
+    pub(crate) fn rows_from(self, first: usize, rows: usize, width: usize) -> String {
         let mut out = String::with_capacity(rows * (width * 5 + 4));
         for r in 0..rows {
             if r > 0 {
                 out.push_str(", ");
             }
             out.push('(');
-            self.push_run(&mut out, r * width + 1, width);
+            self.push_run(&mut out, first + r * width, width);
             out.push(')');
         }
         out

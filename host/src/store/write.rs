@@ -6,8 +6,10 @@
 //! (a batch's size varies from one to the next), and each statement's round
 //! trip through sqlx's SQLite worker thread. So an INSERT is padded to one
 //! of a few row counts by repeating its last row (a repeat is a conflict the
-//! statement skips), which keeps every statement prepared; and on SQLite the
-//! statements of a batch go in one multi-statement query, one round trip.
+//! statement skips), which keeps every statement prepared; on SQLite the
+//! statements of a batch go in one multi-statement query (one round trip
+//! between BEGIN and COMMIT), on PostgreSQL in one statement (one round
+//! trip, no transaction needed).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -69,45 +71,149 @@ enum Piece<'a> {
 }
 
 impl Piece<'_> {
-    fn sql(&self, params: Params) -> String {
+    /// The rows it is written with.
+    fn rows(&self) -> usize {
         match self {
-            Piece::Bodies(rows) => format!(
+            Piece::Bodies(rows) => padded(rows.len(), EVENT_ROWS_PER_INSERT),
+            Piece::Streams(rows) => padded(rows.len(), HISTORY_ROWS_PER_INSERT),
+            Piece::Watermark => 1,
+        }
+    }
+
+    /// The parameters it binds.
+    fn width(&self) -> usize {
+        self.rows()
+            * match self {
+                Piece::Bodies(_) => 8,
+                Piece::Streams(_) => 4,
+                Piece::Watermark => 2,
+            }
+    }
+
+    /// Its statement, numbered parameters from `first`.
+    fn sql(&self, params: Params, first: usize) -> String {
+        let values = |width| params.rows_from(first, self.rows(), width);
+        match self {
+            Piece::Bodies(_) => format!(
                 "INSERT INTO sy_events (epoch, seq, topic, name, data, headers, sender, created_ms) \
                  VALUES {} ON CONFLICT (epoch, seq) DO NOTHING",
-                params.rows(padded(rows.len(), EVENT_ROWS_PER_INSERT), 8)
+                values(8)
             ),
-            Piece::Streams(rows) => format!(
+            Piece::Streams(_) => format!(
                 "INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES {} \
                  ON CONFLICT (topic, epoch, seq) DO NOTHING",
-                params.rows(padded(rows.len(), HISTORY_ROWS_PER_INSERT), 4)
+                values(4)
             ),
             Piece::Watermark => format!(
                 "INSERT INTO sy_watermark (epoch, upto) VALUES {} ON CONFLICT (epoch) DO UPDATE SET upto = \
                  CASE WHEN excluded.upto > sy_watermark.upto THEN excluded.upto ELSE sy_watermark.upto END",
-                params.rows(1, 2)
+                values(2)
             ),
         }
     }
 }
 
-/// The statements of a write, grouped into queries: on SQLite one query
-/// (its statements take their anonymous parameters in order); PostgreSQL
-/// prepares one statement per query.
-fn queries<'a>(pieces: Vec<Piece<'a>>, params: Params) -> Vec<(String, Vec<Piece<'a>>)> {
+/// At most this many parameters in one PostgreSQL statement (it takes
+/// 65,535).
+const PG_PARAMS_PER_STATEMENT: usize = 32_768;
+
+/// How a write runs: its queries, and whether the one query is a single
+/// statement (atomic alone: no transaction, so no BEGIN and COMMIT round
+/// trips).
+struct Plan<'a> {
+    queries: Vec<(String, Vec<Piece<'a>>)>,
+    atomic: bool,
+}
+
+/// SQLite: one multi-statement query (its statements take their anonymous
+/// parameters in order) in a transaction. PostgreSQL: one statement whose
+/// INSERTs are data-modifying `WITH` clauses, one round trip; a write with
+/// more parameters than a statement takes runs a statement per piece in a
+/// transaction.
+fn plan(pieces: Vec<Piece<'_>>, params: Params) -> Plan<'_> {
     match params {
         Params::Anonymous => {
             let sql = pieces
                 .iter()
-                .map(|p| p.sql(params))
+                .map(|p| p.sql(params, 1))
                 .collect::<Vec<_>>()
                 .join(";\n");
-            vec![(sql, pieces)]
+            Plan {
+                queries: vec![(sql, pieces)],
+                atomic: false,
+            }
         }
-        Params::Numbered => pieces
-            .into_iter()
-            .map(|p| (p.sql(params), vec![p]))
-            .collect(),
+        Params::Numbered
+            if pieces.iter().map(Piece::width).sum::<usize>() <= PG_PARAMS_PER_STATEMENT =>
+        {
+            let mut first = 1;
+            let mut parts: Vec<String> = pieces
+                .iter()
+                .map(|p| {
+                    let sql = p.sql(params, first);
+                    first += p.width();
+                    sql
+                })
+                .collect();
+            let last = parts.pop().unwrap_or_default();
+            let sql = if parts.is_empty() {
+                last
+            } else {
+                let with: Vec<String> = parts
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| format!("w{i} AS ({s})"))
+                    .collect();
+                format!("WITH {} {last}", with.join(", "))
+            };
+            Plan {
+                queries: vec![(sql, pieces)],
+                atomic: true,
+            }
+        }
+        Params::Numbered => Plan {
+            queries: pieces
+                .into_iter()
+                .map(|p| (p.sql(params, 1), vec![p]))
+                .collect(),
+            atomic: false,
+        },
     }
+}
+
+/// Binds the parameters of `pieces` to the query `q`, in order.
+macro_rules! bind_pieces {
+    ($q:expr, $pieces:expr, $now_ms:expr, $epoch:expr, $upto:expr) => {{
+        let mut q = $q;
+        for piece in $pieces {
+            match piece {
+                Piece::Bodies(rows) => {
+                    for r in padded_rows(rows, EVENT_ROWS_PER_INSERT) {
+                        q = q
+                            .bind(r.id.epoch as i64)
+                            .bind(r.id.seq as i64)
+                            .bind(r.topic.clone())
+                            .bind(r.name.clone())
+                            .bind(r.event.data.as_slice())
+                            .bind(r.headers.clone())
+                            .bind(r.sender.clone())
+                            .bind($now_ms as i64);
+                    }
+                }
+                Piece::Streams(rows) => {
+                    for (stream, id) in padded_rows(rows, HISTORY_ROWS_PER_INSERT) {
+                        q = q
+                            .bind(stream.clone())
+                            .bind(id.epoch as i64)
+                            .bind(id.seq as i64)
+                            .bind($now_ms as i64);
+                    }
+                }
+                Piece::Watermark => q = q.bind($epoch as i64).bind($upto as i64),
+            }
+        }
+        q
+    }};
 }
 
 impl Store {
@@ -162,42 +268,26 @@ impl Store {
             .chain(routes.chunks(HISTORY_ROWS_PER_INSERT).map(Piece::Streams))
             .chain(std::iter::once(Piece::Watermark))
             .collect();
-        let queries = queries(pieces, params);
+        let plan = plan(pieces, params);
         on_pool!(self, |pool| {
-            let mut tx = pool.begin().await?;
-            for (sql, pieces) in queries {
-                // Every statement here recurs: padded row counts.
-                let mut q = sqlx::query(AssertSqlSafe(sql)).persistent(true);
-                for piece in &pieces {
-                    match piece {
-                        Piece::Bodies(rows) => {
-                            for r in padded_rows(rows, EVENT_ROWS_PER_INSERT) {
-                                q = q
-                                    .bind(r.id.epoch as i64)
-                                    .bind(r.id.seq as i64)
-                                    .bind(r.topic.clone())
-                                    .bind(r.name.clone())
-                                    .bind(r.event.data.as_slice())
-                                    .bind(r.headers.clone())
-                                    .bind(r.sender.clone())
-                                    .bind(now_ms as i64);
-                            }
-                        }
-                        Piece::Streams(rows) => {
-                            for (stream, id) in padded_rows(rows, HISTORY_ROWS_PER_INSERT) {
-                                q = q
-                                    .bind(stream.clone())
-                                    .bind(id.epoch as i64)
-                                    .bind(id.seq as i64)
-                                    .bind(now_ms as i64);
-                            }
-                        }
-                        Piece::Watermark => q = q.bind(epoch as i64).bind(upto as i64),
-                    }
+            // Every statement here recurs: padded row counts.
+            if plan.atomic {
+                for (sql, pieces) in &plan.queries {
+                    let q = sqlx::query(AssertSqlSafe(sql.as_str())).persistent(true);
+                    bind_pieces!(q, pieces, now_ms, epoch, upto)
+                        .execute(pool)
+                        .await?;
                 }
-                q.execute(&mut *tx).await?;
+            } else {
+                let mut tx = pool.begin().await?;
+                for (sql, pieces) in &plan.queries {
+                    let q = sqlx::query(AssertSqlSafe(sql.as_str())).persistent(true);
+                    bind_pieces!(q, pieces, now_ms, epoch, upto)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+                tx.commit().await?;
             }
-            tx.commit().await?;
         });
         Ok(routes.into_iter().map(|(stream, _)| stream).collect())
     }
@@ -252,20 +342,47 @@ mod tests {
     }
 
     #[test]
-    fn sqlite_writes_a_batch_in_one_query_postgres_a_query_per_statement() {
+    fn a_batch_is_one_query_on_sqlite_and_one_statement_on_postgres() {
         let ids = [(Arc::<str>::from("a"), EventId { epoch: 1, seq: 1 })];
         let pieces = || vec![Piece::Streams(&ids), Piece::Watermark];
-        let sqlite = queries(pieces(), Params::Anonymous);
-        assert_eq!(sqlite.len(), 1);
-        assert_eq!(sqlite[0].1.len(), 2);
-        assert!(sqlite[0].0.contains("VALUES (?, ?, ?, ?) ON CONFLICT"));
+        let sqlite = plan(pieces(), Params::Anonymous);
+        assert!(!sqlite.atomic);
+        assert_eq!(sqlite.queries.len(), 1);
+        let (sql, parts) = &sqlite.queries[0];
+        assert_eq!(parts.len(), 2);
+        assert!(sql.starts_with(
+            "INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES (?, ?, ?, ?) ON CONFLICT"
+        ));
+        assert!(sql.contains(";\nINSERT INTO sy_watermark (epoch, upto) VALUES (?, ?)"));
+        let pg = plan(pieces(), Params::Numbered);
+        assert!(pg.atomic);
+        assert_eq!(pg.queries.len(), 1);
+        let (sql, parts) = &pg.queries[0];
+        assert_eq!(parts.len(), 2);
+        assert!(sql.starts_with(
+            "WITH w0 AS (INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT"
+        ));
+        assert!(sql.contains(") INSERT INTO sy_watermark (epoch, upto) VALUES ($5, $6)"));
+    }
+
+    #[test]
+    fn a_postgres_write_too_large_for_one_statement_runs_in_a_transaction() {
+        let ids: Vec<(Arc<str>, EventId)> = (1..=20_000)
+            .map(|seq| (Arc::<str>::from("a"), EventId { epoch: 1, seq }))
+            .collect();
+        let pieces: Vec<Piece> = ids
+            .chunks(HISTORY_ROWS_PER_INSERT)
+            .map(Piece::Streams)
+            .chain(std::iter::once(Piece::Watermark))
+            .collect();
+        let n = pieces.len();
+        let pg = plan(pieces, Params::Numbered);
+        assert!(!pg.atomic);
+        assert_eq!(pg.queries.len(), n);
         assert!(
-            sqlite[0]
-                .0
-                .contains(";\nINSERT INTO sy_watermark (epoch, upto) VALUES (?, ?)")
+            pg.queries
+                .iter()
+                .all(|(sql, parts)| parts.len() == 1 && sql.contains("($1, "))
         );
-        let pg = queries(pieces(), Params::Numbered);
-        assert_eq!(pg.len(), 2);
-        assert!(pg[1].0.contains("VALUES ($1, $2)"));
     }
 }
