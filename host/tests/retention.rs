@@ -264,15 +264,15 @@ async fn replays_what_was_written(url: String) {
 }
 
 /// Batches of every shape the writer pads (sizes between its padded row
-/// counts, more rows than one INSERT takes, more parameters than one
-/// statement takes) store each event and each history row once, and a
-/// batch written again changes nothing.
+/// counts, more rows than one INSERT takes, more parameters than
+/// PostgreSQL gets in one statement) store each event and each history row
+/// once, and a batch written again changes nothing.
 async fn writes_each_row_of_every_batch_size_once(url: String) {
     let store = open(url).await;
     let policy = policy();
     let mut seq = 0;
     let mut batches = Vec::new();
-    // 3,000: more parameters than one PostgreSQL statement takes.
+    // 300 and 3,000: more parameters than one PostgreSQL statement gets.
     for size in [1, 8, 9, 13, 100, 257, 300, 3000] {
         let batch: Vec<Routed> = (0..size)
             .map(|_| {
