@@ -468,7 +468,8 @@ async fn handle_frame(
                     ),
                 );
             }
-            let data = data.get().as_bytes().to_vec();
+            // The parsed text as it is: no copy.
+            let data = Box::<str>::from(data).into_string().into_bytes();
             match publish_decided(gw, session, &topic, event, data, decided).await {
                 Ok(_) => reply(session, json::ack(id, None)),
                 Err((code, message)) => reply(session, json::error(id, code, &message)),
