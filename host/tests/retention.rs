@@ -272,7 +272,7 @@ async fn writes_each_row_of_every_batch_size_once(url: String) {
     let policy = policy();
     let mut seq = 0;
     let mut batches = Vec::new();
-    // 300 and 3,000: more parameters than one PostgreSQL statement gets.
+    // 257 and up: more parameters than one PostgreSQL statement gets.
     for size in [1, 8, 9, 13, 100, 257, 300, 3000] {
         let batch: Vec<Routed> = (0..size)
             .map(|_| {
@@ -323,6 +323,45 @@ async fn writes_each_row_of_every_batch_size_once(url: String) {
         .map(|n| (n, format!("{{\"n\":{n}}}").into_bytes()))
         .collect();
     assert_eq!(got, want);
+}
+
+/// One event routed to more streams than one INSERT takes: a row in each,
+/// the body once (on PostgreSQL, two history INSERTs in one statement).
+async fn an_event_of_many_streams_is_written_once_per_stream(url: String) {
+    let store = open(url).await;
+    let names: Vec<String> = (0..600).map(|i| format!("fan.t{i}")).collect();
+    let topics: Vec<&str> = names.iter().map(String::as_str).collect();
+    let streams = store
+        .write(
+            &[routed(1, &topics)],
+            EPOCH,
+            1,
+            support::now() * 1000,
+            &policy(),
+        )
+        .await
+        .expect("write");
+    assert_eq!(streams.len(), 600);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM sy_events").await, 1);
+    assert_eq!(count(&store, "SELECT COUNT(*) FROM sy_history").await, 600);
+    for stream in ["fan.t0", "fan.t511", "fan.t512", "fan.t599"] {
+        assert_eq!(
+            seqs_after(&store, 0, stream).await,
+            Some(vec![1]),
+            "{stream}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn an_event_of_many_streams_is_written_once_per_stream_on_sqlite() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    an_event_of_many_streams_is_written_once_per_stream(sqlite_url(&dir)).await;
+}
+
+#[tokio::test]
+async fn an_event_of_many_streams_is_written_once_per_stream_on_postgres() {
+    an_event_of_many_streams_is_written_once_per_stream(support::fresh_postgres().await).await;
 }
 
 #[tokio::test]

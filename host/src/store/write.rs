@@ -1,15 +1,16 @@
 //! Writing routed events: their bodies (`sy_events`), a row per stream
-//! that holds each (`sy_history`) and the watermark, in one transaction.
+//! that holds each (`sy_history`) and the watermark, atomically.
 //!
 //! Two costs shape it (profile of scenario (b), SQLite's worker thread):
 //! preparing a multi-row INSERT of a row count seen for the first time
 //! (a batch's size varies from one to the next), and each statement's round
 //! trip through sqlx's SQLite worker thread. So an INSERT is padded to one
 //! of a few row counts by repeating its last row (a repeat is a conflict the
-//! statement skips), which keeps every statement prepared; on SQLite the
-//! statements of a batch go in one multi-statement query (one round trip
-//! between BEGIN and COMMIT), on PostgreSQL in one statement (one round
-//! trip, no transaction needed).
+//! statement skips), which keeps few distinct statements, each prepared
+//! once per connection; on SQLite the statements of a batch go in one
+//! multi-statement query (one round trip between BEGIN and COMMIT), on
+//! PostgreSQL a small batch is one statement (one round trip, no
+//! transaction needed; see [`plan`]).
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -117,7 +118,7 @@ impl Piece<'_> {
 /// batch's cost is its round trips (five as separate statements); a large
 /// one's is its rows, which PostgreSQL inserts faster as separate statements
 /// than as `WITH` clauses of one (`--bench history`, batches of 1,024
-/// events: 30–33k events/s as one statement, 36–41k as separate ones).
+/// events: 43k events/s as one statement, 51–53k as separate ones).
 const PG_PARAMS_PER_STATEMENT: usize = 4096;
 
 /// How a write runs: its queries, and whether the one query is a single
@@ -221,8 +222,8 @@ macro_rules! bind_pieces {
 
 impl Store {
     /// Writes routed events and moves the watermark of `epoch` to `upto`
-    /// (never back), in one transaction. Returns the stream of every
-    /// history row written.
+    /// (never back), atomically (one transaction, or one statement).
+    /// Returns the stream of every history row written.
     pub async fn write(
         &self,
         events: &[Routed],
