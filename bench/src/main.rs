@@ -3,8 +3,8 @@
 //! Runs each scenario against each target, one after the other on this
 //! machine, and prints Markdown tables with every figure beside the bare
 //! broadcaster's. Scenarios: `latency`, `fanout`, `topics`, `direct`,
-//! `plugins`, `history`, `idle` (default: all). `--quick` divides sessions, rates and
-//! time by 10 (a smoke run, not a measurement).
+//! `plugins`, `history`, `idle` (default: all). `--quick` divides
+//! sessions, rates and time by 10 (a smoke run, not a measurement).
 
 use std::time::Duration;
 

@@ -139,6 +139,8 @@ impl PluginEngine {
 pub struct Running {
     calls: AtomicUsize,
     ticker: OnceLock<Thread>,
+    /// Set when the ticker is to end.
+    stop: AtomicBool,
     /// Ticks so far.
     ticks: AtomicU64,
 }
@@ -178,22 +180,19 @@ impl Drop for RunningCall<'_> {
 /// runs. It holds only a weak reference, and stops when told to or when
 /// the engine is gone.
 struct Ticker {
-    stop: Arc<AtomicBool>,
     running: Arc<Running>,
     handle: Option<JoinHandle<()>>,
 }
 
 impl Ticker {
     fn start(engine: &Engine, tick: Duration) -> std::io::Result<Self> {
-        let stop = Arc::new(AtomicBool::new(false));
         let running = Arc::new(Running::default());
         let weak = engine.weak();
-        let flag = stop.clone();
         let demand = running.clone();
         let handle = std::thread::Builder::new()
             .name("wasm-epoch".into())
             .spawn(move || {
-                while !flag.load(Ordering::Relaxed) {
+                while !demand.stop.load(Ordering::Relaxed) {
                     if demand.idle() {
                         // `enter` unparks: a call that starts between the
                         // check and the park leaves the token, and the park
@@ -215,7 +214,6 @@ impl Ticker {
         // (an `enter` without it would not wake a parked ticker).
         let _ = running.ticker.set(handle.thread().clone());
         Ok(Ticker {
-            stop,
             running,
             handle: Some(handle),
         })
@@ -224,7 +222,7 @@ impl Ticker {
 
 impl Drop for Ticker {
     fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
+        self.running.stop.store(true, Ordering::Relaxed);
         if let Some(h) = self.handle.take() {
             h.thread().unpark();
             let _ = h.join();

@@ -121,12 +121,22 @@ impl Piece<'_> {
 /// events: 43k events/s as one statement, 51–53k as separate ones).
 const PG_PARAMS_PER_STATEMENT: usize = 4096;
 
-/// How a write runs: its queries, and whether the one query is a single
-/// statement (atomic alone: no transaction, so no BEGIN and COMMIT round
-/// trips).
+/// How a write runs: its queries, each with the pieces it binds.
 struct Plan<'a> {
     queries: Vec<(String, Vec<Piece<'a>>)>,
-    atomic: bool,
+    params: Params,
+}
+
+impl Plan<'_> {
+    /// Whether the write is a single statement, atomic alone (no
+    /// transaction, so no BEGIN and COMMIT round trips). A PostgreSQL query
+    /// is one statement; a SQLite one holds a statement per piece.
+    fn atomic(&self) -> bool {
+        match self.queries.as_slice() {
+            [(_, pieces)] => self.params == Params::Numbered || pieces.len() == 1,
+            _ => false,
+        }
+    }
 }
 
 /// SQLite: one multi-statement query (its statements take their anonymous
@@ -144,7 +154,7 @@ fn plan(pieces: Vec<Piece<'_>>, params: Params) -> Plan<'_> {
                 .join(";\n");
             Plan {
                 queries: vec![(sql, pieces)],
-                atomic: false,
+                params,
             }
         }
         Params::Numbered
@@ -172,7 +182,7 @@ fn plan(pieces: Vec<Piece<'_>>, params: Params) -> Plan<'_> {
             };
             Plan {
                 queries: vec![(sql, pieces)],
-                atomic: true,
+                params,
             }
         }
         Params::Numbered => Plan {
@@ -180,44 +190,9 @@ fn plan(pieces: Vec<Piece<'_>>, params: Params) -> Plan<'_> {
                 .into_iter()
                 .map(|p| (p.sql(params, 1), vec![p]))
                 .collect(),
-            atomic: false,
+            params,
         },
     }
-}
-
-/// Binds the parameters of `pieces` to the query `q`, in order.
-macro_rules! bind_pieces {
-    ($q:expr, $pieces:expr, $now_ms:expr, $epoch:expr, $upto:expr) => {{
-        let mut q = $q;
-        for piece in $pieces {
-            match piece {
-                Piece::Bodies(rows) => {
-                    for r in padded_rows(rows, EVENT_ROWS_PER_INSERT) {
-                        q = q
-                            .bind(r.id.epoch as i64)
-                            .bind(r.id.seq as i64)
-                            .bind(r.topic.clone())
-                            .bind(r.name.clone())
-                            .bind(r.event.data.as_slice())
-                            .bind(r.headers.clone())
-                            .bind(r.sender.clone())
-                            .bind($now_ms as i64);
-                    }
-                }
-                Piece::Streams(rows) => {
-                    for (stream, id) in padded_rows(rows, HISTORY_ROWS_PER_INSERT) {
-                        q = q
-                            .bind(stream.clone())
-                            .bind(id.epoch as i64)
-                            .bind(id.seq as i64)
-                            .bind($now_ms as i64);
-                    }
-                }
-                Piece::Watermark => q = q.bind($epoch as i64).bind($upto as i64),
-            }
-        }
-        q
-    }};
 }
 
 impl Store {
@@ -273,22 +248,48 @@ impl Store {
             .chain(std::iter::once(Piece::Watermark))
             .collect();
         let plan = plan(pieces, params);
+        let atomic = plan.atomic();
         on_pool!(self, |pool| {
             // Every statement here recurs: padded row counts.
-            if plan.atomic {
-                for (sql, pieces) in &plan.queries {
-                    let q = sqlx::query(AssertSqlSafe(sql.as_str())).persistent(true);
-                    bind_pieces!(q, pieces, now_ms, epoch, upto)
-                        .execute(pool)
-                        .await?;
+            let queries = plan.queries.iter().map(|(sql, pieces)| {
+                let mut q = sqlx::query(AssertSqlSafe(sql.as_str())).persistent(true);
+                for piece in pieces {
+                    match piece {
+                        Piece::Bodies(rows) => {
+                            for r in padded_rows(rows, EVENT_ROWS_PER_INSERT) {
+                                q = q
+                                    .bind(r.id.epoch as i64)
+                                    .bind(r.id.seq as i64)
+                                    .bind(r.topic.clone())
+                                    .bind(r.name.clone())
+                                    .bind(r.event.data.as_slice())
+                                    .bind(r.headers.clone())
+                                    .bind(r.sender.clone())
+                                    .bind(now_ms as i64);
+                            }
+                        }
+                        Piece::Streams(rows) => {
+                            for (stream, id) in padded_rows(rows, HISTORY_ROWS_PER_INSERT) {
+                                q = q
+                                    .bind(stream.clone())
+                                    .bind(id.epoch as i64)
+                                    .bind(id.seq as i64)
+                                    .bind(now_ms as i64);
+                            }
+                        }
+                        Piece::Watermark => q = q.bind(epoch as i64).bind(upto as i64),
+                    }
+                }
+                q
+            });
+            if atomic {
+                for q in queries {
+                    q.execute(pool).await?;
                 }
             } else {
                 let mut tx = pool.begin().await?;
-                for (sql, pieces) in &plan.queries {
-                    let q = sqlx::query(AssertSqlSafe(sql.as_str())).persistent(true);
-                    bind_pieces!(q, pieces, now_ms, epoch, upto)
-                        .execute(&mut *tx)
-                        .await?;
+                for q in queries {
+                    q.execute(&mut *tx).await?;
                 }
                 tx.commit().await?;
             }
@@ -350,7 +351,7 @@ mod tests {
         let ids = [(Arc::<str>::from("a"), EventId { epoch: 1, seq: 1 })];
         let pieces = || vec![Piece::Streams(&ids), Piece::Watermark];
         let sqlite = plan(pieces(), Params::Anonymous);
-        assert!(!sqlite.atomic);
+        assert!(!sqlite.atomic());
         assert_eq!(sqlite.queries.len(), 1);
         let (sql, parts) = &sqlite.queries[0];
         assert_eq!(parts.len(), 2);
@@ -358,8 +359,10 @@ mod tests {
             "INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES (?, ?, ?, ?) ON CONFLICT"
         ));
         assert!(sql.contains(";\nINSERT INTO sy_watermark (epoch, upto) VALUES (?, ?)"));
+        // A write of one statement needs no transaction on SQLite either.
+        assert!(plan(vec![Piece::Watermark], Params::Anonymous).atomic());
         let pg = plan(pieces(), Params::Numbered);
-        assert!(pg.atomic);
+        assert!(pg.atomic());
         assert_eq!(pg.queries.len(), 1);
         let (sql, parts) = &pg.queries[0];
         assert_eq!(parts.len(), 2);
@@ -381,7 +384,7 @@ mod tests {
             .collect();
         let n = pieces.len();
         let pg = plan(pieces, Params::Numbered);
-        assert!(!pg.atomic);
+        assert!(!pg.atomic());
         assert_eq!(pg.queries.len(), n);
         assert!(
             pg.queries
