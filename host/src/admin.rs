@@ -175,6 +175,22 @@ pub async fn sessions(
     })))
 }
 
+/// `GET /admin/partitions`: each partition's owner, lease term, routing lag
+/// and last routed id, from any node.
+pub async fn partitions(
+    State(gw): State<Arc<Gateway>>,
+    headers: HeaderMap,
+) -> Result<Json<Value>, ApiError> {
+    require_admin(&gw, &headers)?;
+    let mut v = gw
+        .bus
+        .partitions()
+        .await
+        .map_err(|e| ApiError::unavailable(e.to_string()))?;
+    v["node"] = gw.config.server.node_id.clone().into();
+    Ok(Json(v))
+}
+
 /// `GET /admin/registry?user=U&limit=N`: the connection registry, the
 /// sessions of every node sharing the store (all, or `user`'s), oldest
 /// first, with their counts per node.

@@ -178,9 +178,16 @@ pub struct BusConfig {
     /// `bus.recovery_window_s`: how long routed deliveries are kept so that
     /// a node that lost its NATS connection can catch up on reconnect.
     pub recovery_window_s: u64,
-    /// `bus.lease_ttl_ms`: the router lease; a node that stops renewing it
-    /// is replaced as router after this long.
+    /// `bus.lease_ttl_ms`: each partition's lease; an owner that cannot
+    /// renew it for this long stops routing the partition (an owner that
+    /// dies is replaced sooner: after `bus.node_timeout_ms`).
     pub lease_ttl_ms: u64,
+    /// `bus.partitions`: how many partitions topics fall into (each routed
+    /// by one node at a time). Fixed for the life of the ingest stream.
+    pub partitions: u16,
+    /// `bus.node_timeout_ms`: a node unheard of for this long is taken for
+    /// dead, and its partitions are routed elsewhere.
+    pub node_timeout_ms: u64,
 }
 
 impl Default for BusConfig {
@@ -193,6 +200,8 @@ impl Default for BusConfig {
             ingest_max_age_s: 86_400,
             recovery_window_s: 300,
             lease_ttl_ms: 10_000,
+            partitions: crate::routing::partition::DEFAULT_PARTITIONS,
+            node_timeout_ms: 1500,
         }
     }
 }
@@ -490,6 +499,20 @@ impl Config {
                 "bus.lease_ttl_ms",
                 self.bus.lease_ttl_ms,
                 "must be at least 500",
+            ));
+        }
+        if !(1..=1024).contains(&self.bus.partitions) {
+            return Err(invalid(
+                "bus.partitions",
+                self.bus.partitions,
+                "must be between 1 and 1024",
+            ));
+        }
+        if !(300..=60_000).contains(&self.bus.node_timeout_ms) {
+            return Err(invalid(
+                "bus.node_timeout_ms",
+                self.bus.node_timeout_ms,
+                "must be between 300 and 60000",
             ));
         }
         if !(self.store.url.starts_with("sqlite:")

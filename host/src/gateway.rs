@@ -86,11 +86,6 @@ pub struct Gateway {
     inbox_heads: BatchedLookup<String, Vec<EventId>>,
     /// The history writer's counters, when history is kept.
     pub history_stats: Option<Arc<crate::store::history::HistoryStats>>,
-    /// What this node's history writer has written (epoch, watermark).
-    history_written: Option<tokio::sync::watch::Receiver<(u64, u64)>>,
-    /// The newest watermark the store confirmed (epoch, watermark): a
-    /// connecting session needing no more asks nothing.
-    history_confirmed: Mutex<(u64, u64)>,
     /// Event counters.
     pub stats: Arc<EventStats>,
     /// Cancelled first on shutdown: no new sessions or events; the event
@@ -149,7 +144,6 @@ impl Gateway {
         .await?;
         let resume = store.latest_epoch().await?;
         let history_stats = history.as_ref().map(|h| h.stats.clone());
-        let history_written = history.as_ref().map(|h| h.written());
         let bus = Bus::start(
             &config,
             BusParts {
@@ -161,6 +155,7 @@ impl Gateway {
                 history: history.clone(),
                 resume,
                 interest,
+                partitions: config.bus.partitions,
             },
         )
         .await?;
@@ -191,8 +186,6 @@ impl Gateway {
             retention,
             registry,
             history_stats,
-            history_written,
-            history_confirmed: Mutex::new((0, 0)),
             stats,
             draining,
             shutdown,
@@ -413,8 +406,8 @@ impl Gateway {
         if since.epoch != epoch {
             return Recovery::Reset;
         }
-        if let Err(e) = self.await_history(epoch).await {
-            tracing::warn!(error = %e, "store unavailable; cannot replay");
+        if !self.bus.cover().await {
+            tracing::warn!("history not confirmed complete; cannot replay");
             return Recovery::Reset;
         }
         let mut streams = topics.to_vec();
@@ -465,8 +458,8 @@ impl Gateway {
         };
         let subject = &session.subject;
         let epoch = self.bus.epoch();
-        if let Err(e) = self.await_history(epoch).await {
-            tracing::warn!(error = %e, "store unavailable; inbox not delivered");
+        if !self.bus.cover().await {
+            tracing::warn!("history not confirmed complete; inbox not delivered now");
             return none;
         }
         // Most connecting users have nothing waiting: one batched query
@@ -539,56 +532,6 @@ impl Gateway {
             frames,
             ids,
             floors,
-        }
-    }
-
-    /// Waits (up to 5 s) until everything the bus assigned so far is in the
-    /// store: an event assigned before the session was held would
-    /// otherwise be neither replayed nor live.
-    async fn await_history(&self, epoch: u64) -> Result<(), crate::store::StoreError> {
-        let Some(high) = self.bus.high_water().await else {
-            return Ok(());
-        };
-        // Known written (by this node's writer, or by what the store said
-        // before): the store need not be asked. A query per connecting
-        // session was 8% of a connection storm's CPU.
-        let confirmed = |(e, upto): (u64, u64)| e == epoch && upto >= high;
-        let known = || {
-            self.history_written
-                .as_ref()
-                .is_some_and(|w| confirmed(*w.borrow()))
-                || confirmed(
-                    *self
-                        .history_confirmed
-                        .lock()
-                        .unwrap_or_else(PoisonError::into_inner),
-                )
-        };
-        let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(5);
-        loop {
-            if high == 0 || known() {
-                return Ok(());
-            }
-            let w = self.store.watermark(epoch).await?;
-            if w >= high {
-                let mut last = self
-                    .history_confirmed
-                    .lock()
-                    .unwrap_or_else(PoisonError::into_inner);
-                if (epoch, w) > *last {
-                    *last = (epoch, w);
-                }
-                return Ok(());
-            }
-            if tokio::time::Instant::now() >= deadline {
-                tracing::warn!(
-                    watermark = w,
-                    high,
-                    "history is behind; replaying what is written"
-                );
-                return Ok(());
-            }
-            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
         }
     }
 

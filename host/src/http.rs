@@ -32,6 +32,7 @@ pub fn app(gateway: Arc<Gateway>) -> Router {
         .route("/admin/plugins", get(crate::admin::plugins))
         .route("/admin/sessions", get(crate::admin::sessions))
         .route("/admin/registry", get(crate::admin::registry))
+        .route("/admin/partitions", get(crate::admin::partitions))
         .route("/admin/reload", axum::routing::post(crate::admin::reload))
         .route(
             "/admin/log",

@@ -230,7 +230,7 @@ pub fn collect(gw: &Gateway) -> Exposition {
         registry.errors.load(Ordering::Relaxed) as f64,
     );
     if let Some(h) = &gw.history_stats {
-        let history: [(&'static str, &'static str, u64); 4] = [
+        let history: [(&'static str, &'static str, u64); 3] = [
             (
                 "switchyard_history_written_total",
                 "Events written to the history store.",
@@ -245,11 +245,6 @@ pub fn collect(gw: &Gateway) -> Exposition {
                 "switchyard_history_trimmed_total",
                 "History rows removed by retention.",
                 h.trimmed.load(Ordering::Relaxed),
-            ),
-            (
-                "switchyard_history_skipped_gaps_total",
-                "Sequences the history watermark moved past without seeing them.",
-                h.skipped_gaps.load(Ordering::Relaxed),
             ),
         ];
         for (name, help, value) in history {
@@ -352,16 +347,21 @@ pub fn collect(gw: &Gateway) -> Exposition {
 }
 
 fn bus_series(x: &mut Exposition, b: &crate::bus::BusStats) {
-    let gauges: [(&'static str, &'static str, f64); 3] = [
+    let gauges: [(&'static str, &'static str, f64); 4] = [
         (
             "switchyard_bus_connected",
             "1 while the NATS connection is up.",
             f64::from(u8::from(b.connected.load(Ordering::Relaxed))),
         ),
         (
-            "switchyard_bus_router_leader",
-            "1 while this node holds the router lease.",
-            f64::from(u8::from(b.leader.load(Ordering::Relaxed))),
+            "switchyard_bus_partitions_owned",
+            "Partitions this node routes now.",
+            b.partitions_owned.load(Ordering::Relaxed) as f64,
+        ),
+        (
+            "switchyard_bus_relay_owner",
+            "1 while this node relays raw publishes to their partitions.",
+            f64::from(u8::from(b.relay_owner.load(Ordering::Relaxed))),
         ),
         (
             "switchyard_bus_interest_subjects",
@@ -372,7 +372,42 @@ fn bus_series(x: &mut Exposition, b: &crate::bus::BusStats) {
     for (name, help, value) in gauges {
         x.sample(name, help, Kind::Gauge, &[], value);
     }
-    let counters: [(&'static str, &'static str, u64); 9] = [
+    let counters: [(&'static str, &'static str, u64); 16] = [
+        (
+            "switchyard_bus_leases_acquired_total",
+            "Partition and relay leases this node took.",
+            b.leases_acquired.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_leases_released_total",
+            "Leases this node handed over.",
+            b.leases_released.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_leases_lost_total",
+            "Leases this node lost (another node took them, or renewal failed).",
+            b.leases_lost.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_relayed_total",
+            "Raw publishes this node relayed to their partitions.",
+            b.relayed.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_relay_errors_total",
+            "Relayed publishes NATS did not confirm (relayed again).",
+            b.relay_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_fenced_total",
+            "Deliveries dropped because a later owner of their partition had been heard.",
+            b.fenced.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_cover_failures_total",
+            "Replays that could not confirm every partition's history in time (answered with a reset).",
+            b.cover_failures.load(Ordering::Relaxed),
+        ),
         (
             "switchyard_bus_disconnects_total",
             "NATS connections lost.",

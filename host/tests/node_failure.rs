@@ -92,7 +92,8 @@ async fn a_killed_node_loses_nothing_for_clients_that_reconnect_elsewhere() {
     let bus = format!("{}lease_ttl_ms = 2000\n", bus_section(&[nats.url()], 1));
     let store = format!("[store]\nurl = {db:?}\nregistry_ttl_s = 2\n");
 
-    // Node a, the real binary, starts first and takes the router lease.
+    // Node a, the real binary, starts first and takes every partition; b
+    // then takes its share.
     let dir = tempfile::tempdir().expect("dir");
     let port = free_port();
     let path = dir.path().join("a.toml");
@@ -117,7 +118,7 @@ async fn a_killed_node_loses_nothing_for_clients_that_reconnect_elsewhere() {
     wait_for("node a routes", Duration::from_secs(30), async || {
         get(&format!("{a_url}/metrics"))
             .await
-            .is_some_and(|(_, m)| m.contains("switchyard_bus_router_leader 1"))
+            .is_some_and(|(_, m)| m.contains("switchyard_bus_partitions_owned 64"))
     })
     .await;
     let b = TestGateway::start(node_config("b", &format!("{bus}{store}"))).await;
@@ -184,10 +185,11 @@ async fn a_killed_node_loses_nothing_for_clients_that_reconnect_elsewhere() {
         at_kill < (CLIENTS as u64) * EVENTS,
         "the node died mid-stream"
     );
-    // b routes now, and the registry no longer lists a's sessions.
+    // b routes every partition now, and the registry no longer lists a's
+    // sessions.
     let (_, metrics) = b.get_text("/metrics").await;
     assert!(
-        metrics.contains("switchyard_bus_router_leader 1"),
+        metrics.contains("switchyard_bus_partitions_owned 64"),
         "{metrics}"
     );
     wait_for("a's sessions expire", Duration::from_secs(15), async || {

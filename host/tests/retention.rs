@@ -38,6 +38,7 @@ fn routed(seq: u64, topics: &[&str]) -> Routed {
         topics: topics.iter().map(|t| (*t).to_owned()).collect(),
         users: Vec::new(),
         stamp: 0,
+        origin: Default::default(),
     }
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 use super::{BusParts, LANES};
 use crate::hub::Hub;
 use crate::pipeline::{Edge, EventStats, Job, Outlet, PublishError, Router};
-use crate::routing::Event;
+use crate::routing::{Event, Origin, partition_of};
 
 /// The local bus.
 pub struct LocalBus {
@@ -20,6 +20,7 @@ pub struct LocalBus {
     epoch: u64,
     seq: AtomicU64,
     node_id: String,
+    partitions: u16,
 }
 
 impl LocalBus {
@@ -58,6 +59,7 @@ impl LocalBus {
             epoch,
             seq: AtomicU64::new(resume_seq),
             node_id: parts.node_id,
+            partitions: parts.partitions,
         }
     }
 
@@ -66,10 +68,15 @@ impl LocalBus {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
         event.id = format!("{:x}-{seq}", self.epoch);
         let id = event.id.clone();
+        let origin = Origin {
+            partition: partition_of(&event.topic, self.partitions),
+            term: 0,
+        };
         if let Err(e) = self.router.try_submit(Job {
             event,
-            ack: None,
+            settle: None,
             stamp: 0,
+            origin,
         }) {
             // The sequence is spent: tell history, so replays need not wait for it.
             if let Some(h) = &self.history {
@@ -96,9 +103,25 @@ impl LocalBus {
         self.epoch
     }
 
-    /// The newest sequence assigned.
-    pub fn high_water(&self) -> u64 {
-        self.seq.load(Ordering::Relaxed)
+    /// Completes once every event routed before the call is in the store
+    /// (events are recorded before they are delivered).
+    pub async fn cover(&self) {
+        if let Some(h) = &self.history {
+            h.barrier().await;
+        }
+    }
+
+    /// One node routes every partition.
+    pub fn partitions(&self) -> serde_json::Value {
+        let epoch = self.epoch;
+        let newest = self.seq.load(Ordering::Relaxed);
+        serde_json::json!({
+            "count": self.partitions,
+            "owned": { self.node_id.as_str(): self.partitions },
+            "relay": null,
+            "local": true,
+            "last_assigned": (newest > 0).then(|| crate::routing::EventId { epoch, seq: newest }.to_string()),
+        })
     }
 
     /// This node.

@@ -3,16 +3,21 @@
 //! carry the same messages, so a single node behaves as a cluster of one.
 //!
 //! The event path over NATS:
-//! 1. an event is published to `<prefix>.in.<topic>`, which the JetStream
-//!    stream `<PREFIX>_IN` captures; its stream sequence is the event id;
-//! 2. the one node holding the router lease (a key with a TTL in the KV
-//!    bucket `<PREFIX>_ROUTER`) pulls the stream in order, routes each event
-//!    once and publishes it to `<prefix>.out.t.<topic>` and
-//!    `<prefix>.out.u.<user>` (the stream `<PREFIX>_OUT` keeps those for a
-//!    short window), then acknowledges it;
+//! 1. an event is published to its partition's subject
+//!    `<prefix>.ip.<partition>.<topic>` (nodes do so directly; services
+//!    publish to `<prefix>.in.<topic>`, which the relay or a server mapping
+//!    moves there), which the JetStream stream `<PREFIX>_IN` captures; its
+//!    stream sequence is the event id;
+//! 2. each partition is routed by the one node holding its lease (a key in
+//!    the KV bucket `<PREFIX>_ROUTER`; partitions are spread over the live
+//!    nodes): it pulls the partition in order, routes each event once and
+//!    publishes it to `<prefix>.out.t.<topic>` and `<prefix>.out.u.<user>`
+//!    (the stream `<PREFIX>_OUT` keeps those for a short window), then
+//!    acknowledges it once history has it;
 //! 3. each node subscribes to the delivery subjects of its own sessions'
 //!    topics and users only, and hands deliveries to its edge.
 
+pub mod assign;
 pub mod local;
 pub mod nats;
 pub mod recent;
@@ -36,8 +41,24 @@ use crate::routing::Event;
 pub struct BusStats {
     /// Whether the connection is up.
     pub connected: AtomicBool,
-    /// Whether this node holds the router lease.
-    pub leader: AtomicBool,
+    /// Partitions this node routes now.
+    pub partitions_owned: AtomicI64,
+    /// Whether this node relays raw publishes.
+    pub relay_owner: Arc<AtomicBool>,
+    /// Leases taken.
+    pub leases_acquired: AtomicU64,
+    /// Leases handed over.
+    pub leases_released: AtomicU64,
+    /// Leases lost.
+    pub leases_lost: AtomicU64,
+    /// Raw publishes relayed to their partitions.
+    pub relayed: AtomicU64,
+    /// Relayed publishes not confirmed.
+    pub relay_errors: AtomicU64,
+    /// Deliveries dropped because their partition had a later owner.
+    pub fenced: AtomicU64,
+    /// Cover rounds that failed.
+    pub cover_failures: AtomicU64,
     /// Connections lost.
     pub disconnects: AtomicU64,
     /// Ingest messages that could not be read (counted, acknowledged, dropped).
@@ -82,6 +103,19 @@ pub enum BusError {
     /// NATS is unreachable now.
     #[error("the event bus is unavailable: {0}")]
     Unavailable(String),
+    /// The ingest stream was made for another partition count.
+    #[error(
+        "bus.partitions is {configured} but the ingest stream {stream} was created with {found} partitions; \
+         set bus.partitions = {found}, or delete the stream to start a new epoch with {configured}"
+    )]
+    Partitions {
+        /// The stream.
+        stream: String,
+        /// Configured.
+        configured: u16,
+        /// Stored with the stream.
+        found: u16,
+    },
 }
 
 /// What the bus is built from.
@@ -103,6 +137,8 @@ pub struct BusParts {
     pub resume: Option<(u64, u64)>,
     /// The hub's interest changes (the NATS bus subscribes accordingly).
     pub interest: Option<mpsc::UnboundedReceiver<Interest>>,
+    /// `bus.partitions`.
+    pub partitions: u16,
 }
 
 /// The bus of this node.
@@ -175,12 +211,24 @@ impl Bus {
         }
     }
 
-    /// The newest sequence assigned so far (anywhere in the cluster): a
-    /// replay waits until history is written up to it.
-    pub async fn high_water(&self) -> Option<u64> {
+    /// Completes once every event routed anywhere before the call is in
+    /// the store (a replay reads history only then); false if that could
+    /// not be made sure of in time (the replay answers with a reset).
+    pub async fn cover(&self) -> bool {
         match self {
-            Bus::Local(b) => Some(b.high_water()),
-            Bus::Nats(b) => b.high_water().await,
+            Bus::Local(b) => {
+                b.cover().await;
+                true
+            }
+            Bus::Nats(b) => b.cover().await,
+        }
+    }
+
+    /// Every partition's owner and routing state (`GET /admin/partitions`).
+    pub async fn partitions(&self) -> Result<serde_json::Value, BusError> {
+        match self {
+            Bus::Local(b) => Ok(b.partitions()),
+            Bus::Nats(b) => b.partitions().await,
         }
     }
 

@@ -1,5 +1,7 @@
 //! How events look on NATS: the ingest message services publish to
-//! `<prefix>.in.<topic>`, and the routed delivery nodes exchange on
+//! `<prefix>.in.<topic>` (relayed, or mapped by the server, to its
+//! partition's subject `<prefix>.ip.<partition>.<topic>`, where nodes
+//! publish directly), and the routed delivery nodes exchange on
 //! `<prefix>.out.t.<topic>` and `<prefix>.out.u.<user>`. Pure: no I/O.
 //!
 //! Ingest headers a service may set: `Sy-Event` (event name), `Sy-To-Users`
@@ -15,7 +17,7 @@ use async_nats::HeaderMap;
 use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
-use crate::routing::{Event, Routed, Topic};
+use crate::routing::{Event, Origin, Partition, Routed, Topic};
 
 /// Event name header.
 pub const H_EVENT: &str = "Sy-Event";
@@ -74,9 +76,34 @@ impl Subjects {
         format!("{}.in.{topic}", self.prefix)
     }
 
-    /// Every ingest subject (what the ingest stream captures).
+    /// Every raw ingest subject (what the relay reads).
     pub fn ingest_all(&self) -> String {
         format!("{}.in.>", self.prefix)
+    }
+
+    /// The ingest subject of `topic` in its partition.
+    pub fn partitioned(&self, partition: Partition, topic: &str) -> String {
+        format!("{}.ip.{partition}.{topic}", self.prefix)
+    }
+
+    /// Every ingest subject of `partition` (its consumer's filter).
+    pub fn partition_filter(&self, partition: Partition) -> String {
+        format!("{}.ip.{partition}.>", self.prefix)
+    }
+
+    /// Every partitioned ingest subject.
+    pub fn partitioned_all(&self) -> String {
+        format!("{}.ip.>", self.prefix)
+    }
+
+    /// Cover requests: "is everything you routed so far in the store?"
+    pub fn cover(&self) -> String {
+        format!("{}.cover", self.prefix)
+    }
+
+    /// Partition status queries.
+    pub fn partitions(&self) -> String {
+        format!("{}.partitions", self.prefix)
     }
 
     /// Deliveries to subscribers of `topic`.
@@ -116,11 +143,14 @@ impl Subjects {
         format!("{}.nodes", self.prefix)
     }
 
-    /// The topic of an ingest subject.
+    /// The topic of an ingest subject, raw or partitioned.
     pub fn ingest_topic<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        subject
-            .strip_prefix(self.prefix.as_str())?
-            .strip_prefix(".in.")
+        let rest = subject.strip_prefix(self.prefix.as_str())?;
+        if let Some(topic) = rest.strip_prefix(".in.") {
+            return Some(topic);
+        }
+        let (partition, topic) = rest.strip_prefix(".ip.")?.split_once('.')?;
+        partition.parse::<u16>().ok().map(|_| topic)
     }
 
     /// A name for JetStream objects: the prefix, upper-cased, with anything
@@ -264,6 +294,10 @@ struct RoutedMeta {
     users: Vec<String>,
     #[serde(default)]
     stamp: u64,
+    #[serde(default)]
+    p: u16,
+    #[serde(default)]
+    term: u64,
 }
 
 /// The headers of a delivery (its payload is the event's data).
@@ -279,6 +313,8 @@ pub fn encode_routed(routed: &Routed) -> HeaderMap {
         topics: routed.topics.clone(),
         users: routed.users.clone(),
         stamp: routed.stamp,
+        p: routed.origin.partition.0,
+        term: routed.origin.term,
     };
     let mut headers = HeaderMap::new();
     if let Ok(json) = serde_json::to_string(&meta) {
@@ -306,6 +342,10 @@ pub fn decode_routed(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Rout
         topics: m.topics,
         users: m.users,
         stamp: m.stamp,
+        origin: Origin {
+            partition: Partition(m.p),
+            term: m.term,
+        },
     })
 }
 
@@ -397,6 +437,10 @@ mod tests {
             topics: vec!["chat.1".into()],
             users: vec!["x.y *".into()],
             stamp: 7,
+            origin: Origin {
+                partition: Partition(5),
+                term: 99,
+            },
         };
         let back = decode_routed(Some(&encode_routed(&r)), b"{}").expect("decodes");
         assert_eq!(back, r);
@@ -409,6 +453,10 @@ mod tests {
         assert_eq!(s.ingest("a.b"), "sy.in.a.b");
         assert_eq!(s.ingest_topic("sy.in.a.b"), Some("a.b"));
         assert_eq!(s.ingest_topic("sy.inx.a"), None);
+        assert_eq!(s.partitioned(Partition(7), "a.b"), "sy.ip.7.a.b");
+        assert_eq!(s.ingest_topic("sy.ip.7.a.b"), Some("a.b"));
+        assert_eq!(s.ingest_topic("sy.ip.x.a.b"), None);
+        assert_eq!(s.partition_filter(Partition(3)), "sy.ip.3.>");
         let u = s.user("x.y *>");
         assert!(
             u.starts_with("sy.out.u.") && !u["sy.out.u.".len()..].contains(['.', ' ', '*', '>'])

@@ -10,21 +10,61 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::{Edge, EventStats, LANE_DEPTH, PublishError, lane_of};
+use super::{Edge, EventStats, LANE_DEPTH, PublishError};
 use crate::executor::PluginExecutor;
 use crate::plugin::{Interface, PluginSet, RouteOutcome};
-use crate::routing::{Event, EventId, Routed};
+use crate::routing::{Event, EventId, Origin, Routed};
 use crate::store::history::{History, Record};
 
+/// Settles an ingest message once its event has been routed: told whether
+/// its deliveries went out. Opaque to the pipeline (on NATS, it queues the
+/// acknowledgement of the ingest message behind history). Dropped
+/// unsettled (a lane that stopped), it settles as not delivered.
+pub struct Settle(Option<Box<dyn FnOnce(bool) + Send>>);
+
+impl Settle {
+    /// Settles by calling `f`.
+    pub fn new(f: impl FnOnce(bool) + Send + 'static) -> Self {
+        Settle(Some(Box::new(f)))
+    }
+
+    /// The event is handled: `delivered` if its deliveries went out.
+    pub fn done(mut self, delivered: bool) {
+        if let Some(f) = self.0.take() {
+            f(delivered)
+        }
+    }
+}
+
+impl Drop for Settle {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f(false)
+        }
+    }
+}
+
 /// An event to route, with what settles it on the bus once its deliveries
-/// are out (the JetStream acknowledgement of the ingest message).
+/// are out.
 pub struct Job {
     /// The event, its id assigned.
     pub event: Event,
-    /// Acknowledges the ingest message; `None` on the local bus.
-    pub ack: Option<async_nats::jetstream::message::Acker>,
+    /// Settles the ingest message; `None` on the local bus.
+    pub settle: Option<Settle>,
     /// When the bus stored it (ns), 0 on the local bus.
     pub stamp: u64,
+    /// Its partition and lease term: a partition's events keep their order
+    /// because they go through one lane.
+    pub origin: Origin,
+}
+
+/// What a lane takes. A job is not boxed: lanes carry one per event,
+/// barriers are rare.
+#[allow(clippy::large_enum_variant)]
+enum Work {
+    Job(Job),
+    /// Answered once the lane has handled every job before it.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Where routed events go.
@@ -38,7 +78,7 @@ pub enum Outlet {
 
 /// The router stage.
 pub struct Router {
-    lanes: Vec<mpsc::Sender<Job>>,
+    lanes: Vec<mpsc::Sender<Work>>,
     tasks: TaskTracker,
     history: Option<Arc<History>>,
 }
@@ -76,24 +116,42 @@ impl Router {
         }
     }
 
-    fn lane(&self, job: &Job) -> &mpsc::Sender<Job> {
-        &self.lanes[lane_of(job.event.topic.as_str(), self.lanes.len())]
+    fn lane(&self, job: &Job) -> &mpsc::Sender<Work> {
+        &self.lanes[usize::from(job.origin.partition.0) % self.lanes.len()]
     }
 
     /// Queues a job without waiting: a full lane is the caller's to handle.
     pub fn try_submit(&self, job: Job) -> Result<(), PublishError> {
-        self.lane(&job).try_send(job).map_err(|e| match e {
-            mpsc::error::TrySendError::Full(_) => PublishError::Overloaded,
-            mpsc::error::TrySendError::Closed(_) => PublishError::Stopped,
-        })
+        self.lane(&job)
+            .try_send(Work::Job(job))
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => PublishError::Overloaded,
+                mpsc::error::TrySendError::Closed(_) => PublishError::Stopped,
+            })
     }
 
     /// Queues a job, waiting for room.
     pub async fn submit(&self, job: Job) -> Result<(), PublishError> {
         self.lane(&job)
-            .send(job)
+            .send(Work::Job(job))
             .await
             .map_err(|_| PublishError::Stopped)
+    }
+
+    /// Completes once every job submitted before the call has been handled
+    /// (routed, recorded for history, handed to the outlet), or the lanes
+    /// have stopped.
+    pub async fn barrier(&self) {
+        let mut waits = Vec::with_capacity(self.lanes.len());
+        for lane in &self.lanes {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if lane.send(Work::Barrier(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
+        }
     }
 
     /// Completes once every lane has finished (after the stop token), and
@@ -122,11 +180,18 @@ struct Lane {
 }
 
 impl Lane {
-    async fn run(self, mut rx: mpsc::Receiver<Job>, stop: CancellationToken) {
+    async fn run(self, mut rx: mpsc::Receiver<Work>, stop: CancellationToken) {
         let mut closing = false;
         loop {
             let job = tokio::select! {
-                j = rx.recv() => match j { Some(j) => j, None => return },
+                w = rx.recv() => match w {
+                    Some(Work::Job(j)) => j,
+                    Some(Work::Barrier(done)) => {
+                        let _ = done.send(());
+                        continue;
+                    }
+                    None => return,
+                },
                 // Take no more, but finish what was accepted: those events
                 // already have ids.
                 () = stop.cancelled(), if !closing => {
@@ -157,6 +222,7 @@ impl Lane {
                 users: event.to_users.clone(),
                 event,
                 stamp: job.stamp,
+                origin: job.origin,
             }),
             RouteOutcome::Deliver { topics, users } => {
                 tracing::debug!(?topics, ?users, "routed");
@@ -165,6 +231,7 @@ impl Lane {
                     topics,
                     users,
                     stamp: job.stamp,
+                    origin: job.origin,
                 })
             }
         };
@@ -182,8 +249,11 @@ impl Lane {
                 if let Some(r) = routed {
                     edge.submit(r).await;
                 }
+                if let Some(settle) = job.settle {
+                    settle.done(true);
+                }
             }
-            Outlet::Nats(out) => out.send(routed, job.ack).await,
+            Outlet::Nats(out) => out.send(routed, job.settle).await,
         }
     }
 

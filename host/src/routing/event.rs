@@ -60,4 +60,19 @@ pub struct Routed {
     /// tells a redelivery from a new event that reuses a sequence after the
     /// bus lost data.
     pub stamp: u64,
+    /// Which partition routed it, under which lease.
+    pub origin: Origin,
+}
+
+/// Where a routed event comes from: its partition (that of its own
+/// topic) and the term of the lease under which it was routed. A term is
+/// the lease's revision when it was taken, so a later owner of the
+/// partition always has a higher one: an edge that has seen a term drops
+/// what an earlier owner of the partition still sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Origin {
+    /// The partition.
+    pub partition: super::Partition,
+    /// The lease term (0 on the local bus).
+    pub term: u64,
 }

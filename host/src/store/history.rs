@@ -1,8 +1,13 @@
 //! The history writer: routed events are written in batches (ingest never
-//! waits on one insert per event), with the watermark below which every
-//! sequence of the epoch has been handled, and retention applied as it goes.
+//! waits on one insert per event), with the newest sequence of the epoch
+//! it has handled (where the local bus resumes after a restart), and
+//! retention applied as it goes.
+//!
+//! Records are written in the order they are sent, so a [`Record::Barrier`]
+//! completes once everything sent before it is in the store: what a
+//! replay waits for, and what an ingest acknowledgement waits for.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,6 +34,8 @@ pub enum Record {
         /// The event.
         id: EventId,
     },
+    /// Answered once every record sent before it is written.
+    Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
 /// Counters of the writer.
@@ -40,8 +47,6 @@ pub struct HistoryStats {
     pub errors: AtomicU64,
     /// History rows removed by retention.
     pub trimmed: AtomicU64,
-    /// Times the watermark skipped a sequence that never came.
-    pub skipped_gaps: AtomicU64,
 }
 
 /// The sending side, shared by the router lanes.
@@ -51,7 +56,6 @@ pub struct History {
     stop: tokio_util::sync::CancellationToken,
     /// Counters.
     pub stats: Arc<HistoryStats>,
-    written: tokio::sync::watch::Receiver<(u64, u64)>,
 }
 
 /// Records waiting for the writer before router lanes wait.
@@ -66,8 +70,6 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// [`Headroom`]): rows another node wrote are seen at this node's first
 /// write to the stream after that.
 const RECOUNT_EVERY: Duration = Duration::from_secs(60);
-/// A missing sequence the watermark waits for before moving past it.
-const GAP_PATIENCE: Duration = Duration::from_secs(10);
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -83,14 +85,12 @@ impl History {
         let stats = Arc::new(HistoryStats::default());
         let task = TaskTracker::new();
         let stop = tokio_util::sync::CancellationToken::new();
-        let (written_tx, written) = tokio::sync::watch::channel((0, 0));
         task.spawn(write_loop(
             store,
             retention,
             rx,
             stats.clone(),
             stop.clone(),
-            written_tx,
         ));
         task.close();
         History {
@@ -98,7 +98,6 @@ impl History {
             task,
             stop,
             stats,
-            written,
         }
     }
 
@@ -115,10 +114,13 @@ impl History {
         let _ = self.tx.try_send(record);
     }
 
-    /// `(epoch, upto)`: every sequence of the epoch up to `upto` is in the
-    /// store. Closed once the writer stopped (everything sent is written).
-    pub fn written(&self) -> tokio::sync::watch::Receiver<(u64, u64)> {
-        self.written.clone()
+    /// Completes once every record sent before this call is in the store
+    /// (at once if the writer has stopped: it wrote everything first).
+    pub async fn barrier(&self) {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        if self.tx.send(Record::Barrier(tx)).await.is_ok() {
+            let _ = rx.await;
+        }
     }
 
     /// Stops taking records and waits until everything sent is written.
@@ -128,57 +130,28 @@ impl History {
     }
 }
 
-/// The watermark of one epoch: every sequence up to `upto` was handled.
-#[derive(Debug)]
-pub struct Watermark {
+/// The newest sequence of the epoch handled so far (written or skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HighMark {
     /// The epoch.
     pub epoch: u64,
-    next: u64,
-    pending: BTreeSet<u64>,
-    stuck_since: Option<Instant>,
+    /// The newest sequence.
+    pub upto: u64,
 }
 
-impl Watermark {
-    /// Starts after `upto`.
-    pub fn new(epoch: u64, upto: u64) -> Self {
-        Watermark {
-            epoch,
-            next: upto + 1,
-            pending: BTreeSet::new(),
-            stuck_since: None,
+impl HighMark {
+    /// Takes `id` into account: a newer epoch starts over.
+    pub fn mark(mark: &mut Option<HighMark>, id: EventId) {
+        match mark {
+            Some(m) if m.epoch == id.epoch => m.upto = m.upto.max(id.seq),
+            Some(m) if m.epoch > id.epoch => {}
+            _ => {
+                *mark = Some(HighMark {
+                    epoch: id.epoch,
+                    upto: id.seq,
+                })
+            }
         }
-    }
-
-    /// Every sequence up to this one was handled.
-    pub fn upto(&self) -> u64 {
-        self.next - 1
-    }
-
-    /// Marks `seq` handled.
-    pub fn mark(&mut self, seq: u64) {
-        if seq >= self.next {
-            self.pending.insert(seq);
-        }
-        while self.pending.remove(&self.next) {
-            self.next += 1;
-        }
-    }
-
-    /// Moves past a missing sequence that has not come for `patience`
-    /// (expired from the ingest stream, say); true if it did.
-    pub fn give_up_waiting(&mut self, now: Instant, patience: Duration) -> bool {
-        let Some(&first) = self.pending.first() else {
-            self.stuck_since = None;
-            return false;
-        };
-        let since = *self.stuck_since.get_or_insert(now);
-        if now.duration_since(since) < patience {
-            return false;
-        }
-        self.next = first;
-        self.mark(first);
-        self.stuck_since = None;
-        true
     }
 }
 
@@ -188,11 +161,10 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Record>,
     stats: Arc<HistoryStats>,
     stop: tokio_util::sync::CancellationToken,
-    written: tokio::sync::watch::Sender<(u64, u64)>,
 ) {
     let mut closing = false;
     let mut batch = Vec::with_capacity(BATCH);
-    let mut mark: Option<Watermark> = None;
+    let mut mark: Option<HighMark> = None;
     let mut headroom = Headroom::default();
     let mut last_trim = Instant::now();
     let mut last_recount = Instant::now();
@@ -212,7 +184,8 @@ async fn write_loop(
         if n == 0 && closing {
             break;
         }
-        if n > 0 && n < BATCH / 2 && !closing {
+        let barrier = |b: &Vec<Record>| b.iter().any(|r| matches!(r, Record::Barrier(_)));
+        if n > 0 && n < BATCH / 2 && !closing && !barrier(&batch) {
             // A trickle of events: wait a moment for more, so that a batch
             // is one transaction of many rows rather than one per event
             // (each statement is two thread hand-offs through sqlx's SQLite
@@ -227,46 +200,37 @@ async fn write_loop(
         }
         let mut routed = Vec::with_capacity(batch.len());
         let mut delivered: HashMap<String, EventId> = HashMap::new();
+        let mut barriers = Vec::new();
         for record in batch.drain(..) {
-            let id = match &record {
-                Record::Routed(r) => EventId::parse(&r.event.id),
-                Record::Skipped(id) => Some(*id),
+            let id = match record {
+                Record::Routed(r) => {
+                    let id = EventId::parse(&r.event.id);
+                    routed.push(r);
+                    id
+                }
+                Record::Skipped(id) => Some(id),
                 Record::Delivered { user, id } => {
-                    let newest = delivered.entry(user.clone()).or_insert(*id);
-                    *newest = (*newest).max(*id);
-                    continue;
+                    let newest = delivered.entry(user).or_insert(id);
+                    *newest = (*newest).max(id);
+                    None
+                }
+                Record::Barrier(done) => {
+                    barriers.push(done);
+                    None
                 }
             };
-            let Some(id) = id else { continue };
-            if mark.as_ref().is_none_or(|m| m.epoch != id.epoch) {
-                let upto = store.watermark(id.epoch).await.unwrap_or(0);
-                mark = Some(Watermark::new(id.epoch, upto));
+            if let Some(id) = id {
+                HighMark::mark(&mut mark, id);
             }
-            if let Some(m) = mark.as_mut() {
-                m.mark(id.seq);
-            }
-            if let Record::Routed(r) = record {
-                routed.push(r);
-            }
-        }
-        if let Some(m) = mark.as_mut()
-            && m.give_up_waiting(Instant::now(), GAP_PATIENCE)
-        {
-            stats.skipped_gaps.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(
-                epoch = m.epoch,
-                upto = m.upto(),
-                "history watermark moved past sequences that never came"
-            );
         }
         if let Some(m) = &mark
-            && !(routed.is_empty() && written_upto == Some((m.epoch, m.upto())))
+            && !(routed.is_empty() && written_upto == Some((m.epoch, m.upto)))
         {
             // Retried until it goes through: history is not lost to a blip.
             let mut delay = Duration::from_millis(50);
             loop {
                 match store
-                    .write(&routed, m.epoch, m.upto(), now_ms(), &retention)
+                    .write(&routed, m.epoch, m.upto, now_ms(), &retention)
                     .await
                 {
                     Ok(streams) => {
@@ -276,8 +240,7 @@ async fn write_loop(
                         stats
                             .written
                             .fetch_add(routed.len() as u64, Ordering::Relaxed);
-                        written_upto = Some((m.epoch, m.upto()));
-                        written.send_replace((m.epoch, m.upto()));
+                        written_upto = Some((m.epoch, m.upto));
                         break;
                     }
                     Err(e) => {
@@ -288,6 +251,9 @@ async fn write_loop(
                     }
                 }
             }
+        }
+        for done in barriers {
+            let _ = done.send(());
         }
         if !delivered.is_empty() {
             let cursors: Vec<(String, EventId)> = delivered.into_iter().collect();
@@ -322,18 +288,18 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_watermark_advances_over_contiguous_sequences_only() {
-        let mut w = Watermark::new(1, 10);
-        w.mark(12);
-        assert_eq!(w.upto(), 10);
-        w.mark(11);
-        assert_eq!(w.upto(), 12);
-        w.mark(5);
-        assert_eq!(w.upto(), 12, "old sequences change nothing");
-        w.mark(14);
-        let t0 = Instant::now();
-        assert!(!w.give_up_waiting(t0, Duration::from_secs(10)));
-        assert!(w.give_up_waiting(t0 + Duration::from_secs(11), Duration::from_secs(10)));
-        assert_eq!(w.upto(), 14, "13 never came");
+    fn the_high_mark_keeps_the_newest_sequence_of_the_newest_epoch() {
+        let mut m = None;
+        HighMark::mark(&mut m, EventId { epoch: 2, seq: 10 });
+        HighMark::mark(&mut m, EventId { epoch: 2, seq: 7 });
+        assert_eq!(m, Some(HighMark { epoch: 2, upto: 10 }));
+        HighMark::mark(&mut m, EventId { epoch: 1, seq: 99 });
+        assert_eq!(
+            m,
+            Some(HighMark { epoch: 2, upto: 10 }),
+            "older epochs change nothing"
+        );
+        HighMark::mark(&mut m, EventId { epoch: 3, seq: 1 });
+        assert_eq!(m, Some(HighMark { epoch: 3, upto: 1 }));
     }
 }

@@ -291,6 +291,7 @@ mod tests {
             topics: vec!["news.x".into(), "chat.a".into()],
             users: vec!["ann".into()],
             stamp: 0,
+            origin: Default::default(),
         };
         let streams: Vec<String> = p.streams_of(&r).map(Cow::into_owned).collect();
         assert_eq!(streams, ["news.x", "chat.a", "@inbox ann"]);

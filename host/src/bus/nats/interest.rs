@@ -120,6 +120,26 @@ pub fn inbound() -> (
     mpsc::channel(INBOUND)
 }
 
+/// The newest lease term heard of each partition: a delivery of an older
+/// term comes from an owner that was replaced (paused, partitioned away)
+/// and may be out of order with its successor's.
+#[derive(Default)]
+pub struct Terms {
+    newest: HashMap<crate::routing::Partition, u64>,
+}
+
+impl Terms {
+    /// Whether a delivery from `origin` may pass (and remembers its term).
+    pub fn admit(&mut self, origin: crate::routing::Origin) -> bool {
+        let newest = self.newest.entry(origin.partition).or_insert(0);
+        if origin.term < *newest {
+            return false;
+        }
+        *newest = origin.term;
+        true
+    }
+}
+
 /// A change of the NATS connection, from the client's event callback.
 #[derive(Debug, Clone, Copy)]
 pub enum Link {
@@ -159,6 +179,7 @@ impl Dispatcher {
         stop: CancellationToken,
     ) {
         let mut recent = RecentIds::new(RECENT);
+        let mut terms = Terms::default();
         let mut down_since: Option<SystemTime> = None;
         loop {
             tokio::select! {
@@ -178,22 +199,34 @@ impl Dispatcher {
                 m = inbound.recv(), if down_since.is_none() => {
                     let Some(m) = m else { return };
                     self.stats.received.fetch_add(1, Ordering::Relaxed);
-                    self.deliver(m.subject.as_str(), m.headers.as_ref(), &m.payload, &mut recent).await;
+                    self.deliver(m.subject.as_str(), m.headers.as_ref(), &m.payload, &mut recent, Some(&mut terms)).await;
                 }
             }
         }
     }
 
+    /// Hands a delivery to the edge unless it is a repeat or (when `terms`
+    /// is given: live deliveries, not the catch-up's stored ones, which
+    /// come in publish order) from an owner its partition has since
+    /// had a successor of.
     async fn deliver(
         &self,
         subject: &str,
         headers: Option<&async_nats::HeaderMap>,
         payload: &[u8],
         recent: &mut RecentIds,
+        terms: Option<&mut Terms>,
     ) -> bool {
         match wire::decode_routed(headers, payload) {
             Ok(routed) => {
                 tracing::trace!(id = %routed.event.id, %subject, "delivery received");
+                if let Some(terms) = terms
+                    && !terms.admit(routed.origin)
+                {
+                    self.stats.fenced.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!(id = %routed.event.id, partition = %routed.origin.partition, term = routed.origin.term, "delivery from a deposed owner dropped");
+                    return false;
+                }
                 // The id and the bus's storage time: a sequence reused after
                 // NATS lost data is a new event, not a repeat.
                 if recent.first_time((routed.event.id.as_str(), routed.stamp)) {
@@ -277,7 +310,13 @@ impl Dispatcher {
                 .contains(m.subject.as_str());
             if ours
                 && self
-                    .deliver(m.subject.as_str(), m.headers.as_ref(), &m.payload, recent)
+                    .deliver(
+                        m.subject.as_str(),
+                        m.headers.as_ref(),
+                        &m.payload,
+                        recent,
+                        None,
+                    )
                     .await
             {
                 recovered += 1;
@@ -288,5 +327,26 @@ impl Dispatcher {
             }
         }
         Ok(recovered)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{Origin, Partition};
+
+    #[test]
+    fn deliveries_of_a_deposed_owner_are_refused_per_partition() {
+        let mut t = Terms::default();
+        let o = |p, term| Origin {
+            partition: Partition(p),
+            term,
+        };
+        assert!(t.admit(o(1, 5)));
+        assert!(t.admit(o(1, 5)), "the same owner keeps sending");
+        assert!(t.admit(o(2, 3)), "partitions are fenced apart");
+        assert!(t.admit(o(1, 9)), "a successor");
+        assert!(!t.admit(o(1, 5)), "the deposed owner");
+        assert!(t.admit(o(2, 3)));
     }
 }

@@ -1,10 +1,18 @@
-//! The NATS bus: JetStream for ingest and the delivery log, a KV lease for
-//! the router, core subjects per topic and user for fan-out.
+//! The NATS bus: JetStream for ingest (one stream, its subjects split into
+//! partitions) and the delivery log, a KV lease per partition spread over
+//! the live nodes, core subjects per topic and user for fan-out.
 
+mod cover;
 mod interest;
-mod leader;
+mod leases;
+mod members;
 mod outlet;
+mod owner;
+mod ownership;
 mod presence;
+mod relay;
+mod settle;
+mod status;
 
 pub use outlet::Outlet;
 
@@ -15,6 +23,8 @@ use std::time::Duration;
 use async_nats::jetstream::{self, kv, stream};
 use bytes::Bytes;
 use tokio::sync::watch;
+
+use crate::routing::partition_of;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -35,15 +45,23 @@ pub struct NatsBus {
     edge: Arc<Edge>,
     stats: Arc<BusStats>,
     events: Arc<EventStats>,
-    members: Arc<presence::Members>,
+    members: Arc<members::Members>,
+    leases: Arc<leases::LeaseTable>,
+    asker: Arc<cover::Asker>,
+    partitions: u16,
     applied: watch::Receiver<u64>,
+    /// How many slots this node still routes (drain waits for 0).
+    routing: watch::Receiver<usize>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
 
 /// Router lanes: each waits for JetStream to confirm an event's deliveries
-/// before the next event of its topics, so more lanes keep more in flight.
+/// before the next event of its partitions, so more lanes keep more in
+/// flight.
 const ROUTER_LANES: usize = 16;
+/// The single router's consumer of the ingest stream before partitions.
+const LEGACY_CONSUMER: &str = "router";
 /// How long a publisher waits for JetStream to confirm an event.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
 /// The delivery log's size cap.
@@ -75,9 +93,10 @@ impl NatsBus {
         // A cluster that just started has no JetStream leader for a few
         // seconds: retry before giving up.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        let (epoch, lease) = loop {
+        let (epoch, kv) = loop {
             match provision(&js, bus, &subjects).await {
                 Ok(p) => break p,
+                Err(e @ BusError::Partitions { .. }) => return Err(e),
                 Err(e) if tokio::time::Instant::now() < deadline => {
                     tracing::info!(error = %e, "JetStream not ready; retrying");
                     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -88,13 +107,7 @@ impl NatsBus {
         let epoch = Arc::new(AtomicU64::new(epoch));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let outlet = Outlet::start(
-            js.clone(),
-            subjects.clone(),
-            stats.clone(),
-            parts.history.as_deref(),
-            &tasks,
-        );
+        let outlet = Outlet::new(js.clone(), subjects.clone(), stats.clone());
         let router = Arc::new(Router::start(
             ROUTER_LANES,
             parts.executor.clone(),
@@ -111,21 +124,103 @@ impl NatsBus {
             parts.history.clone(),
         );
 
+        let node_timeout = Duration::from_millis(bus.node_timeout_ms);
+        let lease_ttl = Duration::from_millis(bus.lease_ttl_ms);
+        let members = Arc::new(members::Members::new(node_timeout));
+        let (eligible_tx, eligible) = watch::channel(false);
+        tasks.spawn(members::run(
+            client.clone(),
+            subjects.clone(),
+            node_id.clone(),
+            eligible.clone(),
+            members.clone(),
+            stop.clone(),
+        ));
+        let leases = Arc::new(leases::LeaseTable::new(lease_ttl));
+        tasks.spawn(leases.clone().follow(kv.clone(), stop.clone()));
+        let owned = Arc::new(owner::Owned::default());
+        let owners = Arc::new(owner::OwnerContext {
+            js: js.clone(),
+            ingest_stream: ingest_stream.clone(),
+            subjects: subjects.clone(),
+            epoch: epoch.clone(),
+            router: router.clone(),
+            stats: stats.clone(),
+            acks: settle::Acks::start(parts.history.clone(), &tasks),
+            owned: owned.clone(),
+        });
+        let relay = Arc::new(relay::RelayContext {
+            js: js.clone(),
+            ingest_stream: ingest_stream.clone(),
+            subjects: subjects.clone(),
+            epoch: epoch.clone(),
+            partitions: bus.partitions,
+            stats: stats.clone(),
+        });
+        let (running, routing) = watch::channel(0);
+        // Ownership ends when the node drains: it hands every slot over.
         tasks.spawn(
-            leader::Leadership {
-                js: js.clone(),
-                kv: lease,
-                ingest_stream: ingest_stream.clone(),
-                subjects: subjects.clone(),
+            ownership::Ownership {
                 node_id: node_id.clone(),
-                ttl: Duration::from_millis(bus.lease_ttl_ms),
-                router: router.clone(),
-                epoch: epoch.clone(),
+                partitions: bus.partitions,
+                kv,
+                lease_ttl,
+                node_timeout,
+                members: members.clone(),
+                table: leases.clone(),
+                owners,
+                relay,
                 stats: stats.clone(),
-                bus: bus.clone(),
+                eligible,
+                running,
             }
             .run(parts.draining.clone()),
         );
+        tasks.spawn(
+            cover::Responder {
+                client: client.clone(),
+                subjects: subjects.clone(),
+                node_id: node_id.clone(),
+                owned: owned.clone(),
+                router: router.clone(),
+                history: parts.history.clone(),
+            }
+            .run(stop.clone()),
+        );
+        let asker = cover::Asker::start(
+            client.clone(),
+            subjects.clone(),
+            bus.partitions,
+            stats.clone(),
+            stop.clone(),
+        );
+        tasks.spawn(status::serve(
+            client.clone(),
+            subjects.clone(),
+            node_id.clone(),
+            owned,
+            epoch.clone(),
+            stats.relay_owner.clone(),
+            stop.clone(),
+        ));
+        // Everything this node routes with is up: it may own partitions,
+        // until it drains.
+        let _ = eligible_tx.send(true);
+        {
+            let draining = parts.draining.clone();
+            let stop = stop.clone();
+            tasks.spawn(async move {
+                tokio::select! {
+                    () = draining.cancelled() => {}
+                    () = stop.cancelled() => {}
+                }
+                let _ = eligible_tx.send(false);
+                // Keep the sender alive until the bus stops: dropping it
+                // would read as a change.
+                stop.cancelled().await;
+                drop(eligible_tx);
+            });
+        }
 
         let (inbound_tx, inbound_rx) = interest::inbound();
         let (applied_tx, applied) = watch::channel(0);
@@ -154,13 +249,11 @@ impl NatsBus {
             }
             .run(inbound_rx, link_rx, stop.clone()),
         );
-        let members = Arc::new(presence::Members::default());
         tasks.spawn(presence::serve(
             client.clone(),
             subjects.clone(),
             node_id,
             parts.hub.clone(),
-            members.clone(),
             stop.clone(),
         ));
         tasks.close();
@@ -175,7 +268,11 @@ impl NatsBus {
             stats,
             events: parts.stats,
             members,
+            leases,
+            asker,
+            partitions: bus.partitions,
             applied,
+            routing,
             stop,
             tasks,
         })
@@ -193,7 +290,8 @@ impl NatsBus {
             ));
         }
         let headers = wire::encode_ingest(&event);
-        let subject = self.subjects.ingest(event.topic.as_str());
+        let partition = partition_of(&event.topic, self.partitions);
+        let subject = self.subjects.partitioned(partition, event.topic.as_str());
         let fail = |e: &dyn std::fmt::Display| {
             self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(error = %e, "event not accepted by NATS");
@@ -247,11 +345,22 @@ impl NatsBus {
         self.epoch.load(Ordering::Relaxed)
     }
 
-    /// The ingest stream's last sequence.
-    pub async fn high_water(&self) -> Option<u64> {
-        // `get_stream` already fetched the stream's info: one round trip.
-        let stream = self.js.get_stream(&self.ingest_stream).await.ok()?;
-        Some(stream.cached_info().state.last_sequence)
+    /// Completes once every event routed anywhere before the call is in
+    /// the store; false if not every partition could say so in time.
+    pub async fn cover(&self) -> bool {
+        self.asker.cover().await
+    }
+
+    /// Every partition's owner and routing state.
+    pub async fn partitions(&self) -> Result<serde_json::Value, BusError> {
+        status::query(
+            &self.client,
+            &self.subjects,
+            &self.members,
+            &self.leases,
+            self.partitions,
+        )
+        .await
     }
 
     /// Live node ids.
@@ -276,6 +385,10 @@ impl NatsBus {
     /// then stops the background tasks.
     pub async fn drain(&self, budget: Duration) {
         let _ = tokio::time::timeout(budget, async {
+            // The node is not eligible once draining: its partitions go to
+            // other nodes, each once what it took is acknowledged.
+            let mut routing = self.routing.clone();
+            let _ = routing.wait_for(|n| *n == 0).await;
             self.router.drained().await;
             let _ = self.client.flush().await;
             self.stop.cancel();
@@ -288,32 +401,69 @@ impl NatsBus {
     }
 }
 
-/// Creates (or finds) the ingest stream, the delivery log and the lease
-/// bucket; returns the ingest stream's epoch and the bucket.
+/// The partition count as the ingest stream's description records it.
+fn described_partitions(description: Option<&str>) -> Option<u16> {
+    description?
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("partitions="))?
+        .parse()
+        .ok()
+}
+
+/// Creates (or finds, and brings up to date) the ingest stream, the
+/// delivery log and the lease bucket; returns the ingest stream's epoch
+/// and the bucket. Refuses a partition count other than the stream's.
 async fn provision(
     js: &jetstream::Context,
     bus: &crate::config::BusConfig,
     subjects: &Subjects,
 ) -> Result<(u64, kv::Store), BusError> {
     let ingest_stream = subjects.stream_name("IN");
+    let fail = setup(&ingest_stream);
+    let wanted = stream::Config {
+        name: ingest_stream.clone(),
+        description: Some(format!("switchyard ingest partitions={}", bus.partitions)),
+        subjects: vec![subjects.ingest_all(), subjects.partitioned_all()],
+        retention: stream::RetentionPolicy::WorkQueue,
+        storage: stream::StorageType::File,
+        num_replicas: bus.replicas,
+        max_age: Duration::from_secs(bus.ingest_max_age_s),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
     let mut stream = js
-        .get_or_create_stream(stream::Config {
-            name: ingest_stream.clone(),
-            subjects: vec![subjects.ingest_all()],
-            retention: stream::RetentionPolicy::WorkQueue,
-            storage: stream::StorageType::File,
-            num_replicas: bus.replicas,
-            max_age: Duration::from_secs(bus.ingest_max_age_s),
-            duplicate_window: Duration::from_secs(120),
-            ..Default::default()
-        })
+        .get_or_create_stream(wanted.clone())
         .await
-        .map_err(|e| setup(&ingest_stream)(&e))?;
-    let created = stream
-        .info()
-        .await
-        .map_err(|e| setup(&ingest_stream)(&e))?
-        .created;
+        .map_err(|e| fail(&e))?;
+    let info = stream.info().await.map_err(|e| fail(&e))?.clone();
+    match described_partitions(info.config.description.as_deref()) {
+        Some(found) if found != bus.partitions => {
+            return Err(BusError::Partitions {
+                stream: ingest_stream.clone(),
+                configured: bus.partitions,
+                found,
+            });
+        }
+        Some(_) => {}
+        None => {
+            // A stream made before partitions (one router for all): take
+            // the partitioned subjects too, and drop its single unfiltered
+            // consumer, which would keep per-partition consumers off a
+            // work queue. Its unrouted events reach their partitions
+            // through the relay.
+            let mut config = info.config.clone();
+            config.description = wanted.description.clone();
+            for subject in &wanted.subjects {
+                if !config.subjects.contains(subject) {
+                    config.subjects.push(subject.clone());
+                }
+            }
+            let _ = stream.delete_consumer(LEGACY_CONSUMER).await;
+            js.update_stream(config).await.map_err(|e| fail(&e))?;
+            tracing::info!(stream = %ingest_stream, partitions = bus.partitions, "ingest stream moved to partitions");
+        }
+    }
+    let created = info.created;
     let epoch = (created.unix_timestamp_nanos() / 1_000_000) as u64;
     let out_stream = subjects.stream_name("OUT");
     js.get_or_create_stream(stream::Config {

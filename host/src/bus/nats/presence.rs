@@ -1,53 +1,26 @@
-//! Who is where: nodes announce themselves every second on `<prefix>.nodes`,
-//! and a presence query is scattered to every node on `<prefix>.presence`
-//! and gathered until each live node has answered (or a deadline passes).
+//! Who is where: a presence query is scattered to every node on
+//! `<prefix>.presence` and gathered until each live node (see
+//! [`super::members`]) has answered, or a deadline passes.
 
-use std::collections::{BTreeSet, HashMap};
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
+use super::members::Members;
 use crate::bus::BusError;
 use crate::bus::wire::Subjects;
 use crate::hub::Hub;
 
-/// How often a node announces itself.
-const BEAT: Duration = Duration::from_secs(1);
-/// A node unheard of for this long is gone.
-const GONE_AFTER: Duration = Duration::from_secs(3);
 /// The longest a presence query waits for answers.
 const QUERY_DEADLINE: Duration = Duration::from_millis(1500);
 
-/// The nodes heard from lately.
-#[derive(Default)]
-pub struct Members {
-    seen: Mutex<HashMap<String, Instant>>,
-}
-
-impl Members {
-    fn heard(&self, node: String) {
-        self.seen
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(node, Instant::now());
-    }
-
-    /// Live nodes, sorted.
-    pub fn live(&self) -> Vec<String> {
-        let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        seen.retain(|_, at| at.elapsed() < GONE_AFTER);
-        let mut nodes: Vec<String> = seen.keys().cloned().collect();
-        nodes.sort();
-        nodes
-    }
-}
-
 #[derive(Serialize, Deserialize)]
-struct Answer {
+pub(super) struct Answer {
     node: String,
     #[serde(default)]
     users: Vec<String>,
@@ -55,39 +28,27 @@ struct Answer {
     sessions: serde_json::Value,
 }
 
-/// Announces this node, tracks the others and answers presence queries
-/// from the local hub, until `stop`.
+/// Answers presence and session count queries from the local hub, until
+/// `stop`.
 pub async fn serve(
     client: async_nats::Client,
     subjects: Subjects,
     node_id: String,
     hub: Arc<Hub>,
-    members: Arc<Members>,
     stop: CancellationToken,
 ) {
-    let (mut beats, mut queries, mut counts) = match (
-        client.subscribe(subjects.nodes()).await,
+    let (mut queries, mut counts) = match (
         client.subscribe(subjects.presence()).await,
         client.subscribe(subjects.sessions()).await,
     ) {
-        (Ok(b), Ok(q), Ok(c)) => (b, q, c),
-        (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+        (Ok(q), Ok(c)) => (q, c),
+        (Err(e), _) | (_, Err(e)) => {
             tracing::error!(error = %e, "cannot subscribe to presence subjects");
             return;
         }
     };
-    let mut tick = tokio::time::interval(BEAT);
     loop {
         tokio::select! {
-            _ = tick.tick() => {
-                // A beat queued while disconnected is sent on reconnect: harmless.
-                let _ = client.publish(subjects.nodes(), Bytes::from(node_id.clone())).await;
-            }
-            Some(m) = beats.next() => {
-                if let Ok(node) = std::str::from_utf8(&m.payload) {
-                    members.heard(node.to_owned());
-                }
-            }
             Some(q) = queries.next() => {
                 let Some(reply) = q.reply else { continue };
                 let topic = String::from_utf8_lossy(&q.payload);
@@ -133,7 +94,7 @@ pub async fn query_sessions(
 
 /// Scatters a request to every node and gathers the answers until each live
 /// node has answered or the deadline passes.
-async fn gather(
+pub(super) async fn gather(
     client: &async_nats::Client,
     subject: String,
     members: &Members,
