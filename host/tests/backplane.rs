@@ -409,7 +409,15 @@ async fn killing_one_server_of_a_cluster_loses_no_accepted_event() {
                 continue;
             }
             assert!(got.insert(n), "{name}: event {n} twice");
-            assert!(n > last || last == 0, "{name}: {n} after {last}");
+            assert!(
+                n > last || last == 0,
+                "{name}: {n} ({}) after {last}; relay errors a {} b {}; fenced a {} b {}",
+                e["id"],
+                bus(&a).relay_errors.load(Ordering::Relaxed),
+                bus(&b).relay_errors.load(Ordering::Relaxed),
+                bus(&a).fenced.load(Ordering::Relaxed),
+                bus(&b).fenced.load(Ordering::Relaxed),
+            );
             last = n;
         }
     }

@@ -18,6 +18,7 @@
 //!    topics and users only, and hands deliveries to its edge.
 
 pub mod assign;
+pub mod delivery_order;
 pub mod local;
 pub mod nats;
 pub mod recent;

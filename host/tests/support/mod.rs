@@ -4,6 +4,7 @@
 #![allow(dead_code, missing_docs)]
 
 pub mod nats;
+pub mod process;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

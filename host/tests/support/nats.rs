@@ -38,6 +38,21 @@ impl NatsServer {
         Self::spawn("solo".into(), port, store, Vec::new())
     }
 
+    /// One server with JetStream, started from a config file holding
+    /// `config` (a `mappings` block, say); flags give its port and store.
+    pub fn single_with_config(config: &str) -> Self {
+        let store = std::sync::Arc::new(tempfile::tempdir().expect("store dir"));
+        let file = store.path().join("nats.conf");
+        std::fs::write(&file, config).expect("nats config");
+        let port = free_port();
+        Self::spawn(
+            "conf".into(),
+            port,
+            store,
+            vec!["-c".into(), file.display().to_string()],
+        )
+    }
+
     /// Three clustered servers with JetStream.
     pub fn cluster() -> Vec<Self> {
         let store = std::sync::Arc::new(tempfile::tempdir().expect("store dir"));

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::leases::Lease;
 use super::settle::{Acks, InFlight};
 use crate::bus::BusStats;
+use crate::bus::delivery_order::DeliveryOrder;
 use crate::bus::wire::{self, Subjects};
 use crate::pipeline::{Job, Router};
 use crate::routing::{EventId, Origin, Partition};
@@ -209,6 +210,7 @@ async fn route(
     loop {
         let links = ctx.stats.disconnects.load(Ordering::Relaxed);
         let mut last_message = Instant::now();
+        let mut order = DeliveryOrder::default();
         let consumer = tokio::select! {
             c = fresh_consumer(ctx, partition) => c,
             () = handover.cancelled() => return Ended::HandedOver,
@@ -245,7 +247,10 @@ async fn route(
                     match m {
                         Some(Ok(msg)) => {
                             last_message = Instant::now();
-                            take(ctx, partition, owning, msg).await;
+                            if !take(ctx, partition, owning, &mut order, msg).await {
+                                tracing::warn!(%partition, "a delivery was lost in flight; pulling afresh from the oldest unacknowledged");
+                                break;
+                            }
                         }
                         Some(Err(e)) => tracing::debug!(%partition, error = %e, "partition pull hiccup"),
                         None => break,
@@ -275,13 +280,13 @@ async fn fresh_consumer(
     ctx: &OwnerContext,
     partition: Partition,
 ) -> Result<(pull::Stream, u64), String> {
-    let mut stream = ctx
+    // `get_stream` fetched the stream's info: one round trip.
+    let stream = ctx
         .js
         .get_stream(&ctx.ingest_stream)
         .await
         .map_err(|e| e.to_string())?;
-    let info = stream.info().await.map_err(|e| e.to_string())?;
-    let created = info.created.unix_timestamp_nanos() / 1_000_000;
+    let created = stream.cached_info().created.unix_timestamp_nanos() / 1_000_000;
     ctx.epoch.store(created as u64, Ordering::Relaxed);
     let name = consumer_name(partition);
     let _ = stream.delete_consumer(&name).await;
@@ -315,21 +320,28 @@ async fn fresh_consumer(
     Ok((messages, waiting))
 }
 
+/// Hands one pulled message to the router stage; false (and nothing
+/// taken) if it is out of order.
 async fn take(
     ctx: &OwnerContext,
     partition: Partition,
     owning: &Arc<Owning>,
+    order: &mut DeliveryOrder,
     msg: async_nats::jetstream::Message,
-) {
-    let Ok((seq, stamp, pending)) = msg.info().map(|i| {
+) -> bool {
+    let Ok((seq, stamp, pending, delivery)) = msg.info().map(|i| {
         (
             i.stream_sequence,
             i.published.unix_timestamp_nanos().max(0) as u64,
             i.pending,
+            i.consumer_sequence,
         )
     }) else {
-        return;
+        return true;
     };
+    if !order.follows(delivery, seq) {
+        return false;
+    }
     let epoch = ctx.epoch.load(Ordering::Relaxed);
     let id = EventId { epoch, seq };
     let (msg, acker) = msg.split();
@@ -369,4 +381,5 @@ async fn take(
     if pending == 0 {
         owning.caught_up.store(true, Ordering::Release);
     }
+    true
 }

@@ -56,9 +56,12 @@ impl Ownership {
         let mut members = self.members.changes();
         let mut leases = self.table.changes();
         // Take nothing from nodes taken for dead before their beats could
-        // have been heard: at start, and after this node's own reconnect.
+        // have been heard: at start, after this node's own reconnect, and
+        // after this node itself was frozen (SIGSTOP, a stall), when every
+        // other node looks silent only because it was not listening.
         let warm_up = beat * 2;
         let mut listening_since = tokio::time::Instant::now();
+        let mut last_turn = tokio::time::Instant::now();
         let mut links = self.stats.disconnects.load(Ordering::Relaxed);
         loop {
             tokio::select! {
@@ -68,16 +71,18 @@ impl Ownership {
                 _ = self.eligible.changed() => {}
                 () = stop.cancelled() => break,
             }
+            let now = tokio::time::Instant::now();
             let now_links = self.stats.disconnects.load(Ordering::Relaxed);
-            if now_links != links {
+            if now_links != links || now.duration_since(last_turn) > beat * 3 {
                 links = now_links;
-                listening_since = tokio::time::Instant::now();
+                listening_since = now;
             }
-            if listening_since.elapsed() < warm_up {
-                continue;
-            }
+            last_turn = now;
+            // Until then, only free slots are taken (a create, which fails
+            // harmlessly if the slot is held after all).
+            let may_force = listening_since.elapsed() >= warm_up;
             running.retain(|_, r| !r.task.is_finished());
-            self.rebalance(&slots, &mut running);
+            self.rebalance(&slots, &mut running, may_force);
             self.running.send_replace(running.len());
         }
         for r in running.values() {
@@ -89,7 +94,7 @@ impl Ownership {
         self.running.send_replace(0);
     }
 
-    fn rebalance(&self, slots: &[Slot], running: &mut HashMap<Slot, Running>) {
+    fn rebalance(&self, slots: &[Slot], running: &mut HashMap<Slot, Running>, may_force: bool) {
         let me = self.node_id.as_str();
         let eligible_now = *self.eligible.borrow();
         let mut nodes = self.members.eligible();
@@ -121,15 +126,16 @@ impl Ownership {
                 }
                 Some(_) => {}
                 None if mine => {
-                    running.insert(*slot, self.take(*slot));
+                    running.insert(*slot, self.take(*slot, may_force));
                 }
                 None => {}
             }
         }
     }
 
-    /// Starts a task that takes `slot` and routes it until handed over.
-    fn take(&self, slot: Slot) -> Running {
+    /// Starts a task that takes `slot` (from a dead holder too, if
+    /// `may_force`) and routes it until handed over.
+    fn take(&self, slot: Slot, may_force: bool) -> Running {
         let handover = CancellationToken::new();
         let kv = self.kv.clone();
         let node = self.node_id.clone();
@@ -140,7 +146,7 @@ impl Ownership {
         let stats = self.stats.clone();
         let token = handover.clone();
         let task = tokio::spawn(async move {
-            let may_take = |holder: &str| holder == node || !members.is_live(holder);
+            let may_take = |holder: &str| may_force && (holder == node || !members.is_live(holder));
             let lease = match Lease::acquire(&kv, slot, &node, ttl, may_take).await {
                 Ok(l) => l,
                 Err(LeaseError::Held(by)) => {

@@ -1,34 +1,40 @@
 //! The relay: services publish to `<prefix>.in.<topic>`, and on a server
 //! without the partition mapping those messages land in the ingest stream
 //! as they are. The node holding the relay lease pulls them in order and
-//! republishes each to its partition's subject, pipelined (JetStream
-//! confirms in the background; the raw message is acknowledged once its
-//! copy is stored). A republish carries a message id derived from the raw
-//! message's sequence, so repeating it after a failure or a failover is
-//! dropped by JetStream's duplicate window. With the server mapping (see
+//! republishes each to its partition's subject; the raw message is
+//! acknowledged once its copy is stored. Partitions are pipelined against
+//! each other, but a partition has one copy in flight at a time: if a copy
+//! is lost (a server or a stream leader dies under it), no later copy of
+//! its partition can have been stored before it, so a topic keeps its
+//! order. A republish carries a message id derived from the raw message's
+//! sequence, so repeating it after a failure or a failover is dropped by
+//! JetStream's duplicate window. With the server mapping (see
 //! `partition::server_mappings`) raw publishes never reach the relay.
 
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use async_nats::HeaderMap;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
-use async_nats::jetstream::context::PublishAckFuture;
 use async_nats::jetstream::message::Acker;
 use bytes::Bytes;
 use futures_util::StreamExt;
-use tokio::sync::mpsc;
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use super::leases::Lease;
 use crate::bus::BusStats;
+use crate::bus::delivery_order::DeliveryOrder;
 use crate::bus::wire::{self, Subjects};
-use crate::routing::partition_of;
+use crate::routing::{Partition, partition_of};
 
 /// The relay's durable consumer.
 pub const CONSUMER: &str = "relay";
-/// Republishes awaiting JetStream's confirmation.
-const IN_FLIGHT: usize = 4096;
+/// How long a handover waits for copies in flight and queued.
+const HANDOVER_BUDGET: Duration = Duration::from_secs(5);
 
 /// What the relay needs.
 #[allow(missing_docs)]
@@ -65,9 +71,8 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
                 continue;
             }
         };
-        let broken = CancellationToken::new();
-        let (tx, rx) = mpsc::channel(IN_FLIGHT);
-        let confirming = tokio::spawn(confirm(rx, ctx.clone(), broken.clone()));
+        let mut chains = Chains::default();
+        let mut order = DeliveryOrder::default();
         let ended = loop {
             tokio::select! {
                 _ = renew.tick() => {
@@ -76,17 +81,38 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
                 }
                 m = messages.next() => match m {
                     Some(Ok(msg)) => {
-                        if !republish(&ctx, msg, &tx).await { break None }
+                        let in_order = msg.info().is_ok_and(|i| order.follows(i.consumer_sequence, i.stream_sequence));
+                        if !in_order {
+                            tracing::warn!("a raw message was lost in flight; pulling afresh from the oldest unacknowledged");
+                            break None;
+                        }
+                        if let Some((p, copy)) = prepare(&ctx, msg).await
+                            && !chains.offer(&ctx, p, copy).await
+                        {
+                            break None;
+                        }
                     }
                     Some(Err(e)) => tracing::debug!(error = %e, "relay pull hiccup"),
                     None => break None,
                 },
-                () = broken.cancelled() => break None,
-                () = handover.cancelled() => break Some(false),
+                Some(done) = chains.in_flight.next(), if !chains.in_flight.is_empty() => {
+                    if !chains.confirmed(&ctx, done).await { break None }
+                }
+                () = handover.cancelled() => {
+                    // Stop pulling; finish what was taken.
+                    let finish = async {
+                        while let Some(done) = chains.in_flight.next().await {
+                            if !chains.confirmed(&ctx, done).await { return }
+                        }
+                    };
+                    let _ = tokio::time::timeout(HANDOVER_BUDGET, finish).await;
+                    break Some(false);
+                }
             }
         };
-        drop(tx);
-        let _ = confirming.await;
+        // Whatever was not confirmed stays unacknowledged: it is pulled
+        // again, and copies already stored are dropped as repeats.
+        drop(chains);
         if let Some(lost) = ended {
             break 'run lost;
         }
@@ -131,16 +157,96 @@ async fn fresh_consumer(ctx: &RelayContext) -> Result<pull::Stream, String> {
         .map_err(|e| e.to_string())
 }
 
-/// Republishes one raw message to its partition; false if NATS refused
-/// (the relay starts over from the oldest unacknowledged).
-async fn republish(
+/// A raw message's copy, ready to publish.
+struct Copy {
+    subject: String,
+    headers: HeaderMap,
+    payload: Bytes,
+    acker: Acker,
+}
+
+type Confirmed = (Partition, Result<(), String>, Acker);
+
+/// One copy in flight per partition; the rest of each partition waits.
+#[derive(Default)]
+struct Chains {
+    busy: HashSet<Partition>,
+    waiting: HashMap<Partition, VecDeque<Copy>>,
+    in_flight: FuturesUnordered<BoxFuture<'static, Confirmed>>,
+}
+
+impl Chains {
+    /// Publishes `copy` now, or after the copy of `p` in flight; false if
+    /// NATS refused it (the relay starts over).
+    async fn offer(&mut self, ctx: &RelayContext, p: Partition, copy: Copy) -> bool {
+        if self.busy.contains(&p) {
+            self.waiting.entry(p).or_default().push_back(copy);
+            return true;
+        }
+        self.publish(ctx, p, copy).await
+    }
+
+    async fn publish(&mut self, ctx: &RelayContext, p: Partition, copy: Copy) -> bool {
+        match ctx
+            .js
+            .publish_with_headers(copy.subject, copy.headers, copy.payload)
+            .await
+        {
+            Ok(ack) => {
+                let stream = ctx.ingest_stream.clone();
+                let acker = copy.acker;
+                self.in_flight.push(Box::pin(async move {
+                    let outcome = match ack.await {
+                        Ok(a) if a.stream == stream => {
+                            tracing::trace!(%p, seq = a.sequence, duplicate = a.duplicate, "relayed copy stored");
+                            Ok(())
+                        }
+                        Ok(a) => Err(format!("stored in {} instead of {stream}", a.stream)),
+                        Err(e) => Err(e.to_string()),
+                    };
+                    (p, outcome, acker)
+                }));
+                self.busy.insert(p);
+                true
+            }
+            Err(e) => {
+                ctx.stats.relay_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "relay publish refused; starting over");
+                false
+            }
+        }
+    }
+
+    /// Acknowledges a stored copy's raw message and sends the next copy
+    /// of its partition; false on a failure (the relay starts over).
+    async fn confirmed(&mut self, ctx: &RelayContext, (p, outcome, acker): Confirmed) -> bool {
+        self.busy.remove(&p);
+        if let Err(e) = outcome {
+            ctx.stats.relay_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(partition = %p, error = %e, "relayed event not confirmed; starting over");
+            return false;
+        }
+        ctx.stats.relayed.fetch_add(1, Ordering::Relaxed);
+        if let Err(e) = acker.ack().await {
+            tracing::debug!(error = %e, "raw message acknowledgement failed");
+        }
+        match self.waiting.get_mut(&p).and_then(VecDeque::pop_front) {
+            Some(next) => self.publish(ctx, p, next).await,
+            None => {
+                self.waiting.remove(&p);
+                true
+            }
+        }
+    }
+}
+
+/// A raw message's copy for its partition, or `None` for a malformed one
+/// (counted, acknowledged, dropped).
+async fn prepare(
     ctx: &RelayContext,
     msg: async_nats::jetstream::Message,
-    confirm: &mpsc::Sender<(PublishAckFuture, Acker)>,
-) -> bool {
-    let Ok(seq) = msg.info().map(|i| i.stream_sequence) else {
-        return true;
-    };
+) -> Option<(Partition, Copy)> {
+    let seq = msg.info().map(|i| i.stream_sequence).ok()?;
     let (msg, acker) = msg.split();
     let event = match wire::decode_ingest(
         &ctx.subjects,
@@ -154,56 +260,19 @@ async fn republish(
             ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(subject = %msg.subject, error = %e, "malformed ingest message dropped");
             let _ = acker.ack().await;
-            return true;
+            return None;
         }
     };
     let partition = partition_of(&event.topic, ctx.partitions);
+    tracing::trace!(raw = seq, %partition, "relaying");
     let mut headers = wire::encode_ingest(&event);
     let epoch = ctx.epoch.load(Ordering::Relaxed);
     headers.insert(wire::H_MSG_ID, format!("sy-relay-{epoch:x}-{seq}").as_str());
-    let subject = ctx.subjects.partitioned(partition, event.topic.as_str());
-    match ctx
-        .js
-        .publish_with_headers(subject, headers, Bytes::from(event.data))
-        .await
-    {
-        Ok(ack) => confirm.send((ack, acker)).await.is_ok(),
-        Err(e) => {
-            ctx.stats.relay_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "relay publish refused; starting over");
-            false
-        }
-    }
-}
-
-/// Acknowledges raw messages, in order, once their copies are stored.
-async fn confirm(
-    mut rx: mpsc::Receiver<(PublishAckFuture, Acker)>,
-    ctx: Arc<RelayContext>,
-    broken: CancellationToken,
-) {
-    while let Some((ack, acker)) = rx.recv().await {
-        if broken.is_cancelled() {
-            // Left unacknowledged: the relay pulls them again.
-            continue;
-        }
-        match ack.await {
-            Ok(a) if a.stream == ctx.ingest_stream => {
-                ctx.stats.relayed.fetch_add(1, Ordering::Relaxed);
-                if let Err(e) = acker.ack().await {
-                    tracing::debug!(error = %e, "raw message acknowledgement failed");
-                }
-            }
-            Ok(a) => {
-                ctx.stats.relay_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::error!(stream = %a.stream, "a relayed event was stored outside the ingest stream");
-                broken.cancel();
-            }
-            Err(e) => {
-                ctx.stats.relay_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "relayed event not confirmed; starting over");
-                broken.cancel();
-            }
-        }
-    }
+    let copy = Copy {
+        subject: ctx.subjects.partitioned(partition, event.topic.as_str()),
+        headers,
+        payload: Bytes::from(event.data),
+        acker,
+    };
+    Some((partition, copy))
 }

@@ -1,0 +1,544 @@
+//! Partitioned routing on real `nats-server` processes: partitions shared
+//! out over the nodes and moved only as nodes join and drain; an owner
+//! killed or paused mid-stream replaced without a loss, a duplicate or a
+//! reordering; raw publishes partitioned by the relay or by a server
+//! mapping; a node with another partition count refused.
+
+mod support;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use support::nats::{NatsServer, bus_section};
+use support::process::GatewayProcess;
+use support::*;
+use switchyard_host::routing::partition::{partition_of_str, server_mappings};
+
+const PARTITIONS: usize = 64;
+
+async fn node(name: &str, url: &str) -> TestGateway {
+    TestGateway::start(node_config(name, &bus_section(&[url.to_owned()], 1))).await
+}
+
+/// Waits until `cond` holds, polling.
+async fn eventually(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
+    let deadline = tokio::time::Instant::now() + limit;
+    while !cond().await {
+        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Every partition's owner and the relay's, as `/admin/partitions` says.
+#[derive(Debug, Clone, PartialEq)]
+struct Owners {
+    partitions: Vec<Option<String>>,
+    relay: Option<String>,
+}
+
+impl Owners {
+    fn read(v: &Value) -> Self {
+        let partitions = v["partitions"]
+            .as_array()
+            .map(|ps| {
+                ps.iter()
+                    .map(|p| p["owner"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default();
+        Owners {
+            partitions,
+            relay: v["relay"].as_str().map(str::to_owned),
+        }
+    }
+
+    /// Slots (partitions and the relay) per node.
+    fn slots(&self) -> BTreeMap<String, usize> {
+        let mut n = BTreeMap::new();
+        for o in self.partitions.iter().chain([&self.relay]).flatten() {
+            *n.entry(o.clone()).or_default() += 1;
+        }
+        n
+    }
+
+    /// Every slot owned by one of `nodes`, none of them over its share.
+    fn balanced_over(&self, nodes: &[&str]) -> bool {
+        let cap = (PARTITIONS + 1).div_ceil(nodes.len());
+        let slots = self.slots();
+        self.partitions.len() == PARTITIONS
+            && self
+                .partitions
+                .iter()
+                .chain([&self.relay])
+                .all(|o| o.as_deref().is_some_and(|o| nodes.contains(&o)))
+            && slots.values().all(|n| *n <= cap)
+    }
+
+    /// The partitions whose owner differs from `before`'s.
+    fn moved_since(&self, before: &Owners) -> Vec<(usize, Option<String>, Option<String>)> {
+        (0..PARTITIONS)
+            .filter(|p| self.partitions[*p] != before.partitions[*p])
+            .map(|p| (p, before.partitions[p].clone(), self.partitions[p].clone()))
+            .collect()
+    }
+}
+
+async fn owners(gw: &TestGateway) -> Owners {
+    let (status, v) = gw.get_as("/admin/partitions", Some(ADMIN_TOKEN)).await;
+    assert_eq!(status, 200, "{v}");
+    Owners::read(&v)
+}
+
+/// Waits until the slots are shared out over `nodes`, as `gw` sees it.
+async fn balanced(gw: &TestGateway, nodes: &[&str]) -> Owners {
+    let mut last = None;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let o = owners(gw).await;
+        if o.balanced_over(nodes) {
+            return o;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "not balanced over {nodes:?}: {:?}",
+            last.map(|o: Owners| o.slots())
+        );
+        last = Some(o);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Publishes `{"t", "n"}` round-robin on `topics` through `url` until
+/// `stop`, every `every`; returns the numbers acknowledged per topic.
+fn publisher(
+    url: String,
+    topics: Vec<String>,
+    every: Duration,
+    stop: tokio_util::sync::CancellationToken,
+    acked: Arc<AtomicU64>,
+) -> tokio::task::JoinHandle<HashMap<String, Vec<u64>>> {
+    tokio::spawn(async move {
+        let http = reqwest::Client::new();
+        let mut sent: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut n = 0u64;
+        while !stop.is_cancelled() {
+            let topic = &topics[(n as usize) % topics.len()];
+            let resp = http
+                .post(&url)
+                .bearer_auth(SERVICE_KEY)
+                .json(&json!({"topic": topic, "data": {"t": topic, "n": n}}))
+                .send()
+                .await
+                .expect("publish");
+            assert_eq!(resp.status(), 200, "publish {n}");
+            sent.entry(topic.clone()).or_default().push(n);
+            acked.fetch_add(1, Ordering::Relaxed);
+            n += 1;
+            tokio::time::sleep(every).await;
+        }
+        sent
+    })
+}
+
+/// What a session received, per topic, and the longest a topic went
+/// without an event.
+struct Received {
+    got: HashMap<String, Vec<u64>>,
+    longest_topic_silence: Duration,
+}
+
+/// Reads `ws` while events are published, until as many as `total` says
+/// have come (or nothing comes for 30 s).
+fn reader(
+    mut ws: Ws,
+    total: tokio::sync::watch::Receiver<Option<usize>>,
+) -> tokio::task::JoinHandle<Received> {
+    tokio::spawn(async move {
+        let mut got: HashMap<String, Vec<u64>> = HashMap::new();
+        let mut arrived: HashMap<String, Instant> = HashMap::new();
+        let mut longest = Duration::ZERO;
+        let mut count = 0;
+        let mut quiet_since = Instant::now();
+        loop {
+            if total.borrow().is_some_and(|t| count >= t) {
+                break;
+            }
+            let Some(e) = ws.next_event_within(Duration::from_millis(500)).await else {
+                if total.borrow().is_some() && quiet_since.elapsed() > Duration::from_secs(30) {
+                    break;
+                }
+                continue;
+            };
+            quiet_since = Instant::now();
+            let topic = e["data"]["t"].as_str().expect("t").to_owned();
+            let n = e["data"]["n"].as_u64().expect("n");
+            if let Some(at) = arrived.insert(topic.clone(), Instant::now()) {
+                longest = longest.max(at.elapsed());
+            }
+            got.entry(topic).or_default().push(n);
+            count += 1;
+        }
+        Received {
+            got,
+            longest_topic_silence: longest,
+        }
+    })
+}
+
+/// Stops the publisher, lets the reader finish, and checks that every
+/// acknowledged event came once, in order per topic; returns the longest
+/// silence of a topic.
+async fn every_event_once_in_order(
+    stop: tokio_util::sync::CancellationToken,
+    publishing: tokio::task::JoinHandle<HashMap<String, Vec<u64>>>,
+    total: tokio::sync::watch::Sender<Option<usize>>,
+    reading: tokio::task::JoinHandle<Received>,
+) -> Duration {
+    stop.cancel();
+    let sent = publishing.await.expect("publisher");
+    total.send_replace(Some(sent.values().map(Vec::len).sum()));
+    let received = reading.await.expect("reader");
+    for (topic, s) in &sent {
+        let got = received.got.get(topic).cloned().unwrap_or_default();
+        assert_eq!(&got, s, "{topic}: every event once, in order");
+    }
+    assert_eq!(received.got.len(), sent.len(), "no event of another topic");
+    received.longest_topic_silence
+}
+
+async fn subscribed_to(gw: &TestGateway, topics: &[String]) -> Ws {
+    let mut ws = gw.ws(&token(json!({"sub": "watcher"}))).await;
+    for (i, t) in topics.iter().enumerate() {
+        let ack = ws
+            .request(json!({"op": "subscribe", "id": i + 1, "topic": t}))
+            .await;
+        assert_eq!(ack["op"], "ack", "{ack}");
+    }
+    ws
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partitions_are_shared_out_and_move_only_as_nodes_join_and_drain() {
+    let nats = NatsServer::single();
+    let a = node("a", &nats.url()).await;
+    let alone = balanced(&a, &["a"]).await;
+    assert_eq!(
+        alone.slots()["a"],
+        PARTITIONS + 1,
+        "one node routes everything"
+    );
+
+    // Events flow through every change below.
+    let topics: Vec<String> = (0..8).map(|i| format!("news.p{i}")).collect();
+    let (total, expected) = tokio::sync::watch::channel(None);
+    let reading = reader(subscribed_to(&a, &topics).await, expected);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acked = Arc::new(AtomicU64::new(0));
+    let publishing = publisher(
+        a.url("/v1/publish"),
+        topics.clone(),
+        Duration::from_millis(3),
+        stop.clone(),
+        acked.clone(),
+    );
+
+    let b = node("b", &nats.url()).await;
+    let two = balanced(&a, &["a", "b"]).await;
+    for (p, from, to) in two.moved_since(&alone) {
+        assert_eq!(
+            (from.as_deref(), to.as_deref()),
+            (Some("a"), Some("b")),
+            "partition {p}"
+        );
+    }
+    assert!(two.slots()["b"] >= PARTITIONS / 2, "{:?}", two.slots());
+
+    let c = node("c", &nats.url()).await;
+    let three = balanced(&b, &["a", "b", "c"]).await;
+    let moved = three.moved_since(&two);
+    for (p, _, to) in &moved {
+        assert_eq!(
+            to.as_deref(),
+            Some("c"),
+            "partition {p} moved between old nodes"
+        );
+    }
+    assert!(three.slots()["c"] >= PARTITIONS / 3, "{:?}", three.slots());
+
+    // c drains: its partitions, and only those, go back to a and b.
+    switchyard_host::server::drain(&c.gateway).await;
+    let after = balanced(&a, &["a", "b"]).await;
+    for (p, from, _) in after.moved_since(&three) {
+        assert_eq!(from.as_deref(), Some("c"), "partition {p} was not c's");
+    }
+    let c_bus = c.gateway.bus.stats().expect("nats");
+    let released = c_bus.leases_released.load(Ordering::Relaxed) as usize;
+    assert!(
+        released >= three.slots()["c"],
+        "c handed each slot over: {released}"
+    );
+    assert_eq!(
+        c_bus.leases_lost.load(Ordering::Relaxed),
+        0,
+        "none was taken from c"
+    );
+
+    let longest = every_event_once_in_order(stop, publishing, total, reading).await;
+    eprintln!(
+        "{} events over 2 joins and a drain; longest silence of a topic {longest:?}",
+        acked.load(Ordering::Relaxed)
+    );
+    drop(b);
+}
+
+/// Topics spread over many partitions, and which of them `owner` routes.
+fn topics_over(owners: &Owners, owner: &str) -> (Vec<String>, usize) {
+    let topics: Vec<String> = (0..16).map(|i| format!("news.k{i}")).collect();
+    let theirs = topics
+        .iter()
+        .filter(|t| {
+            let p = partition_of_str(t, PARTITIONS as u16).0 as usize;
+            owners.partitions[p].as_deref() == Some(owner)
+        })
+        .count();
+    (topics, theirs)
+}
+
+/// A binary node `k` and an in-process node `b` sharing the partitions.
+async fn two_nodes(nats: &NatsServer) -> (GatewayProcess, TestGateway, Owners) {
+    let bus = bus_section(&[nats.url()], 1);
+    let k = GatewayProcess::start("k", &bus).await;
+    eventually("k routes", Duration::from_secs(30), async || {
+        k.metric("switchyard_bus_partitions_owned").await == Some(PARTITIONS as u64)
+    })
+    .await;
+    let b = node("b", &nats.url()).await;
+    let shared = balanced(&b, &["b", "k"]).await;
+    (k, b, shared)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_owner_is_replaced_and_nothing_is_lost_repeated_or_reordered() {
+    let nats = NatsServer::single();
+    let (mut k, b, shared) = two_nodes(&nats).await;
+    let (topics, on_k) = topics_over(&shared, "k");
+    assert!(on_k > 0, "some topic is routed by k");
+    let (total, expected) = tokio::sync::watch::channel(None);
+    let reading = reader(subscribed_to(&b, &topics).await, expected);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acked = Arc::new(AtomicU64::new(0));
+    let publishing = publisher(
+        b.url("/v1/publish"),
+        topics.clone(),
+        Duration::from_millis(2),
+        stop.clone(),
+        acked.clone(),
+    );
+    eventually("events flow", Duration::from_secs(30), async || {
+        acked.load(Ordering::Relaxed) >= 300
+    })
+    .await;
+    k.kill().await;
+    let killed_at = acked.load(Ordering::Relaxed);
+    let all_on_b = balanced(&b, &["b"]).await;
+    assert_eq!(all_on_b.slots()["b"], PARTITIONS + 1);
+    eventually(
+        "events flow after the kill",
+        Duration::from_secs(30),
+        async || acked.load(Ordering::Relaxed) >= killed_at + 300,
+    )
+    .await;
+    let longest = every_event_once_in_order(stop, publishing, total, reading).await;
+    eprintln!("{killed_at} events before the kill; longest silence of a topic {longest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_paused_owner_is_replaced_and_a_deposed_owners_deliveries_are_dropped() {
+    let nats = NatsServer::single();
+    let (k, b, shared) = two_nodes(&nats).await;
+    let (topics, on_k) = topics_over(&shared, "k");
+    assert!(on_k > 0, "some topic is routed by k");
+    let (total, expected) = tokio::sync::watch::channel(None);
+    let reading = reader(subscribed_to(&b, &topics).await, expected);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let acked = Arc::new(AtomicU64::new(0));
+    let publishing = publisher(
+        b.url("/v1/publish"),
+        topics.clone(),
+        Duration::from_millis(2),
+        stop.clone(),
+        acked.clone(),
+    );
+    eventually("events flow", Duration::from_secs(30), async || {
+        acked.load(Ordering::Relaxed) >= 200
+    })
+    .await;
+    // Frozen, k neither beats nor renews: b takes its partitions over and
+    // routes again what k had taken and not acknowledged.
+    k.pause();
+    balanced(&b, &["b"]).await;
+    let took_over = acked.load(Ordering::Relaxed);
+    eventually(
+        "b routes k's partitions",
+        Duration::from_secs(30),
+        async || acked.load(Ordering::Relaxed) >= took_over + 200,
+    )
+    .await;
+    // Awake, k finds its leases gone, takes nothing by force (it was the
+    // one not listening), and gets its share back as a joining node.
+    k.resume();
+    balanced(&b, &["b", "k"]).await;
+    let longest = every_event_once_in_order(stop, publishing, total, reading).await;
+    eprintln!("paused owner replaced; longest silence of a topic {longest:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delivery_from_an_earlier_term_of_its_partition_is_dropped() {
+    let nats = NatsServer::single();
+    let a = node("a", &nats.url()).await;
+    balanced(&a, &["a"]).await;
+    let topic = "news.fenced";
+    let mut ws = subscribed_to(&a, &[topic.to_owned()]).await;
+    let (status, body) = a
+        .publish(json!({"topic": topic, "data": {"t": topic, "n": 1}}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let live = ws.next_event().await;
+    let (_, v) = a.get_as("/admin/partitions", Some(ADMIN_TOKEN)).await;
+    let p = partition_of_str(topic, PARTITIONS as u16);
+    let term = v["partitions"][p.0 as usize]["term"]
+        .as_u64()
+        .expect("term");
+    // What an owner deposed before that term would still send, then what
+    // the current owner sends.
+    let client = async_nats::connect(nats.url()).await.expect("nats");
+    let forged = |n: u64, term: u64| {
+        let mut event = switchyard_host::routing::Event::new(
+            format!(
+                "{}-{}",
+                live["id"]
+                    .as_str()
+                    .expect("id")
+                    .split('-')
+                    .next()
+                    .expect("epoch"),
+                100_000 + n
+            ),
+            switchyard_host::routing::Topic::parse(topic).expect("topic"),
+            json!({"t": topic, "n": n}).to_string().into_bytes(),
+        );
+        event.name = "message".into();
+        switchyard_host::routing::Routed {
+            event: Arc::new(event),
+            topics: vec![topic.to_owned()],
+            users: Vec::new(),
+            stamp: 1,
+            origin: switchyard_host::routing::Origin { partition: p, term },
+        }
+    };
+    let subjects = switchyard_host::bus::wire::Subjects::new("sy");
+    for (n, t) in [(2, term - 1), (3, term)] {
+        let r = forged(n, t);
+        client
+            .publish_with_headers(
+                subjects.topic(topic),
+                switchyard_host::bus::wire::encode_routed(&r),
+                r.event.data.clone().into(),
+            )
+            .await
+            .expect("publish");
+    }
+    client.flush().await.expect("flush");
+    let next = ws.next_event().await;
+    assert_eq!(
+        next["data"]["n"], 3,
+        "the earlier term's delivery was dropped: {next}"
+    );
+    assert_eq!(a.metric("switchyard_bus_fenced_total").await, 1);
+}
+
+async fn publish_raw(js: &async_nats::jetstream::Context, topic: &str, n: u64) -> u64 {
+    js.publish(format!("sy.in.{topic}"), json!({"n": n}).to_string().into())
+        .await
+        .expect("publish")
+        .await
+        .expect("stored")
+        .sequence
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn raw_publishes_reach_their_partition_through_the_relay_or_a_server_mapping() {
+    // A plain server: the relay moves raw publishes.
+    let plain = NatsServer::single();
+    let a = node("a", &plain.url()).await;
+    balanced(&a, &["a"]).await;
+    let mut ws = subscribed_to(&a, &["news.raw".to_owned()]).await;
+    let js = async_nats::jetstream::new(async_nats::connect(plain.url()).await.expect("nats"));
+    for n in 0..20 {
+        publish_raw(&js, "news.raw", n).await;
+    }
+    for n in 0..20 {
+        assert_eq!(ws.next_event().await["data"]["n"], n);
+    }
+    assert_eq!(a.metric("switchyard_bus_relayed_total").await, 20);
+
+    // A server with the documented mapping partitions them itself: the
+    // sequence a raw publish is acknowledged with is the event's id, and
+    // nothing is relayed, but a topic deeper than the mapping's rules.
+    let mapped = NatsServer::single_with_config(&server_mappings("sy", PARTITIONS as u16, 3));
+    let m = node("m", &mapped.url()).await;
+    balanced(&m, &["m"]).await;
+    let topics = ["news.mapped".to_owned(), "news.a.b.deep".to_owned()];
+    let mut ws = subscribed_to(&m, &topics).await;
+    let js = async_nats::jetstream::new(async_nats::connect(mapped.url()).await.expect("nats"));
+    let mut seqs = Vec::new();
+    for n in 0..20 {
+        seqs.push(publish_raw(&js, "news.mapped", n).await);
+    }
+    for (n, seq) in seqs.iter().enumerate() {
+        let e = ws.next_event().await;
+        assert_eq!(e["data"]["n"], n as u64);
+        let id = e["id"].as_str().expect("id");
+        assert!(
+            id.ends_with(&format!("-{seq}")),
+            "id {id} is sequence {seq}"
+        );
+    }
+    assert_eq!(m.metric("switchyard_bus_relayed_total").await, 0);
+    publish_raw(&js, "news.a.b.deep", 7).await;
+    let e = ws.next_event().await;
+    assert_eq!(
+        (e["topic"].as_str(), e["data"]["n"].as_u64()),
+        (Some("news.a.b.deep"), Some(7))
+    );
+    assert_eq!(m.metric("switchyard_bus_relayed_total").await, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_with_another_partition_count_is_refused() {
+    let nats = NatsServer::single();
+    let _a = node("a", &nats.url()).await;
+    let dir = tempfile::tempdir().expect("dir");
+    let config = node_config(
+        "b",
+        &format!(
+            "{}partitions = 32\n[store]\nurl = \"sqlite://{}\"\n",
+            bus_section(&[nats.url()], 1),
+            dir.path().join("b.db").display()
+        ),
+    );
+    let engine = switchyard_host::plugin::PluginEngine::new(Default::default()).expect("engine");
+    let plugins =
+        switchyard_host::plugin::PluginSet::load(&engine, None, &[], 1).expect("no plugins");
+    let err = match switchyard_host::gateway::Gateway::start(config, engine, plugins).await {
+        Ok(_) => panic!("a node with 32 partitions joined a stream of 64"),
+        Err(e) => e.to_string(),
+    };
+    assert!(
+        err.contains("bus.partitions is 32") && err.contains("created with 64"),
+        "{err}"
+    );
+}
