@@ -254,6 +254,31 @@ pub fn collect(gw: &Gateway) -> Exposition {
     if let Some(b) = gw.bus.stats() {
         bus_series(&mut x, b);
     }
+    for p in gw.bus.owned() {
+        let partition = p.partition.to_string();
+        let l = [("partition", partition.as_str())];
+        x.sample(
+            "switchyard_bus_partition_routed_total",
+            "Events this node took from the partition since it last took its lease.",
+            Kind::Counter,
+            &l,
+            p.routed as f64,
+        );
+        x.sample(
+            "switchyard_bus_partition_backlog",
+            "Events waiting in a partition this node routes.",
+            Kind::Gauge,
+            &l,
+            p.backlog as f64,
+        );
+        x.sample(
+            "switchyard_bus_partition_lag_seconds",
+            "How long the newest event taken from the partition waited, while more wait.",
+            Kind::Gauge,
+            &l,
+            p.lag_ms as f64 / 1000.0,
+        );
+    }
 
     let set = gw.executor.plugins();
     for (plugin, _) in set.plugins() {

@@ -484,6 +484,14 @@ async fn raw_publishes_reach_their_partition_through_the_relay_or_a_server_mappi
         assert_eq!(ws.next_event().await["data"]["n"], n);
     }
     assert_eq!(a.metric("switchyard_bus_relayed_total").await, 20);
+    let p = partition_of_str("news.raw", PARTITIONS as u16);
+    let (_, text) = a.get_text("/metrics").await;
+    assert!(
+        text.contains(&format!(
+            "switchyard_bus_partition_routed_total{{partition=\"{p}\"}} 20"
+        )),
+        "{text}"
+    );
 
     // A server with the documented mapping partitions them itself: the
     // sequence a raw publish is acknowledged with is the event's id, and
@@ -541,4 +549,145 @@ async fn a_node_with_another_partition_count_is_refused() {
         err.contains("bus.partitions is 32") && err.contains("created with 64"),
         "{err}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_of_the_single_router_version_moves_to_partitions_keeping_events_and_cursors() {
+    use async_nats::jetstream::{consumer, stream};
+    let nats = NatsServer::single();
+    let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
+    // What the single-router version left: its ingest stream and consumer,
+    // three events routed (acknowledged), seven waiting.
+    let mut old = js
+        .create_stream(stream::Config {
+            name: "SY_IN".into(),
+            subjects: vec!["sy.in.>".into()],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            duplicate_window: Duration::from_secs(120),
+            ..Default::default()
+        })
+        .await
+        .expect("old stream");
+    let epoch = (old
+        .info()
+        .await
+        .expect("info")
+        .created
+        .unix_timestamp_nanos()
+        / 1_000_000) as u64;
+    let router = old
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("router".into()),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .expect("old consumer");
+    for n in 0..10 {
+        publish_raw(&js, "news.up", n).await;
+    }
+    let mut batch = router
+        .fetch()
+        .max_messages(3)
+        .messages()
+        .await
+        .expect("fetch");
+    for _ in 0..3 {
+        let m = futures_util::StreamExt::next(&mut batch)
+            .await
+            .expect("a message")
+            .expect("message");
+        m.ack().await.expect("ack");
+    }
+    drop(batch);
+    let cursor = format!("{epoch:x}-3");
+
+    let a = node("a", &nats.url()).await;
+    balanced(&a, &["a"]).await;
+    // A client of the old version resumes from its cursor: the seven
+    // events not yet routed then (replayed, or live if routed after the
+    // subscribe), in order, none of the three it had.
+    let mut ws = a.ws(&token(json!({"sub": "upgraded"}))).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "id": 1, "topic": "news.up", "since": cursor}))
+        .await;
+    assert_eq!(ack["op"], "ack", "{ack}");
+    assert_eq!(ack["recovered"], true, "{ack}");
+    let mut seen = Vec::new();
+    for _ in 3..10 {
+        seen.push(ws.next_event().await["data"]["n"].as_u64().expect("n"));
+    }
+    assert_eq!(seen, (3..10).collect::<Vec<_>>());
+    assert!(
+        ws.next_event_within(Duration::from_millis(300))
+            .await
+            .is_none(),
+        "nothing twice"
+    );
+    let mut upgraded = js.get_stream("SY_IN").await.expect("stream");
+    let info = upgraded.info().await.expect("info");
+    assert!(
+        info.config.subjects.contains(&"sy.ip.>".to_owned()),
+        "{:?}",
+        info.config.subjects
+    );
+    assert!(
+        info.config
+            .description
+            .as_deref()
+            .is_some_and(|d| d.contains("partitions=64")),
+        "{:?}",
+        info.config.description
+    );
+    assert!(
+        upgraded.consumer_info("router").await.is_err(),
+        "the single router's consumer is gone"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_on_one_node_waits_for_history_another_node_routed() {
+    let nats = NatsServer::single();
+    let db = fresh_postgres().await;
+    let a = TestGateway::start(cluster_node("a", nats.url(), &db)).await;
+    let b = TestGateway::start(cluster_node("b", nats.url(), &db)).await;
+    let shared = balanced(&a, &["a", "b"]).await;
+    // A topic that b routes and writes history for, replayed on a.
+    let topic = (0..)
+        .map(|i| format!("news.cover{i}"))
+        .find(|t| {
+            let p = partition_of_str(t, PARTITIONS as u16).0 as usize;
+            shared.partitions[p].as_deref() == Some("b")
+        })
+        .expect("a topic of b's");
+    let publish = async |n: u64| {
+        let (status, body) = a.publish(json!({"topic": topic, "data": {"n": n}})).await;
+        assert_eq!(status, 200, "{body}");
+        body["id"].as_str().expect("id").to_owned()
+    };
+    let mut previous = publish(0).await;
+    for n in 1..20 {
+        // Published and acknowledged, then at once a client resumes from
+        // the event before it: b may have delivered it before the
+        // subscription and not yet written it. The replay must have it.
+        let id = publish(n).await;
+        let mut ws = a.ws(&token(json!({"sub": "resumer"}))).await;
+        let ack = ws
+            .request(json!({"op": "subscribe", "id": 1, "topic": topic, "since": previous}))
+            .await;
+        assert_eq!(
+            (ack["op"].as_str(), ack["recovered"].as_bool()),
+            (Some("ack"), Some(true)),
+            "{ack}"
+        );
+        let e = ws.next_event().await;
+        assert_eq!(
+            (e["id"].as_str(), e["data"]["n"].as_u64()),
+            (Some(id.as_str()), Some(n)),
+            "{e}"
+        );
+        previous = id;
+    }
+    drop(b);
 }

@@ -241,6 +241,15 @@ impl Bus {
         }
     }
 
+    /// The partitions this node routes, with their state (none reported
+    /// on the local bus, which routes them all).
+    pub fn owned(&self) -> Vec<nats::OwnedStatus> {
+        match self {
+            Bus::Local(_) => Vec::new(),
+            Bus::Nats(b) => b.owned(),
+        }
+    }
+
     /// The NATS counters, if on NATS.
     pub fn stats(&self) -> Option<&BusStats> {
         match self {

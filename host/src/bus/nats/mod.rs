@@ -15,6 +15,7 @@ mod settle;
 mod status;
 
 pub use outlet::Outlet;
+pub use owner::OwnedStatus;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -47,6 +48,7 @@ pub struct NatsBus {
     events: Arc<EventStats>,
     members: Arc<members::Members>,
     leases: Arc<leases::LeaseTable>,
+    owned: Arc<owner::Owned>,
     asker: Arc<cover::Asker>,
     partitions: u16,
     applied: watch::Receiver<u64>,
@@ -198,7 +200,7 @@ impl NatsBus {
             client.clone(),
             subjects.clone(),
             node_id.clone(),
-            owned,
+            owned.clone(),
             epoch.clone(),
             stats.relay_owner.clone(),
             stop.clone(),
@@ -269,6 +271,7 @@ impl NatsBus {
             events: parts.stats,
             members,
             leases,
+            owned,
             asker,
             partitions: bus.partitions,
             applied,
@@ -349,6 +352,11 @@ impl NatsBus {
     /// the store; false if not every partition could say so in time.
     pub async fn cover(&self) -> bool {
         self.asker.cover().await
+    }
+
+    /// The partitions this node routes now, with their state.
+    pub fn owned(&self) -> Vec<OwnedStatus> {
+        self.owned.status(self.epoch())
     }
 
     /// Every partition's owner and routing state.

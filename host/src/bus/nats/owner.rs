@@ -53,6 +53,8 @@ pub struct Owning {
     pub last_stored_ms: AtomicU64,
     /// Taken, not yet settled.
     pub inflight: Arc<InFlight>,
+    /// Events taken under this lease.
+    pub routed: AtomicU64,
 }
 
 /// One owned partition, as `/admin/partitions` shows it.
@@ -73,6 +75,8 @@ pub struct OwnedStatus {
     pub inflight: u64,
     /// Whether the backlog found at takeover has been routed.
     pub caught_up: bool,
+    /// Events taken under this lease.
+    pub routed: u64,
 }
 
 /// The partitions this node owns now.
@@ -132,6 +136,7 @@ impl Owned {
                     },
                     inflight: o.inflight.count(),
                     caught_up: o.caught_up.load(Ordering::Relaxed),
+                    routed: o.routed.load(Ordering::Relaxed),
                 }
             })
             .collect();
@@ -173,6 +178,7 @@ pub async fn own(
         backlog: AtomicU64::new(0),
         last_stored_ms: AtomicU64::new(0),
         inflight: Arc::new(InFlight::default()),
+        routed: AtomicU64::new(0),
     });
     ctx.owned.insert(partition, owning.clone());
     ctx.stats.partitions_owned.fetch_add(1, Ordering::Relaxed);
@@ -345,6 +351,7 @@ async fn take(
     let epoch = ctx.epoch.load(Ordering::Relaxed);
     let id = EventId { epoch, seq };
     let (msg, acker) = msg.split();
+    owning.routed.fetch_add(1, Ordering::Relaxed);
     owning.last_seq.store(seq, Ordering::Relaxed);
     owning.backlog.store(pending, Ordering::Relaxed);
     owning
