@@ -3,7 +3,7 @@
 //! Runs each scenario against each target, one after the other on this
 //! machine, and prints Markdown tables with every figure beside the bare
 //! broadcaster's. Scenarios: `latency`, `fanout`, `topics`, `direct`,
-//! `plugins`, `history`, `idle` (default: all). `--quick` divides
+//! `hot`, `plugins`, `history`, `idle` (default: all). `--quick` divides
 //! sessions, rates and time by 10 (a smoke run, not a measurement).
 
 use std::time::Duration;
@@ -13,9 +13,13 @@ use switchyard_bench::report::{self, Row};
 use switchyard_bench::scenario::{self, Spec};
 use switchyard_bench::target::{Kind, Options};
 
-const ALL: [&str; 7] = [
-    "latency", "fanout", "topics", "direct", "plugins", "history", "idle",
+const ALL: [&str; 8] = [
+    "latency", "fanout", "topics", "direct", "hot", "plugins", "history", "idle",
 ];
+
+/// Scenario `hot`: (sessions, events/s) on one topic over two nodes,
+/// events published into NATS.
+const HOT: [(usize, u64); 4] = [(1000, 100), (1000, 300), (1000, 1000), (100, 5000)];
 
 /// A throughput scenario: its title, sessions, topics, events/s, whether
 /// events are direct messages over two nodes.
@@ -109,6 +113,10 @@ async fn main() -> anyhow::Result<()> {
             idle(&targets, idle_sizes).await?;
             continue;
         }
+        if name == "hot" {
+            hot(&targets, scale, duration).await?;
+            continue;
+        }
         let Some(l) = load(name) else {
             unreachable!("checked above")
         };
@@ -174,6 +182,37 @@ async fn main() -> anyhow::Result<()> {
         println!(
             "### {}: {shape}, {} events/s, {} B, {} s\n\n{}",
             l.title,
+            spec.rate,
+            spec.size,
+            spec.duration.as_secs(),
+            report::throughput(&rows, "bare")
+        );
+    }
+    Ok(())
+}
+
+/// One hot topic over two nodes (Switchyard on NATS and PostgreSQL,
+/// clustered nats-servers; the bare broadcaster stays one process), events
+/// published into NATS (Switchyard: raw `sy.in.<topic>`, relayed to the
+/// topic's partition), at each load of [`HOT`].
+async fn hot(targets: &[Kind], scale: usize, duration: Duration) -> anyhow::Result<()> {
+    let options = Options {
+        two_nodes: true,
+        ..Options::default()
+    };
+    for (sessions, rate) in HOT {
+        let spec = Spec {
+            sessions: sessions / scale,
+            topics: 1,
+            rate: rate / scale as u64,
+            duration,
+            size: 256,
+            direct: false,
+        };
+        let rows = each(targets, &options, &spec).await?;
+        println!(
+            "### Hot topic, two nodes: {} sessions on 1 topic, {} events/s, {} B, {} s\n\n{}",
+            spec.sessions,
             spec.rate,
             spec.size,
             spec.duration.as_secs(),

@@ -8,6 +8,7 @@
 
 pub mod edge;
 pub mod router;
+pub mod settle;
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::AtomicU64;

@@ -16,33 +16,7 @@ use crate::plugin::{Interface, PluginSet, RouteOutcome};
 use crate::routing::{Event, EventId, Origin, Routed};
 use crate::store::history::{History, Record};
 
-/// Settles an ingest message once its event has been routed: told whether
-/// its deliveries went out. Opaque to the pipeline (on NATS, it queues the
-/// acknowledgement of the ingest message behind history). Dropped
-/// unsettled (a lane that stopped), it settles as not delivered.
-pub struct Settle(Option<Box<dyn FnOnce(bool) + Send>>);
-
-impl Settle {
-    /// Settles by calling `f`.
-    pub fn new(f: impl FnOnce(bool) + Send + 'static) -> Self {
-        Settle(Some(Box::new(f)))
-    }
-
-    /// The event is handled: `delivered` if its deliveries went out.
-    pub fn done(mut self, delivered: bool) {
-        if let Some(f) = self.0.take() {
-            f(delivered)
-        }
-    }
-}
-
-impl Drop for Settle {
-    fn drop(&mut self) {
-        if let Some(f) = self.0.take() {
-            f(false)
-        }
-    }
-}
+pub use super::settle::Settle;
 
 /// An event to route, with what settles it on the bus once its deliveries
 /// are out.
@@ -143,14 +117,21 @@ impl Router {
     /// have stopped.
     pub async fn barrier(&self) {
         let mut waits = Vec::with_capacity(self.lanes.len());
+        let mut closing = false;
         for lane in &self.lanes {
             let (tx, rx) = tokio::sync::oneshot::channel();
             if lane.send(Work::Barrier(tx)).await.is_ok() {
                 waits.push(rx);
+            } else {
+                closing = true;
             }
         }
         for w in waits {
             let _ = w.await;
+        }
+        if closing {
+            // A closed lane still finishes what it had queued.
+            self.tasks.wait().await;
         }
     }
 
@@ -164,7 +145,7 @@ impl Router {
     }
 
     /// Tells history that `id` was handled without being routed (a
-    /// malformed ingest message), so that its watermark moves on.
+    /// malformed ingest message).
     pub async fn skipped(&self, id: EventId) {
         if let Some(h) = &self.history {
             h.record(Record::Skipped(id)).await;

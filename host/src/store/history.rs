@@ -108,18 +108,22 @@ impl History {
         }
     }
 
-    /// Hands a record over if there is room at once (else the watermark
-    /// passes the sequence after its patience).
+    /// Hands a record over if there is room at once (else it is lost: an
+    /// inbox cursor left behind, or a skipped sequence the high mark passes
+    /// anyway).
     pub fn try_record(&self, record: Record) {
         let _ = self.tx.try_send(record);
     }
 
     /// Completes once every record sent before this call is in the store
-    /// (at once if the writer has stopped: it wrote everything first).
+    /// (once the writer has ended, if it is closing).
     pub async fn barrier(&self) {
         let (tx, rx) = tokio::sync::oneshot::channel();
         if self.tx.send(Record::Barrier(tx)).await.is_ok() {
             let _ = rx.await;
+        } else {
+            // Closing: it writes what it had before it ends.
+            self.task.wait().await;
         }
     }
 
@@ -189,7 +193,7 @@ async fn write_loop(
             // A trickle of events: wait a moment for more, so that a batch
             // is one transaction of many rows rather than one per event
             // (each statement is two thread hand-offs through sqlx's SQLite
-            // worker). Replay waits on the watermark, so it sees this too.
+            // worker). A barrier skips the wait.
             tokio::time::sleep(LINGER).await;
             while batch.len() < BATCH {
                 match rx.try_recv() {

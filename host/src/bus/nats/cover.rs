@@ -18,7 +18,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
-use super::owner::Owned;
+use super::owned::Owned;
 use crate::bus::BusStats;
 use crate::bus::wire::Subjects;
 use crate::pipeline::Router;

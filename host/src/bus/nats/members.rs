@@ -127,20 +127,19 @@ pub async fn run(
         };
         Bytes::from(serde_json::to_vec(&b).unwrap_or_default())
     };
+    // Once the sender is gone the bus is stopping: not eligible any more.
+    let mut sender_gone = false;
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                let now = *eligible.borrow();
+                let now = !sender_gone && *eligible.borrow();
                 // A beat queued while disconnected is sent on reconnect: harmless.
                 let _ = client.publish(subjects.nodes(), beat(now)).await;
                 members.forget_old(Instant::now());
             }
-            changed = eligible.changed() => {
-                if changed.is_err() {
-                    // The bus is gone; keep beating as not eligible until stopped.
-                    eligible = watch::channel(false).1;
-                }
-                let now = *eligible.borrow();
+            changed = eligible.changed(), if !sender_gone => {
+                sender_gone = changed.is_err();
+                let now = !sender_gone && *eligible.borrow();
                 let _ = client.publish(subjects.nodes(), beat(now)).await;
                 let _ = client.flush().await;
             }

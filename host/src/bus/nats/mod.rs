@@ -2,26 +2,29 @@
 //! partitions) and the delivery log, a KV lease per partition spread over
 //! the live nodes, core subjects per topic and user for fan-out.
 
+mod consumers;
 mod cover;
 mod interest;
 mod leases;
 mod members;
 mod outlet;
+mod owned;
 mod owner;
 mod ownership;
 mod presence;
+mod provision;
 mod relay;
 mod settle;
 mod status;
 
 pub use outlet::Outlet;
-pub use owner::OwnedStatus;
+pub use owned::OwnedStatus;
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use async_nats::jetstream::{self, kv, stream};
+use async_nats::jetstream;
 use bytes::Bytes;
 use tokio::sync::watch;
 
@@ -48,7 +51,7 @@ pub struct NatsBus {
     events: Arc<EventStats>,
     members: Arc<members::Members>,
     leases: Arc<leases::LeaseTable>,
-    owned: Arc<owner::Owned>,
+    owned: Arc<owned::Owned>,
     asker: Arc<cover::Asker>,
     partitions: u16,
     applied: watch::Receiver<u64>,
@@ -62,19 +65,8 @@ pub struct NatsBus {
 /// before the next event of its partitions, so more lanes keep more in
 /// flight.
 const ROUTER_LANES: usize = 16;
-/// The single router's consumer of the ingest stream before partitions.
-const LEGACY_CONSUMER: &str = "router";
 /// How long a publisher waits for JetStream to confirm an event.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
-/// The delivery log's size cap.
-const DELIVERY_LOG_BYTES: i64 = 256 << 20;
-
-fn setup(what: &str) -> impl Fn(&dyn std::fmt::Display) -> BusError + '_ {
-    move |e| BusError::Setup {
-        what: what.to_owned(),
-        reason: e.to_string(),
-    }
-}
 
 impl NatsBus {
     /// Connects, creates the streams and the lease bucket if missing, and
@@ -96,7 +88,7 @@ impl NatsBus {
         // seconds: retry before giving up.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let (epoch, kv) = loop {
-            match provision(&js, bus, &subjects).await {
+            match provision::provision(&js, bus, &subjects).await {
                 Ok(p) => break p,
                 Err(e @ BusError::Partitions { .. }) => return Err(e),
                 Err(e) if tokio::time::Instant::now() < deadline => {
@@ -140,7 +132,7 @@ impl NatsBus {
         ));
         let leases = Arc::new(leases::LeaseTable::new(lease_ttl));
         tasks.spawn(leases.clone().follow(kv.clone(), stop.clone()));
-        let owned = Arc::new(owner::Owned::default());
+        let owned = Arc::new(owned::Owned::default());
         let owners = Arc::new(owner::OwnerContext {
             js: js.clone(),
             ingest_stream: ingest_stream.clone(),
@@ -407,109 +399,6 @@ impl NatsBus {
         .await;
         self.stop.cancel();
     }
-}
-
-/// The partition count as the ingest stream's description records it.
-fn described_partitions(description: Option<&str>) -> Option<u16> {
-    description?
-        .split_whitespace()
-        .find_map(|w| w.strip_prefix("partitions="))?
-        .parse()
-        .ok()
-}
-
-/// Creates (or finds, and brings up to date) the ingest stream, the
-/// delivery log and the lease bucket; returns the ingest stream's epoch
-/// and the bucket. Refuses a partition count other than the stream's.
-async fn provision(
-    js: &jetstream::Context,
-    bus: &crate::config::BusConfig,
-    subjects: &Subjects,
-) -> Result<(u64, kv::Store), BusError> {
-    let ingest_stream = subjects.stream_name("IN");
-    let fail = setup(&ingest_stream);
-    let wanted = stream::Config {
-        name: ingest_stream.clone(),
-        description: Some(format!("switchyard ingest partitions={}", bus.partitions)),
-        subjects: vec![subjects.ingest_all(), subjects.partitioned_all()],
-        retention: stream::RetentionPolicy::WorkQueue,
-        storage: stream::StorageType::File,
-        num_replicas: bus.replicas,
-        max_age: Duration::from_secs(bus.ingest_max_age_s),
-        duplicate_window: Duration::from_secs(120),
-        ..Default::default()
-    };
-    let mut stream = js
-        .get_or_create_stream(wanted.clone())
-        .await
-        .map_err(|e| fail(&e))?;
-    let info = stream.info().await.map_err(|e| fail(&e))?.clone();
-    match described_partitions(info.config.description.as_deref()) {
-        Some(found) if found != bus.partitions => {
-            return Err(BusError::Partitions {
-                stream: ingest_stream.clone(),
-                configured: bus.partitions,
-                found,
-            });
-        }
-        Some(_) => {}
-        None => {
-            // A stream made before partitions (one router for all): take
-            // the partitioned subjects too, and drop its single unfiltered
-            // consumer, which would keep per-partition consumers off a
-            // work queue. Its unrouted events reach their partitions
-            // through the relay.
-            let mut config = info.config.clone();
-            config.description = wanted.description.clone();
-            for subject in &wanted.subjects {
-                if !config.subjects.contains(subject) {
-                    config.subjects.push(subject.clone());
-                }
-            }
-            let _ = stream.delete_consumer(LEGACY_CONSUMER).await;
-            js.update_stream(config).await.map_err(|e| fail(&e))?;
-            tracing::info!(stream = %ingest_stream, partitions = bus.partitions, "ingest stream moved to partitions");
-        }
-    }
-    let created = info.created;
-    let epoch = (created.unix_timestamp_nanos() / 1_000_000) as u64;
-    let out_stream = subjects.stream_name("OUT");
-    js.get_or_create_stream(stream::Config {
-        name: out_stream.clone(),
-        subjects: vec![subjects.deliveries_all()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        num_replicas: bus.replicas,
-        max_age: Duration::from_secs(bus.recovery_window_s),
-        max_bytes: DELIVERY_LOG_BYTES,
-        discard: stream::DiscardPolicy::Old,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| setup(&out_stream)(&e))?;
-    let bucket = subjects.stream_name("ROUTER");
-    // The bucket's stream is made here rather than by `create_key_value`,
-    // which first asks for account details in a form NATS 2.9 does not send.
-    js.get_or_create_stream(stream::Config {
-        name: format!("KV_{bucket}"),
-        subjects: vec![format!("$KV.{bucket}.>")],
-        max_messages_per_subject: 1,
-        max_age: Duration::from_millis(bus.lease_ttl_ms),
-        storage: stream::StorageType::File,
-        num_replicas: bus.replicas,
-        allow_rollup: true,
-        deny_delete: true,
-        allow_direct: false,
-        discard: stream::DiscardPolicy::New,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| setup(&bucket)(&e))?;
-    let lease = js
-        .get_key_value(&bucket)
-        .await
-        .map_err(|e| setup(&bucket)(&e))?;
-    Ok((epoch, lease))
 }
 
 async fn connect(

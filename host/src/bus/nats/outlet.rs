@@ -15,7 +15,7 @@ use bytes::Bytes;
 
 use crate::bus::BusStats;
 use crate::bus::wire::{self, Subjects};
-use crate::pipeline::router::Settle;
+use crate::pipeline::settle::Settle;
 use crate::routing::Routed;
 
 /// The NATS side of the router stage.

@@ -1,22 +1,21 @@
-//! Routing one partition while this node holds its lease: recreate the
-//! partition's durable consumer (which shuts out a previous owner's pulls
-//! and acknowledgements and redelivers, oldest first, everything not yet
-//! acknowledged), pull in order, hand each event to the router stage
+//! Routing one partition while this node holds its lease: replace the
+//! partition's durable consumer with one of this lease's term (which shuts
+//! out a previous owner's pulls and acknowledgements and redelivers,
+//! oldest first, everything not yet acknowledged), pull in order, hand each event to the router stage
 //! stamped with the lease's term, renew the lease. A handover stops
 //! pulling, waits until what was taken is acknowledged, then releases the
 //! lease for the next owner.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures_util::StreamExt;
-use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use super::leases::Lease;
+use super::owned::{Owned, Owning};
 use super::settle::{Acks, InFlight};
 use crate::bus::BusStats;
 use crate::bus::delivery_order::DeliveryOrder;
@@ -33,116 +32,15 @@ const HANDOVER_BUDGET: Duration = Duration::from_secs(5);
 /// Messages per pull request.
 const PULL_BATCH: usize = 512;
 
-/// The durable consumer of `partition`.
-pub fn consumer_name(partition: Partition) -> String {
+/// The durable consumer of `partition` under the lease of `term`: each
+/// term its own, so that acknowledgements a deposed owner still sends go
+/// to a consumer that no longer exists.
+pub fn consumer_name(partition: Partition, term: u64) -> String {
+    format!("{}-t{term}", partition_prefix(partition))
+}
+
+fn partition_prefix(partition: Partition) -> String {
     format!("p{partition}")
-}
-
-/// What this node knows of a partition it owns.
-pub struct Owning {
-    /// The lease's term.
-    pub term: u64,
-    /// Everything that waited in the partition when this node took it has
-    /// been handed to the router stage.
-    pub caught_up: AtomicBool,
-    /// The newest sequence taken.
-    pub last_seq: AtomicU64,
-    /// Messages waiting behind the newest taken, as NATS said then.
-    pub backlog: AtomicU64,
-    /// When the newest taken was stored (ms since the epoch).
-    pub last_stored_ms: AtomicU64,
-    /// Taken, not yet settled.
-    pub inflight: Arc<InFlight>,
-    /// Events taken under this lease.
-    pub routed: AtomicU64,
-}
-
-/// One owned partition, as `/admin/partitions` shows it.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct OwnedStatus {
-    /// The partition.
-    pub partition: u16,
-    /// The lease's term.
-    pub term: u64,
-    /// The newest event taken (`null` before the first).
-    pub last_routed: Option<String>,
-    /// Events waiting in the partition.
-    pub backlog: u64,
-    /// How far behind routing is (ms since the newest taken event was
-    /// stored, while events wait).
-    pub lag_ms: u64,
-    /// Taken, not yet acknowledged.
-    pub inflight: u64,
-    /// Whether the backlog found at takeover has been routed.
-    pub caught_up: bool,
-    /// Events taken under this lease.
-    pub routed: u64,
-}
-
-/// The partitions this node owns now.
-#[derive(Default)]
-pub struct Owned {
-    map: RwLock<HashMap<Partition, Arc<Owning>>>,
-}
-
-impl Owned {
-    fn insert(&self, p: Partition, o: Arc<Owning>) {
-        self.map
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .insert(p, o);
-    }
-
-    fn remove(&self, p: Partition) {
-        self.map
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .remove(&p);
-    }
-
-    /// The partitions owned and caught up.
-    pub fn caught_up(&self) -> Vec<u16> {
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<u16> = map
-            .iter()
-            .filter(|(_, o)| o.caught_up.load(Ordering::Acquire))
-            .map(|(p, _)| p.0)
-            .collect();
-        v.sort_unstable();
-        v
-    }
-
-    /// Each owned partition's status, in partition order.
-    pub fn status(&self, epoch: u64) -> Vec<OwnedStatus> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
-        let mut v: Vec<OwnedStatus> = map
-            .iter()
-            .map(|(p, o)| {
-                let seq = o.last_seq.load(Ordering::Relaxed);
-                let backlog = o.backlog.load(Ordering::Relaxed);
-                let stored = o.last_stored_ms.load(Ordering::Relaxed);
-                OwnedStatus {
-                    partition: p.0,
-                    term: o.term,
-                    last_routed: (seq > 0).then(|| EventId { epoch, seq }.to_string()),
-                    backlog,
-                    lag_ms: if backlog > 0 {
-                        now_ms.saturating_sub(stored)
-                    } else {
-                        0
-                    },
-                    inflight: o.inflight.count(),
-                    caught_up: o.caught_up.load(Ordering::Relaxed),
-                    routed: o.routed.load(Ordering::Relaxed),
-                }
-            })
-            .collect();
-        v.sort_by_key(|s| s.partition);
-        v
-    }
 }
 
 /// What every partition owner of a node shares.
@@ -174,6 +72,7 @@ pub async fn own(
     let owning = Arc::new(Owning {
         term: lease.term,
         caught_up: AtomicBool::new(false),
+        backlog_upto: AtomicU64::new(u64::MAX),
         last_seq: AtomicU64::new(0),
         backlog: AtomicU64::new(0),
         last_stored_ms: AtomicU64::new(0),
@@ -183,19 +82,39 @@ pub async fn own(
     ctx.owned.insert(partition, owning.clone());
     ctx.stats.partitions_owned.fetch_add(1, Ordering::Relaxed);
     tracing::info!(%partition, term = lease.term, "partition taken");
-    let ended = route(&ctx, &mut lease, partition, &owning, &handover).await;
+    // Renewed throughout, also while a lane is full and while handing over:
+    // a lease left to expire would let another node take the partition
+    // while this one still routes it.
+    let mut renew = tokio::time::interval(lease.renew_every());
+    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    renew.tick().await;
+    let mut ended = route(&ctx, &mut lease, &mut renew, partition, &owning, &handover).await;
+    if let Ended::HandedOver = ended {
+        let drained = owning.inflight.drained(HANDOVER_BUDGET);
+        tokio::pin!(drained);
+        loop {
+            tokio::select! {
+                all = &mut drained => {
+                    if !all {
+                        tracing::warn!(%partition, left = owning.inflight.count(), "handing over with events not yet acknowledged; the next owner routes them again");
+                    }
+                    break;
+                }
+                _ = renew.tick() => if lease.renew().await.is_err() {
+                    ended = Ended::Lost;
+                    break;
+                },
+            }
+        }
+    }
+    ctx.owned.remove(partition);
     match ended {
         Ended::HandedOver => {
-            if !owning.inflight.drained(HANDOVER_BUDGET).await {
-                tracing::warn!(%partition, left = owning.inflight.count(), "handing over with events not yet acknowledged; the next owner routes them again");
-            }
-            ctx.owned.remove(partition);
             lease.release().await;
             ctx.stats.leases_released.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%partition, "partition handed over");
         }
         Ended::Lost => {
-            ctx.owned.remove(partition);
             ctx.stats.leases_lost.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(%partition, "partition lease lost");
         }
@@ -206,23 +125,29 @@ pub async fn own(
 async fn route(
     ctx: &OwnerContext,
     lease: &mut Lease,
+    renew: &mut tokio::time::Interval,
     partition: Partition,
     owning: &Arc<Owning>,
     handover: &CancellationToken,
 ) -> Ended {
-    let mut renew = tokio::time::interval(lease.renew_every());
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    renew.tick().await;
+    let name = consumer_name(partition, lease.term);
     loop {
         let links = ctx.stats.disconnects.load(Ordering::Relaxed);
         let mut last_message = Instant::now();
         let mut order = DeliveryOrder::default();
         let consumer = tokio::select! {
-            c = fresh_consumer(ctx, partition) => c,
+            c = fresh_consumer(ctx, partition, &name) => c,
             () = handover.cancelled() => return Ended::HandedOver,
         };
         let mut messages = match consumer {
-            Ok((m, waiting)) => {
+            Ok((m, waiting, last_seq)) => {
+                // The backlog found at takeover is that of the first consumer.
+                let _ = owning.backlog_upto.compare_exchange(
+                    u64::MAX,
+                    last_seq,
+                    Ordering::AcqRel,
+                    Ordering::Acquire,
+                );
                 if waiting == 0 {
                     owning.caught_up.store(true, Ordering::Release);
                 }
@@ -244,7 +169,7 @@ async fn route(
                     if messages.is_none() || ctx.stats.disconnects.load(Ordering::Relaxed) != links {
                         break;
                     }
-                    if last_message.elapsed() >= STALL && waiting(ctx, partition).await {
+                    if last_message.elapsed() >= STALL && waiting(ctx, &name).await {
                         tracing::warn!(%partition, "the partition's pull stalled with events waiting; pulling afresh");
                         break;
                     }
@@ -253,9 +178,26 @@ async fn route(
                     match m {
                         Some(Ok(msg)) => {
                             last_message = Instant::now();
-                            if !take(ctx, partition, owning, &mut order, msg).await {
+                            let Some(job) = take(ctx, partition, owning, &mut order, msg).await else {
                                 tracing::warn!(%partition, "a delivery was lost in flight; pulling afresh from the oldest unacknowledged");
                                 break;
+                            };
+                            let Some(job) = job else { continue };
+                            // A full lane holds the submit: keep the lease meanwhile.
+                            let submit = ctx.router.submit(job);
+                            tokio::pin!(submit);
+                            loop {
+                                tokio::select! {
+                                    r = &mut submit => {
+                                        if r.is_err() {
+                                            tracing::debug!("router stopped; event left for the next owner");
+                                        }
+                                        break;
+                                    }
+                                    _ = renew.tick() => if lease.renew().await.is_err() {
+                                        return Ended::Lost;
+                                    },
+                                }
                             }
                         }
                         Some(Err(e)) => tracing::debug!(%partition, error = %e, "partition pull hiccup"),
@@ -268,51 +210,52 @@ async fn route(
     }
 }
 
-/// Whether events wait in the partition for its owner.
-async fn waiting(ctx: &OwnerContext, partition: Partition) -> bool {
+/// Whether events wait in the partition for its owner (not counting those
+/// this node took and is still routing).
+async fn waiting(ctx: &OwnerContext, consumer: &str) -> bool {
     let Ok(stream) = ctx.js.get_stream(&ctx.ingest_stream).await else {
         return false;
     };
-    match stream.consumer_info(consumer_name(partition)).await {
-        Ok(info) => info.num_pending > 0 || info.num_ack_pending > 0,
+    match stream.consumer_info(consumer).await {
+        Ok(info) => info.num_pending > 0,
         Err(_) => false,
     }
 }
 
-/// Deletes and recreates the partition's durable consumer so that delivery
-/// starts over from the oldest unacknowledged event; returns its messages
-/// and how many waited.
+/// Replaces the partition's durable consumer (any earlier owner's, or this
+/// owner's own after a reconnect) so that delivery starts over from the
+/// oldest unacknowledged event; returns its messages, how many waited and
+/// the stream's last sequence then.
 async fn fresh_consumer(
     ctx: &OwnerContext,
     partition: Partition,
-) -> Result<(pull::Stream, u64), String> {
+    name: &str,
+) -> Result<(pull::Stream, u64, u64), String> {
     // `get_stream` fetched the stream's info: one round trip.
     let stream = ctx
         .js
         .get_stream(&ctx.ingest_stream)
         .await
         .map_err(|e| e.to_string())?;
-    let created = stream.cached_info().created.unix_timestamp_nanos() / 1_000_000;
+    let info = stream.cached_info();
+    let created = info.created.unix_timestamp_nanos() / 1_000_000;
+    let last_seq = info.state.last_sequence;
     ctx.epoch.store(created as u64, Ordering::Relaxed);
-    let name = consumer_name(partition);
-    let _ = stream.delete_consumer(&name).await;
-    let mut consumer = stream
+    super::consumers::remove_all(&stream, &partition_prefix(partition)).await?;
+    let consumer = stream
         .create_consumer(pull::Config {
-            durable_name: Some(name),
+            durable_name: Some(name.to_owned()),
             filter_subject: ctx.subjects.partition_filter(partition),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
+            // Longer than the outlet's retries of one event's deliveries.
+            ack_wait: Duration::from_secs(60),
             max_ack_pending: 20_000,
             ..Default::default()
         })
         .await
         .map_err(|e| e.to_string())?;
-    let waiting = consumer
-        .info()
-        .await
-        .map_err(|e| e.to_string())?
-        .num_pending;
+    let waiting = consumer.cached_info().num_pending;
     // Short pulls with heartbeats: a pull lost with a restarted server is
     // noticed in seconds.
     let messages = consumer
@@ -323,18 +266,19 @@ async fn fresh_consumer(
         .messages()
         .await
         .map_err(|e| e.to_string())?;
-    Ok((messages, waiting))
+    Ok((messages, waiting, last_seq))
 }
 
-/// Hands one pulled message to the router stage; false (and nothing
-/// taken) if it is out of order.
+/// Reads one pulled message: `None` if it is out of order (nothing
+/// taken), `Some(None)` if there is nothing to route (malformed: counted,
+/// acknowledged), else the job.
 async fn take(
     ctx: &OwnerContext,
     partition: Partition,
     owning: &Arc<Owning>,
     order: &mut DeliveryOrder,
     msg: async_nats::jetstream::Message,
-) -> bool {
+) -> Option<Option<Job>> {
     let Ok((seq, stamp, pending, delivery)) = msg.info().map(|i| {
         (
             i.stream_sequence,
@@ -343,10 +287,10 @@ async fn take(
             i.consumer_sequence,
         )
     }) else {
-        return true;
+        return Some(None);
     };
     if !order.follows(delivery, seq) {
-        return false;
+        return None;
     }
     let epoch = ctx.epoch.load(Ordering::Relaxed);
     let id = EventId { epoch, seq };
@@ -357,6 +301,11 @@ async fn take(
     owning
         .last_stored_ms
         .store(stamp / 1_000_000, Ordering::Relaxed);
+    // Past the backlog found at takeover (or at the end of the partition):
+    // whatever a predecessor delivered and never wrote has been taken.
+    if pending == 0 || seq >= owning.backlog_upto.load(Ordering::Acquire) {
+        owning.caught_up.store(true, Ordering::Release);
+    }
     match wire::decode_ingest(
         &ctx.subjects,
         msg.subject.as_str(),
@@ -364,29 +313,21 @@ async fn take(
         &msg.payload,
         id.to_string(),
     ) {
-        Ok(event) => {
-            let job = Job {
-                event,
-                settle: Some(ctx.acks.settle(acker, owning.inflight.clone())),
-                stamp,
-                origin: Origin {
-                    partition,
-                    term: owning.term,
-                },
-            };
-            if ctx.router.submit(job).await.is_err() {
-                tracing::debug!("router stopped; event left for the next owner");
-            }
-        }
+        Ok(event) => Some(Some(Job {
+            event,
+            settle: Some(ctx.acks.settle(acker, owning.inflight.clone())),
+            stamp,
+            origin: Origin {
+                partition,
+                term: owning.term,
+            },
+        })),
         Err(e) => {
             ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(subject = %msg.subject, error = %e, "malformed ingest message dropped");
             ctx.router.skipped(id).await;
             let _ = acker.ack().await;
+            Some(None)
         }
     }
-    if pending == 0 {
-        owning.caught_up.store(true, Ordering::Release);
-    }
-    true
 }

@@ -31,8 +31,8 @@ use crate::bus::delivery_order::DeliveryOrder;
 use crate::bus::wire::{self, Subjects};
 use crate::routing::{Partition, partition_of};
 
-/// The relay's durable consumer.
-pub const CONSUMER: &str = "relay";
+/// The relay's durable consumers are `relay-t<term>`.
+const CONSUMER: &str = "relay";
 /// How long a handover waits for copies in flight and queued.
 const HANDOVER_BUDGET: Duration = Duration::from_secs(5);
 
@@ -57,7 +57,7 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
     let lost = 'run: loop {
         let links = ctx.stats.disconnects.load(Ordering::Relaxed);
         let messages = tokio::select! {
-            m = fresh_consumer(&ctx) => m,
+            m = fresh_consumer(&ctx, lease.term) => m,
             () = handover.cancelled() => break 'run false,
         };
         let mut messages = match messages {
@@ -128,20 +128,23 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
     }
 }
 
-async fn fresh_consumer(ctx: &RelayContext) -> Result<pull::Stream, String> {
+/// Replaces the relay's consumer with one of this lease's term (a deposed
+/// relay's acknowledgements then go nowhere), delivering from the oldest
+/// unacknowledged raw message.
+async fn fresh_consumer(ctx: &RelayContext, term: u64) -> Result<pull::Stream, String> {
     let stream = ctx
         .js
         .get_stream(&ctx.ingest_stream)
         .await
         .map_err(|e| e.to_string())?;
-    let _ = stream.delete_consumer(CONSUMER).await;
+    super::consumers::remove_all(&stream, CONSUMER).await?;
     let consumer = stream
         .create_consumer(pull::Config {
-            durable_name: Some(CONSUMER.to_owned()),
+            durable_name: Some(format!("{CONSUMER}-t{term}")),
             filter_subject: ctx.subjects.ingest_all(),
             deliver_policy: DeliverPolicy::All,
             ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(30),
+            ack_wait: Duration::from_secs(60),
             max_ack_pending: 20_000,
             ..Default::default()
         })

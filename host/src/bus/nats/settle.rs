@@ -10,7 +10,7 @@ use std::time::Duration;
 use async_nats::jetstream::message::Acker;
 use tokio::sync::{Notify, mpsc};
 
-use crate::pipeline::router::Settle;
+use crate::pipeline::settle::Settle;
 use crate::store::history::History;
 
 /// Events a partition owner has taken and not yet settled.

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::leases::{LeaseTable, Slot};
 use super::members::Members;
-use super::owner::{Owned, OwnedStatus};
+use super::owned::{Owned, OwnedStatus};
 use crate::bus::BusError;
 use crate::bus::wire::Subjects;
 use crate::routing::Partition;
