@@ -7,7 +7,7 @@
 mod support;
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::json;
@@ -40,17 +40,7 @@ async fn partitions_are_shared_out_and_move_only_as_nodes_join_and_drain() {
             break;
         }
     }
-    let (total, expected) = tokio::sync::watch::channel(None);
-    let reading = reader(subscribed_to(&a, &topics).await, expected);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let acked = Arc::new(AtomicU64::new(0));
-    let publishing = publisher(
-        a.url("/v1/publish"),
-        topics.clone(),
-        Duration::from_millis(1),
-        stop.clone(),
-        acked.clone(),
-    );
+    let steady = Steady::start(&a, &topics, Duration::from_millis(1)).await;
 
     let b = node("b", &nats.url()).await;
     let two = balanced(&a, &["a", "b"]).await;
@@ -93,11 +83,9 @@ async fn partitions_are_shared_out_and_move_only_as_nodes_join_and_drain() {
         "none was taken from c"
     );
 
-    let longest = every_event_once_in_order(stop, publishing, total, reading).await;
-    eprintln!(
-        "{} events over 2 joins and a drain; longest silence of a topic {longest:?}",
-        acked.load(Ordering::Relaxed)
-    );
+    let acked = steady.acked.load(Ordering::Relaxed);
+    let longest = steady.finish().await;
+    eprintln!("{acked} events over 2 joins and a drain; longest silence of a topic {longest:?}");
     drop(b);
 }
 
@@ -107,32 +95,14 @@ async fn a_killed_owner_is_replaced_and_nothing_is_lost_repeated_or_reordered() 
     let (mut k, b, shared) = two_nodes(&nats).await;
     let (topics, on_k) = topics_over(&shared, "k");
     assert!(on_k > 0, "some topic is routed by k");
-    let (total, expected) = tokio::sync::watch::channel(None);
-    let reading = reader(subscribed_to(&b, &topics).await, expected);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let acked = Arc::new(AtomicU64::new(0));
-    let publishing = publisher(
-        b.url("/v1/publish"),
-        topics.clone(),
-        Duration::from_millis(2),
-        stop.clone(),
-        acked.clone(),
-    );
-    eventually("events flow", Duration::from_secs(30), async || {
-        acked.load(Ordering::Relaxed) >= 300
-    })
-    .await;
+    let steady = Steady::start(&b, &topics, Duration::from_millis(2)).await;
+    steady.another(300).await;
     k.kill().await;
-    let killed_at = acked.load(Ordering::Relaxed);
+    let killed_at = steady.acked.load(Ordering::Relaxed);
     let all_on_b = balanced(&b, &["b"]).await;
     assert_eq!(all_on_b.slots()["b"], PARTITIONS + 1);
-    eventually(
-        "events flow after the kill",
-        Duration::from_secs(30),
-        async || acked.load(Ordering::Relaxed) >= killed_at + 300,
-    )
-    .await;
-    let longest = every_event_once_in_order(stop, publishing, total, reading).await;
+    steady.another(300).await;
+    let longest = steady.finish().await;
     eprintln!("{killed_at} events before the kill; longest silence of a topic {longest:?}");
 }
 
@@ -142,32 +112,13 @@ async fn a_paused_owner_is_replaced_and_a_deposed_owners_deliveries_are_dropped(
     let (k, b, shared) = two_nodes(&nats).await;
     let (topics, on_k) = topics_over(&shared, "k");
     assert!(on_k > 0, "some topic is routed by k");
-    let (total, expected) = tokio::sync::watch::channel(None);
-    let reading = reader(subscribed_to(&b, &topics).await, expected);
-    let stop = tokio_util::sync::CancellationToken::new();
-    let acked = Arc::new(AtomicU64::new(0));
-    let publishing = publisher(
-        b.url("/v1/publish"),
-        topics.clone(),
-        Duration::from_millis(2),
-        stop.clone(),
-        acked.clone(),
-    );
-    eventually("events flow", Duration::from_secs(30), async || {
-        acked.load(Ordering::Relaxed) >= 200
-    })
-    .await;
+    let steady = Steady::start(&b, &topics, Duration::from_millis(2)).await;
+    steady.another(200).await;
     // Frozen, k neither beats nor renews: b takes its partitions over and
     // routes again what k had taken and not acknowledged.
     k.pause();
     balanced(&b, &["b"]).await;
-    let took_over = acked.load(Ordering::Relaxed);
-    eventually(
-        "b routes k's partitions",
-        Duration::from_secs(30),
-        async || acked.load(Ordering::Relaxed) >= took_over + 200,
-    )
-    .await;
+    steady.another(200).await;
     // Awake, k finds its leases gone, takes nothing by force (it was the
     // one not listening), and gets its share back as a joining node.
     k.resume();
@@ -178,7 +129,7 @@ async fn a_paused_owner_is_replaced_and_a_deposed_owners_deliveries_are_dropped(
         0,
         "k took nothing from b by force"
     );
-    let longest = every_event_once_in_order(stop, publishing, total, reading).await;
+    let longest = steady.finish().await;
     eprintln!("paused owner replaced; longest silence of a topic {longest:?}");
 }
 

@@ -242,3 +242,54 @@ pub async fn two_nodes(nats: &NatsServer) -> (GatewayProcess, TestGateway, Owner
     let shared = balanced(&b, &["b", "k"]).await;
     (k, b, shared)
 }
+
+/// Events published steadily through one node while a session on it reads
+/// them.
+pub struct Steady {
+    stop: tokio_util::sync::CancellationToken,
+    publishing: tokio::task::JoinHandle<HashMap<String, Vec<u64>>>,
+    total: tokio::sync::watch::Sender<Option<usize>>,
+    reading: tokio::task::JoinHandle<Received>,
+    /// Publishes acknowledged so far.
+    pub acked: Arc<AtomicU64>,
+}
+
+impl Steady {
+    /// Subscribes a session on `gw` to `topics` and publishes round-robin
+    /// on them through `gw`, one every `every`.
+    pub async fn start(gw: &TestGateway, topics: &[String], every: Duration) -> Self {
+        let (total, expected) = tokio::sync::watch::channel(None);
+        let reading = reader(subscribed_to(gw, topics).await, expected);
+        let stop = tokio_util::sync::CancellationToken::new();
+        let acked = Arc::new(AtomicU64::new(0));
+        let publishing = publisher(
+            gw.url("/v1/publish"),
+            topics.to_vec(),
+            every,
+            stop.clone(),
+            acked.clone(),
+        );
+        Steady {
+            stop,
+            publishing,
+            total,
+            reading,
+            acked,
+        }
+    }
+
+    /// Waits until `n` more publishes than now are acknowledged.
+    pub async fn another(&self, n: u64) {
+        let from = self.acked.load(Ordering::Relaxed);
+        eventually("events flow", Duration::from_secs(30), async || {
+            self.acked.load(Ordering::Relaxed) >= from + n
+        })
+        .await;
+    }
+
+    /// Stops publishing and checks every acknowledged event came once, in
+    /// order per topic; returns the longest silence of a topic.
+    pub async fn finish(self) -> Duration {
+        every_event_once_in_order(self.stop, self.publishing, self.total, self.reading).await
+    }
+}

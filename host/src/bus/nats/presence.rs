@@ -77,7 +77,7 @@ pub async fn query(
     members: &Members,
     topic: &str,
 ) -> Result<Vec<String>, BusError> {
-    let answers = gather(client, subjects.presence(), members, topic).await?;
+    let answers: Vec<Answer> = gather(client, subjects.presence(), members, topic).await?;
     let users: BTreeSet<String> = answers.into_iter().flat_map(|a| a.users).collect();
     Ok(users.into_iter().collect())
 }
@@ -88,18 +88,30 @@ pub async fn query_sessions(
     subjects: &Subjects,
     members: &Members,
 ) -> Result<serde_json::Map<String, serde_json::Value>, BusError> {
-    let answers = gather(client, subjects.sessions(), members, "").await?;
+    let answers: Vec<Answer> = gather(client, subjects.sessions(), members, "").await?;
     Ok(answers.into_iter().map(|a| (a.node, a.sessions)).collect())
+}
+
+/// An answer to a scattered request, from one node.
+pub(super) trait FromNode: serde::de::DeserializeOwned {
+    /// The node that answered.
+    fn node(&self) -> &str;
+}
+
+impl FromNode for Answer {
+    fn node(&self) -> &str {
+        &self.node
+    }
 }
 
 /// Scatters a request to every node and gathers the answers until each live
 /// node has answered or the deadline passes.
-pub(super) async fn gather(
+pub(super) async fn gather<T: FromNode>(
     client: &async_nats::Client,
     subject: String,
     members: &Members,
     payload: &str,
-) -> Result<Vec<Answer>, BusError> {
+) -> Result<Vec<T>, BusError> {
     let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
     let inbox = client.new_inbox();
     let mut replies = client
@@ -118,8 +130,8 @@ pub(super) async fn gather(
     while !expected.is_subset(&heard) || heard.is_empty() {
         match tokio::time::timeout_at(deadline, replies.next()).await {
             Ok(Some(m)) => {
-                if let Ok(a) = serde_json::from_slice::<Answer>(&m.payload)
-                    && heard.insert(a.node.clone())
+                if let Ok(a) = serde_json::from_slice::<T>(&m.payload)
+                    && heard.insert(a.node().to_owned())
                 {
                     answers.push(a);
                 }

@@ -1,14 +1,12 @@
 //! `GET /admin/partitions` from any node: each node reports the partitions
 //! it owns (term, last routed id, backlog, lag), gathered on
-//! `<prefix>.partitions` like a presence query; partitions no live node
+//! `<prefix>.partitions` as a presence query is; partitions no live node
 //! reports show the lease table's holder, if any.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
 
-use bytes::Bytes;
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
@@ -20,14 +18,17 @@ use crate::bus::BusError;
 use crate::bus::wire::Subjects;
 use crate::routing::Partition;
 
-/// The longest a status query waits for answers.
-const DEADLINE: Duration = Duration::from_millis(1500);
-
 #[derive(Serialize, Deserialize)]
 struct Answer {
     node: String,
     partitions: Vec<OwnedStatus>,
     relay: bool,
+}
+
+impl super::presence::FromNode for Answer {
+    fn node(&self) -> &str {
+        &self.node
+    }
 }
 
 /// Answers status queries for this node until `stop`.
@@ -74,33 +75,8 @@ pub async fn query(
     table: &LeaseTable,
     partitions: u16,
 ) -> Result<serde_json::Value, BusError> {
-    let unavailable = |e: &dyn std::fmt::Display| BusError::Unavailable(e.to_string());
-    let inbox = client.new_inbox();
-    let mut replies = client
-        .subscribe(inbox.clone())
-        .await
-        .map_err(|e| unavailable(&e))?;
-    client
-        .publish_with_reply(subjects.partitions(), inbox, Bytes::new())
-        .await
-        .map_err(|e| unavailable(&e))?;
-    client.flush().await.map_err(|e| unavailable(&e))?;
-    let expected: BTreeSet<String> = members.live().into_iter().collect();
-    let mut heard = BTreeSet::new();
-    let mut answers = Vec::new();
-    let deadline = tokio::time::Instant::now() + DEADLINE;
-    while !expected.is_subset(&heard) || heard.is_empty() {
-        match tokio::time::timeout_at(deadline, replies.next()).await {
-            Ok(Some(m)) => {
-                if let Ok(a) = serde_json::from_slice::<Answer>(&m.payload)
-                    && heard.insert(a.node.clone())
-                {
-                    answers.push(a);
-                }
-            }
-            Ok(None) | Err(_) => break,
-        }
-    }
+    let answers: Vec<Answer> =
+        super::presence::gather(client, subjects.partitions(), members, "").await?;
     let mut by_partition: BTreeMap<u16, serde_json::Value> = BTreeMap::new();
     let mut relay = serde_json::Value::Null;
     let mut owned_per_node = serde_json::Map::new();
