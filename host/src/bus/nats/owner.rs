@@ -131,7 +131,14 @@ async fn route(
     handover: &CancellationToken,
 ) -> Ended {
     let name = consumer_name(partition, lease.term);
+    let mut first = true;
     loop {
+        // Replacing the consumer deletes any other of the partition: only
+        // a holder sure of its lease may do it (a deposed owner that woke
+        // up would delete its successor's).
+        if !std::mem::take(&mut first) && lease.renew().await.is_err() {
+            return Ended::Lost;
+        }
         let links = ctx.stats.disconnects.load(Ordering::Relaxed);
         let mut last_message = Instant::now();
         let mut order = DeliveryOrder::default();

@@ -54,7 +54,13 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
     let mut renew = tokio::time::interval(lease.renew_every());
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     renew.tick().await;
+    let mut first = true;
     let lost = 'run: loop {
+        // Replacing the consumer deletes any other relay's: only a holder
+        // sure of its lease may do it.
+        if !std::mem::take(&mut first) && lease.renew().await.is_err() {
+            break 'run true;
+        }
         let links = ctx.stats.disconnects.load(Ordering::Relaxed);
         let messages = tokio::select! {
             m = fresh_consumer(&ctx, lease.term) => m,
