@@ -107,7 +107,7 @@ async fn a_killed_owner_is_replaced_and_nothing_is_lost_repeated_or_reordered() 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_paused_owner_is_replaced_and_a_deposed_owners_deliveries_are_dropped() {
+async fn a_paused_owner_is_replaced_and_takes_nothing_by_force_when_it_wakes() {
     let nats = NatsServer::single();
     let (k, b, shared) = two_nodes(&nats).await;
     let (topics, on_k) = topics_over(&shared, "k");

@@ -45,7 +45,7 @@ pub struct BusStats {
     /// Partitions this node routes now.
     pub partitions_owned: AtomicI64,
     /// Whether this node relays raw publishes.
-    pub relay_owner: Arc<AtomicBool>,
+    pub relay_owner: AtomicBool,
     /// Leases taken.
     pub leases_acquired: AtomicU64,
     /// Leases handed over.

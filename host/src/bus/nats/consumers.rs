@@ -3,10 +3,53 @@
 //! creates its own, since a work-queue stream takes one consumer per
 //! filter.
 
+use std::time::Duration;
+
+use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures_util::StreamExt;
 
+/// Messages per pull request.
+const PULL_BATCH: usize = 512;
+
+/// Replaces the consumers of the slot `prefix` with the durable `name`
+/// filtered on `filter`, delivering from the oldest unacknowledged message;
+/// returns its messages and how many waited then.
+pub async fn replace(
+    stream: &async_nats::jetstream::stream::Stream,
+    prefix: &str,
+    name: String,
+    filter: String,
+) -> Result<(pull::Stream, u64), String> {
+    remove_all(stream, prefix).await?;
+    let consumer = stream
+        .create_consumer(pull::Config {
+            durable_name: Some(name),
+            filter_subject: filter,
+            deliver_policy: DeliverPolicy::All,
+            ack_policy: AckPolicy::Explicit,
+            // Longer than the outlet's retries of one event's deliveries.
+            ack_wait: Duration::from_secs(60),
+            max_ack_pending: 20_000,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| e.to_string())?;
+    let waiting = consumer.cached_info().num_pending;
+    // Short pulls with heartbeats: a pull lost with a restarted server is
+    // noticed in seconds.
+    let messages = consumer
+        .stream()
+        .max_messages_per_batch(PULL_BATCH)
+        .expires(Duration::from_secs(5))
+        .heartbeat(Duration::from_secs(2))
+        .messages()
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok((messages, waiting))
+}
+
 /// Deletes the consumers of `stream` named `prefix` or `prefix-…`.
-pub async fn remove_all(
+async fn remove_all(
     stream: &async_nats::jetstream::stream::Stream,
     prefix: &str,
 ) -> Result<(), String> {

@@ -84,9 +84,7 @@ impl Responder {
             node: self.node_id.clone(),
             partitions,
         };
-        if let Ok(body) = serde_json::to_vec(&answer) {
-            let _ = self.client.publish(reply, body.into()).await;
-        }
+        super::scatter::respond(&self.client, reply, &answer).await;
     }
 }
 

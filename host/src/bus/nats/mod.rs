@@ -14,6 +14,7 @@ mod ownership;
 mod presence;
 mod provision;
 mod relay;
+mod scatter;
 mod settle;
 mod status;
 
@@ -194,7 +195,7 @@ impl NatsBus {
             node_id.clone(),
             owned.clone(),
             epoch.clone(),
-            stats.relay_owner.clone(),
+            stats.clone(),
             stop.clone(),
         ));
         // Everything this node routes with is up: it may own partitions,

@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::pull;
 use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
@@ -29,8 +29,6 @@ const STALL: Duration = Duration::from_secs(5);
 /// How long a handover waits for what was taken to be acknowledged before
 /// releasing anyway (the next owner routes the rest again).
 const HANDOVER_BUDGET: Duration = Duration::from_secs(5);
-/// Messages per pull request.
-const PULL_BATCH: usize = 512;
 
 /// The durable consumer of `partition` under the lease of `term`: each
 /// term its own, so that acknowledgements a deposed owner still sends go
@@ -248,31 +246,13 @@ async fn fresh_consumer(
     let created = info.created.unix_timestamp_nanos() / 1_000_000;
     let last_seq = info.state.last_sequence;
     ctx.epoch.store(created as u64, Ordering::Relaxed);
-    super::consumers::remove_all(&stream, &partition_prefix(partition)).await?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(name.to_owned()),
-            filter_subject: ctx.subjects.partition_filter(partition),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            // Longer than the outlet's retries of one event's deliveries.
-            ack_wait: Duration::from_secs(60),
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    let waiting = consumer.cached_info().num_pending;
-    // Short pulls with heartbeats: a pull lost with a restarted server is
-    // noticed in seconds.
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(PULL_BATCH)
-        .expires(Duration::from_secs(5))
-        .heartbeat(Duration::from_secs(2))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())?;
+    let (messages, waiting) = super::consumers::replace(
+        &stream,
+        &partition_prefix(partition),
+        name.to_owned(),
+        ctx.subjects.partition_filter(partition),
+    )
+    .await?;
     Ok((messages, waiting, last_seq))
 }
 

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
+use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::message::Acker;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -87,12 +87,14 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
                 }
                 m = messages.next() => match m {
                     Some(Ok(msg)) => {
-                        let in_order = msg.info().is_ok_and(|i| order.follows(i.consumer_sequence, i.stream_sequence));
-                        if !in_order {
+                        let Ok((delivery, seq)) = msg.info().map(|i| (i.consumer_sequence, i.stream_sequence)) else {
+                            continue;
+                        };
+                        if !order.follows(delivery, seq) {
                             tracing::warn!("a raw message was lost in flight; pulling afresh from the oldest unacknowledged");
                             break None;
                         }
-                        if let Some((p, copy)) = prepare(&ctx, msg).await
+                        if let Some((p, copy)) = prepare(&ctx, seq, msg).await
                             && !chains.offer(&ctx, p, copy).await
                         {
                             break None;
@@ -143,27 +145,14 @@ async fn fresh_consumer(ctx: &RelayContext, term: u64) -> Result<pull::Stream, S
         .get_stream(&ctx.ingest_stream)
         .await
         .map_err(|e| e.to_string())?;
-    super::consumers::remove_all(&stream, CONSUMER).await?;
-    let consumer = stream
-        .create_consumer(pull::Config {
-            durable_name: Some(format!("{CONSUMER}-t{term}")),
-            filter_subject: ctx.subjects.ingest_all(),
-            deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            ack_wait: Duration::from_secs(60),
-            max_ack_pending: 20_000,
-            ..Default::default()
-        })
-        .await
-        .map_err(|e| e.to_string())?;
-    consumer
-        .stream()
-        .max_messages_per_batch(512)
-        .expires(Duration::from_secs(5))
-        .heartbeat(Duration::from_secs(2))
-        .messages()
-        .await
-        .map_err(|e| e.to_string())
+    super::consumers::replace(
+        &stream,
+        CONSUMER,
+        format!("{CONSUMER}-t{term}"),
+        ctx.subjects.ingest_all(),
+    )
+    .await
+    .map(|(messages, _)| messages)
 }
 
 /// A raw message's copy, ready to publish.
@@ -253,9 +242,9 @@ impl Chains {
 /// (counted, acknowledged, dropped).
 async fn prepare(
     ctx: &RelayContext,
+    seq: u64,
     msg: async_nats::jetstream::Message,
 ) -> Option<(Partition, Copy)> {
-    let seq = msg.info().map(|i| i.stream_sequence).ok()?;
     let (msg, acker) = msg.split();
     let event = match wire::decode_ingest(
         &ctx.subjects,

@@ -14,8 +14,8 @@ use tokio_util::sync::CancellationToken;
 use super::leases::{LeaseTable, Slot};
 use super::members::Members;
 use super::owned::{Owned, OwnedStatus};
-use crate::bus::BusError;
 use crate::bus::wire::Subjects;
+use crate::bus::{BusError, BusStats};
 use crate::routing::Partition;
 
 #[derive(Serialize, Deserialize)]
@@ -25,7 +25,7 @@ struct Answer {
     relay: bool,
 }
 
-impl super::presence::FromNode for Answer {
+impl super::scatter::FromNode for Answer {
     fn node(&self) -> &str {
         &self.node
     }
@@ -38,7 +38,7 @@ pub async fn serve(
     node_id: String,
     owned: Arc<Owned>,
     epoch: Arc<AtomicU64>,
-    relay: Arc<std::sync::atomic::AtomicBool>,
+    stats: Arc<BusStats>,
     stop: CancellationToken,
 ) {
     let mut queries = match client.subscribe(subjects.partitions()).await {
@@ -56,11 +56,9 @@ pub async fn serve(
                 let answer = Answer {
                     node: node_id.clone(),
                     partitions: owned.status(epoch.load(Ordering::Relaxed)),
-                    relay: relay.load(Ordering::Relaxed),
+                    relay: stats.relay_owner.load(Ordering::Relaxed),
                 };
-                if let Ok(body) = serde_json::to_vec(&answer) {
-                    let _ = client.publish(reply, body.into()).await;
-                }
+                super::scatter::respond(&client, reply, &answer).await;
             }
             () = stop.cancelled() => return,
         }
@@ -76,7 +74,7 @@ pub async fn query(
     partitions: u16,
 ) -> Result<serde_json::Value, BusError> {
     let answers: Vec<Answer> =
-        super::presence::gather(client, subjects.partitions(), members, "").await?;
+        super::scatter::gather(client, subjects.partitions(), members, "").await?;
     let mut by_partition: BTreeMap<u16, serde_json::Value> = BTreeMap::new();
     let mut relay = serde_json::Value::Null;
     let mut owned_per_node = serde_json::Map::new();
