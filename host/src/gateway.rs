@@ -156,6 +156,8 @@ impl Gateway {
                 resume,
                 interest,
                 partitions: config.bus.partitions,
+                store: store.clone(),
+                retention: retention.clone(),
             },
         )
         .await?;

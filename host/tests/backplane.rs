@@ -12,8 +12,13 @@ use support::nats::{NatsServer, bus_section};
 use support::*;
 use switchyard_host::bus::BusStats;
 
-async fn node(name: &str, urls: &[String], replicas: usize) -> TestGateway {
-    TestGateway::start(node_config(name, &bus_section(urls, replicas))).await
+/// A node on `urls`; the nodes of a test share the PostgreSQL store `db`.
+async fn node(name: &str, urls: &[String], replicas: usize, db: &str) -> TestGateway {
+    TestGateway::start(node_config(
+        name,
+        &format!("{}[store]\nurl = {db:?}\n", bus_section(urls, replicas)),
+    ))
+    .await
 }
 
 fn bus(gw: &TestGateway) -> &BusStats {
@@ -87,9 +92,13 @@ fn seq_of(id: &str) -> u64 {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_event_from_nats_reaches_sessions_on_both_nodes_and_is_routed_once() {
+    let db = fresh_postgres().await;
     let nats = NatsServer::single();
     let urls = [nats.url()];
-    let (a, b) = (node("a", &urls, 1).await, node("b", &urls, 1).await);
+    let (a, b) = (
+        node("a", &urls, 1, &db).await,
+        node("b", &urls, 1, &db).await,
+    );
     let alice = json!({"sub": "alice", "rooms": ["1"]});
     let bob = json!({"sub": "bob"});
     let mut alice_a = subscribed(&a, alice.clone(), "chat.room.1").await;
@@ -160,9 +169,13 @@ async fn an_event_from_nats_reaches_sessions_on_both_nodes_and_is_routed_once() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_receives_only_what_its_sessions_need() {
+    let db = fresh_postgres().await;
     let nats = NatsServer::single();
     let urls = [nats.url()];
-    let (a, b) = (node("a", &urls, 1).await, node("b", &urls, 1).await);
+    let (a, b) = (
+        node("a", &urls, 1, &db).await,
+        node("b", &urls, 1, &db).await,
+    );
     let mut carol = subscribed(&a, json!({"sub": "carol"}), "news.a").await;
     let mut dave = subscribed(&b, json!({"sub": "dave"}), "news.b").await;
     // One subject per local user and per subscribed topic.
@@ -242,9 +255,13 @@ async fn a_node_receives_only_what_its_sessions_need() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn presence_answers_the_same_from_every_node() {
+    let db = fresh_postgres().await;
     let nats = NatsServer::single();
     let urls = [nats.url()];
-    let (a, b) = (node("a", &urls, 1).await, node("b", &urls, 1).await);
+    let (a, b) = (
+        node("a", &urls, 1, &db).await,
+        node("b", &urls, 1, &db).await,
+    );
     let _erin = subscribed(&a, json!({"sub": "erin"}), "news.p").await;
     let _frank = subscribed(&b, json!({"sub": "frank"}), "news.p").await;
     let _frank2 = subscribed(&a, json!({"sub": "frank"}), "news.p").await;
@@ -270,9 +287,13 @@ async fn presence_answers_the_same_from_every_node() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn nodes_recover_when_their_nats_server_restarts() {
+    let db = fresh_postgres().await;
     let mut nats = NatsServer::single();
     let urls = [nats.url()];
-    let (a, b) = (node("a", &urls, 1).await, node("b", &urls, 1).await);
+    let (a, b) = (
+        node("a", &urls, 1, &db).await,
+        node("b", &urls, 1, &db).await,
+    );
     let mut alice = subscribed(&a, json!({"sub": "alice"}), "news.r").await;
     let mut bob = subscribed(&b, json!({"sub": "bob"}), "news.r").await;
     let (status, _) = a
@@ -342,13 +363,14 @@ async fn nodes_recover_when_their_nats_server_restarts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_one_server_of_a_cluster_loses_no_accepted_event() {
+    let db = fresh_postgres().await;
     let mut servers = NatsServer::cluster();
     // Each node knows one server and learns the others from it. Both
     // route some partitions; what a misses while it reconnects must come
     // from the delivery log, and a's partitions go to b meanwhile.
-    let b = node("b", &[servers[1].url()], 3).await;
+    let b = node("b", &[servers[1].url()], 3, &db).await;
     eventually("b routes", async || owned(&b) == 64).await;
-    let a = node("a", &[servers[0].url()], 3).await;
+    let a = node("a", &[servers[0].url()], 3, &db).await;
     let mut on_a = subscribed(&a, json!({"sub": "alice"}), "news.c").await;
     let mut on_b = subscribed(&b, json!({"sub": "bob"}), "news.c").await;
 

@@ -18,8 +18,9 @@ use switchyard_host::routing::partition::{partition_of_str, server_mappings};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partitions_are_shared_out_and_move_only_as_nodes_join_and_drain() {
+    let db = fresh_postgres().await;
     let nats = NatsServer::single();
-    let a = node("a", &nats.url()).await;
+    let a = node("a", &nats.url(), &db).await;
     let alone = balanced(&a, &["a"]).await;
     assert_eq!(
         alone.slots()["a"],
@@ -42,7 +43,7 @@ async fn partitions_are_shared_out_and_move_only_as_nodes_join_and_drain() {
     }
     let steady = Steady::start(&a, &topics, Duration::from_millis(1)).await;
 
-    let b = node("b", &nats.url()).await;
+    let b = node("b", &nats.url(), &db).await;
     let two = balanced(&a, &["a", "b"]).await;
     for (p, from, to) in two.moved_since(&alone) {
         assert_eq!(
@@ -53,7 +54,7 @@ async fn partitions_are_shared_out_and_move_only_as_nodes_join_and_drain() {
     }
     assert!(two.slots()["b"] >= PARTITIONS / 2, "{:?}", two.slots());
 
-    let c = node("c", &nats.url()).await;
+    let c = node("c", &nats.url(), &db).await;
     let three = balanced(&b, &["a", "b", "c"]).await;
     let moved = three.moved_since(&two);
     for (p, _, to) in &moved {
@@ -91,8 +92,9 @@ async fn partitions_are_shared_out_and_move_only_as_nodes_join_and_drain() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_owner_is_replaced_and_nothing_is_lost_repeated_or_reordered() {
+    let db = fresh_postgres().await;
     let nats = NatsServer::single();
-    let (mut k, b, shared) = two_nodes(&nats).await;
+    let (mut k, b, shared) = two_nodes(&nats, &db).await;
     let (topics, on_k) = topics_over(&shared, "k");
     assert!(on_k > 0, "some topic is routed by k");
     let steady = Steady::start(&b, &topics, Duration::from_millis(2)).await;
@@ -108,8 +110,9 @@ async fn a_killed_owner_is_replaced_and_nothing_is_lost_repeated_or_reordered() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_paused_owner_is_replaced_and_takes_nothing_by_force_when_it_wakes() {
+    let db = fresh_postgres().await;
     let nats = NatsServer::single();
-    let (k, b, shared) = two_nodes(&nats).await;
+    let (k, b, shared) = two_nodes(&nats, &db).await;
     let (topics, on_k) = topics_over(&shared, "k");
     assert!(on_k > 0, "some topic is routed by k");
     let steady = Steady::start(&b, &topics, Duration::from_millis(2)).await;
@@ -135,8 +138,9 @@ async fn a_paused_owner_is_replaced_and_takes_nothing_by_force_when_it_wakes() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delivery_from_an_earlier_term_of_its_partition_is_dropped() {
+    let db = fresh_postgres().await;
     let nats = NatsServer::single();
-    let a = node("a", &nats.url()).await;
+    let a = node("a", &nats.url(), &db).await;
     balanced(&a, &["a"]).await;
     let topic = "news.fenced";
     let mut ws = subscribed_to(&a, &[topic.to_owned()]).await;
@@ -209,9 +213,10 @@ async fn publish_raw(js: &async_nats::jetstream::Context, topic: &str, n: u64) -
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn raw_publishes_reach_their_partition_through_the_relay_or_a_server_mapping() {
+    let db = fresh_postgres().await;
     // A plain server: the relay moves raw publishes.
     let plain = NatsServer::single();
-    let a = node("a", &plain.url()).await;
+    let a = node("a", &plain.url(), &db).await;
     balanced(&a, &["a"]).await;
     let mut ws = subscribed_to(&a, &["news.raw".to_owned()]).await;
     let js = async_nats::jetstream::new(async_nats::connect(plain.url()).await.expect("nats"));
@@ -240,7 +245,7 @@ async fn raw_publishes_reach_their_partition_through_the_relay_or_a_server_mappi
     // sequence a raw publish is acknowledged with is the event's id, and
     // nothing is relayed, but a topic deeper than the mapping's rules.
     let mapped = NatsServer::single_with_config(&server_mappings("sy", PARTITIONS as u16, 3));
-    let m = node("m", &mapped.url()).await;
+    let m = node("m", &mapped.url(), &db).await;
     balanced(&m, &["m"]).await;
     let topics = ["news.mapped".to_owned(), "news.a.b.deep".to_owned()];
     let mut ws = subscribed_to(&m, &topics).await;
@@ -268,10 +273,55 @@ async fn raw_publishes_reach_their_partition_through_the_relay_or_a_server_mappi
     assert_eq!(m.metric("switchyard_bus_relayed_total").await, 1);
 }
 
+/// Starts node `node` with `sections` through `Gateway::start`; its error.
+async fn refused(node: &str, sections: &str) -> String {
+    let config = node_config(node, sections);
+    let engine = switchyard_host::plugin::PluginEngine::new(Default::default()).expect("engine");
+    let plugins =
+        switchyard_host::plugin::PluginSet::load(&engine, None, &[], 1).expect("no plugins");
+    match switchyard_host::gateway::Gateway::start(config, engine, plugins).await {
+        Ok(_) => panic!("node {node} started"),
+        Err(e) => e.to_string(),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nodes_that_keep_history_in_sqlite_are_refused_in_a_cluster() {
+    let nats = NatsServer::single();
+    let dir = tempfile::tempdir().expect("dir");
+    let sqlite = |name: &str| {
+        format!(
+            "{}[store]\nurl = \"sqlite://{}\"\n",
+            bus_section(&[nats.url()], 1),
+            dir.path().join(name).display()
+        )
+    };
+    // Alone on its NATS, a SQLite node runs.
+    let alone = TestGateway::start(node_config("alone", &sqlite("alone.db"))).await;
+    // A second node is refused, whatever its own store.
+    let err = refused("b", &sqlite("b.db")).await;
+    assert!(
+        err.contains("other nodes are live") && err.contains("PostgreSQL"),
+        "{err}"
+    );
+    let db = fresh_postgres().await;
+    let err = refused(
+        "c",
+        &format!("{}[store]\nurl = {db:?}\n", bus_section(&[nats.url()], 1)),
+    )
+    .await;
+    assert!(
+        err.contains("alone") && err.contains("keep history in SQLite"),
+        "{err}"
+    );
+    drop(alone);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_node_with_another_partition_count_is_refused() {
+    let db = fresh_postgres().await;
     let nats = NatsServer::single();
-    let _a = node("a", &nats.url()).await;
+    let _a = node("a", &nats.url(), &db).await;
     let dir = tempfile::tempdir().expect("dir");
     let config = node_config(
         "b",
@@ -296,6 +346,7 @@ async fn a_node_with_another_partition_count_is_refused() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_of_the_single_router_version_moves_to_partitions_keeping_events_and_cursors() {
+    let db = fresh_postgres().await;
     use async_nats::jetstream::{consumer, stream};
     let nats = NatsServer::single();
     let js = async_nats::jetstream::new(async_nats::connect(nats.url()).await.expect("nats"));
@@ -346,7 +397,7 @@ async fn a_stream_of_the_single_router_version_moves_to_partitions_keeping_event
     drop(batch);
     let cursor = format!("{epoch:x}-3");
 
-    let a = node("a", &nats.url()).await;
+    let a = node("a", &nats.url(), &db).await;
     balanced(&a, &["a"]).await;
     // A client of the old version resumes from its cursor: the seven
     // events not yet routed then (replayed, or live if routed after the

@@ -11,17 +11,24 @@
 //! 2. each partition is routed by the one node holding its lease (a key in
 //!    the KV bucket `<PREFIX>_ROUTER`; partitions are spread over the live
 //!    nodes): it pulls the partition in order, routes each event once and
-//!    publishes it to `<prefix>.out.t.<topic>` and `<prefix>.out.u.<user>`
-//!    (the stream `<PREFIX>_OUT` keeps those for a short window), then
-//!    acknowledges it once history has it;
+//!    publishes it on core NATS to `<prefix>.out.t.<topic>` and
+//!    `<prefix>.out.u.<user>`, each delivery naming the id its partition
+//!    sent before it on that subject, then acknowledges it once history has
+//!    it; a beacon per partition, `<prefix>.beacon.<partition>`, names each
+//!    subject's newest id every second;
 //! 3. each node subscribes to the delivery subjects of its own sessions'
-//!    topics and users only, and hands deliveries to its edge.
+//!    topics and users only, hands deliveries to its edge, and repairs a
+//!    gap (a missing predecessor, a tail a beacon names, a link loss) from
+//!    history before what follows it.
 
 pub mod assign;
 pub mod delivery_order;
 pub mod local;
 pub mod nats;
+pub mod positions;
 pub mod recent;
+pub mod sent;
+pub mod subjects;
 pub mod wire;
 
 use std::sync::Arc;
@@ -56,6 +63,9 @@ pub struct BusStats {
     pub relayed: AtomicU64,
     /// Relayed publishes not confirmed.
     pub relay_errors: AtomicU64,
+    /// Relayed copies stored out of order (a refused copy after a later
+    /// one was stored).
+    pub relay_reordered: AtomicU64,
     /// Deliveries dropped because their partition had a later owner.
     pub fenced: AtomicU64,
     /// Cover rounds that failed.
@@ -74,10 +84,14 @@ pub struct BusStats {
     pub duplicates: AtomicU64,
     /// Messages the NATS client dropped because this node fell behind.
     pub slow_consumer: AtomicU64,
-    /// Deliveries caught up on after a reconnect.
+    /// Gaps detected in the deliveries.
+    pub gaps: AtomicU64,
+    /// Deliveries repaired from history.
     pub recovered: AtomicU64,
-    /// Catch-ups that failed (events in that window may be missing).
+    /// Repairs that failed (the sessions were told).
     pub recovery_errors: AtomicU64,
+    /// Subjects whose sessions were told events were lost.
+    pub gaps_unrepaired: AtomicU64,
     /// Delivery subjects this node subscribes to.
     pub interest_subjects: AtomicI64,
 }
@@ -104,6 +118,16 @@ pub enum BusError {
     /// NATS is unreachable now.
     #[error("the event bus is unavailable: {0}")]
     Unavailable(String),
+    /// Nodes of one cluster keep history in stores of their own (SQLite):
+    /// replays and gap repairs on one node would miss what another routed.
+    #[error(
+        "{reason}: every node of a NATS cluster must share one PostgreSQL store \
+         (store.url = \"postgres://…\"); SQLite serves a single node only"
+    )]
+    LocalStore {
+        /// What was found.
+        reason: String,
+    },
     /// The ingest stream was made for another partition count.
     #[error(
         "bus.partitions is {configured} but the ingest stream {stream} was created with {found} partitions; \
@@ -140,6 +164,10 @@ pub struct BusParts {
     pub interest: Option<mpsc::UnboundedReceiver<Interest>>,
     /// `bus.partitions`.
     pub partitions: u16,
+    /// The store (gaps in the NATS fan-out are repaired from it).
+    pub store: crate::store::Store,
+    /// What history keeps.
+    pub retention: crate::store::retention::Policy,
 }
 
 /// The bus of this node.

@@ -14,9 +14,9 @@
 use std::sync::Arc;
 
 use async_nats::HeaderMap;
-use base64::Engine as _;
 use serde::{Deserialize, Serialize};
 
+pub use super::subjects::{Subjects, Target};
 use crate::routing::{Event, Origin, Partition, Routed, Topic};
 
 /// Event name header.
@@ -29,6 +29,8 @@ pub const H_MSG_ID: &str = "Nats-Msg-Id";
 pub const H_META: &str = "Sy-Meta";
 /// The event and its routing, as JSON, on a delivery.
 pub const H_ROUTED: &str = "Sy-Routed";
+/// On a delivery: the id its partition sent last on the same subject.
+pub const H_PREV: &str = "Sy-Prev";
 
 /// The event header that carries the idempotency key.
 pub const IDEMPOTENCY_HEADER: &str = "idempotency-key";
@@ -57,118 +59,31 @@ pub enum WireError {
     },
 }
 
-/// The subjects of one bus, derived from its prefix.
-#[derive(Debug, Clone)]
-pub struct Subjects {
-    prefix: String,
+/// A partition owner's beacon: the newest id it sent lately on each
+/// subject.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Beacon {
+    /// Partition.
+    pub p: u16,
+    /// Lease term.
+    pub term: u64,
+    /// (subject, id).
+    pub last: Vec<(String, String)>,
 }
 
-impl Subjects {
-    /// Subjects under `prefix`.
-    pub fn new(prefix: &str) -> Self {
-        Subjects {
-            prefix: prefix.to_owned(),
+impl Beacon {
+    /// Its origin.
+    pub fn origin(&self) -> Origin {
+        Origin {
+            partition: Partition(self.p),
+            term: self.term,
         }
     }
+}
 
-    /// Where services publish events of `topic`.
-    pub fn ingest(&self, topic: &str) -> String {
-        format!("{}.in.{topic}", self.prefix)
-    }
-
-    /// Every raw ingest subject (what the relay reads).
-    pub fn ingest_all(&self) -> String {
-        format!("{}.in.>", self.prefix)
-    }
-
-    /// The ingest subject of `topic` in its partition.
-    pub fn partitioned(&self, partition: Partition, topic: &str) -> String {
-        format!("{}.ip.{partition}.{topic}", self.prefix)
-    }
-
-    /// Every ingest subject of `partition` (its consumer's filter).
-    pub fn partition_filter(&self, partition: Partition) -> String {
-        format!("{}.ip.{partition}.>", self.prefix)
-    }
-
-    /// Every partitioned ingest subject.
-    pub fn partitioned_all(&self) -> String {
-        format!("{}.ip.>", self.prefix)
-    }
-
-    /// Cover requests: "is everything you routed so far in the store?"
-    pub fn cover(&self) -> String {
-        format!("{}.cover", self.prefix)
-    }
-
-    /// Partition status queries.
-    pub fn partitions(&self) -> String {
-        format!("{}.partitions", self.prefix)
-    }
-
-    /// Deliveries to subscribers of `topic`.
-    pub fn topic(&self, topic: &str) -> String {
-        format!("{}.out.t.{topic}", self.prefix)
-    }
-
-    /// Deliveries to every session of `user`. User ids may hold any
-    /// character, so they travel base64url-encoded.
-    pub fn user(&self, user: &str) -> String {
-        let token = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(user.as_bytes());
-        // An empty user cannot be an empty token.
-        format!(
-            "{}.out.u.{}",
-            self.prefix,
-            if token.is_empty() { "_" } else { &token }
-        )
-    }
-
-    /// Every delivery subject (what the delivery log captures).
-    pub fn deliveries_all(&self) -> String {
-        format!("{}.out.>", self.prefix)
-    }
-
-    /// Presence queries.
-    pub fn presence(&self) -> String {
-        format!("{}.presence", self.prefix)
-    }
-
-    /// Session count queries.
-    pub fn sessions(&self) -> String {
-        format!("{}.sessions", self.prefix)
-    }
-
-    /// Node heartbeats.
-    pub fn nodes(&self) -> String {
-        format!("{}.nodes", self.prefix)
-    }
-
-    /// The topic of an ingest subject, raw or partitioned.
-    pub fn ingest_topic<'a>(&self, subject: &'a str) -> Option<&'a str> {
-        let rest = subject.strip_prefix(self.prefix.as_str())?;
-        if let Some(topic) = rest.strip_prefix(".in.") {
-            return Some(topic);
-        }
-        let (partition, topic) = rest.strip_prefix(".ip.")?.split_once('.')?;
-        partition.parse::<u16>().ok().map(|_| topic)
-    }
-
-    /// A name for JetStream objects: the prefix, upper-cased, with anything
-    /// a stream name cannot hold replaced.
-    pub fn stream_name(&self, suffix: &str) -> String {
-        let base: String = self
-            .prefix
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() {
-                    c.to_ascii_uppercase()
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        format!("{base}_{suffix}")
-    }
+/// The id a delivery's partition sent before it on the same subject.
+pub fn prev_of(headers: Option<&HeaderMap>) -> Option<crate::routing::EventId> {
+    header(headers, H_PREV).and_then(crate::routing::EventId::parse)
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -445,23 +360,5 @@ mod tests {
         let back = decode_routed(Some(&encode_routed(&r)), b"{}").expect("decodes");
         assert_eq!(back, r);
         assert!(decode_routed(None, b"").is_err());
-    }
-
-    #[test]
-    fn subjects_are_valid_nats_subjects() {
-        let s = subjects();
-        assert_eq!(s.ingest("a.b"), "sy.in.a.b");
-        assert_eq!(s.ingest_topic("sy.in.a.b"), Some("a.b"));
-        assert_eq!(s.ingest_topic("sy.inx.a"), None);
-        assert_eq!(s.partitioned(Partition(7), "a.b"), "sy.ip.7.a.b");
-        assert_eq!(s.ingest_topic("sy.ip.7.a.b"), Some("a.b"));
-        assert_eq!(s.ingest_topic("sy.ip.x.a.b"), None);
-        assert_eq!(s.partition_filter(Partition(3)), "sy.ip.3.>");
-        let u = s.user("x.y *>");
-        assert!(
-            u.starts_with("sy.out.u.") && !u["sy.out.u.".len()..].contains(['.', ' ', '*', '>'])
-        );
-        assert_ne!(s.user("a"), s.user("b"));
-        assert_eq!(Subjects::new("my.app").stream_name("IN"), "MY_APP_IN");
     }
 }

@@ -34,7 +34,7 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
     for (name, help, value) in gauges {
         x.sample(name, help, Kind::Gauge, &[], value);
     }
-    let counters: [(&'static str, &'static str, u64); 16] = [
+    let counters: [(&'static str, &'static str, u64); 19] = [
         (
             "switchyard_bus_leases_acquired_total",
             "Partition and relay leases this node took.",
@@ -59,6 +59,11 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
             "switchyard_bus_relay_errors_total",
             "Relayed publishes NATS did not confirm (relayed again).",
             b.relay_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_relay_reordered_total",
+            "Relayed copies stored out of order (JetStream refused one after storing a later one).",
+            b.relay_reordered.load(Ordering::Relaxed),
         ),
         (
             "switchyard_bus_fenced_total",
@@ -106,14 +111,24 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
             b.slow_consumer.load(Ordering::Relaxed),
         ),
         (
+            "switchyard_bus_gaps_total",
+            "Gaps detected in the deliveries (a missing predecessor, a tail a beacon named, a link loss).",
+            b.gaps.load(Ordering::Relaxed),
+        ),
+        (
             "switchyard_bus_recovered_total",
-            "Deliveries caught up on after a reconnect.",
+            "Deliveries repaired from history after a gap.",
             b.recovered.load(Ordering::Relaxed),
         ),
         (
             "switchyard_bus_recovery_errors_total",
-            "Catch-ups after a reconnect that failed (deliveries may be missing).",
+            "Repairs that failed (cover round or store query); the sessions were told.",
             b.recovery_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_gaps_unrepaired_total",
+            "Subjects whose sessions were told events were lost (history keeps none, or cannot give them).",
+            b.gaps_unrepaired.load(Ordering::Relaxed),
         ),
     ];
     for (name, help, value) in counters {

@@ -250,6 +250,18 @@ pub fn dropped(count: u64) -> String {
     })
 }
 
+/// `{"op":"error","code":"events_dropped","count":N,...}` for events lost
+/// upstream that history cannot give back.
+pub fn lost(count: u64) -> String {
+    to_text(&ErrorFrame {
+        op: "error",
+        id: None,
+        code: ErrorCode::EventsDropped.as_str(),
+        message: "events were lost on the way and history does not keep them",
+        count: Some(count),
+    })
+}
+
 /// `{"op":"reconnect","after_ms":N}`
 pub fn reconnect(after_ms: u64) -> String {
     format!(r#"{{"op":"reconnect","after_ms":{after_ms}}}"#)

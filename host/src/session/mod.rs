@@ -54,6 +54,9 @@ pub enum Outbound {
     Control(String),
     /// A WebSocket ping (the node's heartbeat, `switchyard.v1` sessions).
     Ping,
+    /// This many events before what follows were lost upstream and cannot
+    /// be replayed (told in each protocol's way, at this place in order).
+    Lost(u64),
 }
 
 /// An audience and the plugin-set generation that computed it.
@@ -261,6 +264,12 @@ impl SessionHandle {
         }
         self.flowing
             .store(!flow.floors.is_empty(), Ordering::SeqCst);
+    }
+
+    /// Tells the client that events it should have had were lost
+    /// upstream and cannot be replayed.
+    pub fn lost(&self, n: u64) {
+        self.queue.push_control(Outbound::Lost(n));
     }
 
     /// The topics it subscribes to, in order.

@@ -198,8 +198,10 @@ async fn feed(
                 batch = session.queue.next_batch() => {
                     let mut out = String::new();
                     for item in batch.items {
-                        if let Outbound::Event(frame) = item {
-                            out.push_str(frame.sse());
+                        match item {
+                            Outbound::Event(frame) => out.push_str(frame.sse()),
+                            Outbound::Lost(n) => out.push_str(&format!("event: dropped\ndata: {{\"count\":{n}}}\n\n")),
+                            Outbound::Control(_) | Outbound::Ping => {}
                         }
                     }
                     if batch.dropped > 0 {

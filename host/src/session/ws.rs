@@ -645,6 +645,7 @@ fn write_batch(
             let text = match item {
                 Outbound::Event(frame) => frame.json_message().clone(),
                 Outbound::Control(text) => Utf8Bytes::from(text),
+                Outbound::Lost(n) => Utf8Bytes::from(json::lost(n)),
                 Outbound::Ping => {
                     sink.feed(Message::Ping(Default::default())).await?;
                     continue;

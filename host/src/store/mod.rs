@@ -7,6 +7,7 @@
 pub mod batched;
 pub mod history;
 pub mod registry;
+pub mod repair;
 pub mod retention;
 mod write;
 

@@ -32,6 +32,11 @@ pub fn inbox_stream(user: &str) -> String {
 
 const INBOX_PREFIX: &str = "@inbox ";
 
+/// The user whose inbox `stream` is.
+pub fn inbox_user(stream: &str) -> Option<&str> {
+    stream.strip_prefix(INBOX_PREFIX)
+}
+
 /// Whether `stream` is a user's inbox.
 pub fn is_inbox(stream: &str) -> bool {
     stream.starts_with(INBOX_PREFIX)

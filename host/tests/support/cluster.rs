@@ -16,8 +16,16 @@ use super::*;
 
 pub const PARTITIONS: usize = 64;
 
-pub async fn node(name: &str, url: &str) -> TestGateway {
-    TestGateway::start(node_config(name, &bus_section(&[url.to_owned()], 1))).await
+/// A node on `url`; the nodes of a test share the PostgreSQL store `db`.
+pub async fn node(name: &str, url: &str, db: &str) -> TestGateway {
+    TestGateway::start(node_config(
+        name,
+        &format!(
+            "{}[store]\nurl = {db:?}\n",
+            bus_section(&[url.to_owned()], 1)
+        ),
+    ))
+    .await
 }
 
 /// Waits until `cond` holds, polling.
@@ -231,14 +239,14 @@ pub fn topics_over(owners: &Owners, owner: &str) -> (Vec<String>, usize) {
 }
 
 /// A binary node `k` and an in-process node `b` sharing the partitions.
-pub async fn two_nodes(nats: &NatsServer) -> (GatewayProcess, TestGateway, Owners) {
-    let bus = bus_section(&[nats.url()], 1);
+pub async fn two_nodes(nats: &NatsServer, db: &str) -> (GatewayProcess, TestGateway, Owners) {
+    let bus = format!("{}[store]\nurl = {db:?}\n", bus_section(&[nats.url()], 1));
     let k = GatewayProcess::start("k", &bus).await;
     eventually("k routes", Duration::from_secs(30), async || {
         k.metric("switchyard_bus_partitions_owned").await == Some(PARTITIONS as u64)
     })
     .await;
-    let b = node("b", &nats.url()).await;
+    let b = node("b", &nats.url(), db).await;
     let shared = balanced(&b, &["b", "k"]).await;
     (k, b, shared)
 }

@@ -12,13 +12,15 @@ use futures_util::StreamExt;
 const PULL_BATCH: usize = 512;
 
 /// Replaces the consumers of the slot `prefix` with the durable `name`
-/// filtered on `filter`, delivering from the oldest unacknowledged message;
-/// returns its messages and how many waited then.
+/// filtered on `filter`, delivering from the oldest unacknowledged message
+/// and acknowledged by `ack_policy`; returns its messages and how many
+/// waited then.
 pub async fn replace(
     stream: &async_nats::jetstream::stream::Stream,
     prefix: &str,
     name: String,
     filter: String,
+    ack_policy: AckPolicy,
 ) -> Result<(pull::Stream, u64), String> {
     remove_all(stream, prefix).await?;
     let consumer = stream
@@ -26,8 +28,7 @@ pub async fn replace(
             durable_name: Some(name),
             filter_subject: filter,
             deliver_policy: DeliverPolicy::All,
-            ack_policy: AckPolicy::Explicit,
-            // Longer than the outlet's retries of one event's deliveries.
+            ack_policy,
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 20_000,
             ..Default::default()

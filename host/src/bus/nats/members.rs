@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::bus::BusError;
 use crate::bus::wire::Subjects;
 
 /// Beats per node timeout: a node is declared gone after missing this many.
@@ -22,6 +23,8 @@ const BEATS_PER_TIMEOUT: u32 = 5;
 struct Seen {
     at: Instant,
     eligible: bool,
+    /// It keeps history in a SQLite file of its own.
+    local_store: bool,
 }
 
 /// The nodes heard from lately.
@@ -37,6 +40,8 @@ pub struct Members {
 struct Beat {
     node: String,
     eligible: bool,
+    #[serde(default)]
+    local_store: bool,
 }
 
 impl Members {
@@ -49,9 +54,16 @@ impl Members {
         }
     }
 
-    fn heard(&self, node: String, eligible: bool, now: Instant) {
+    fn heard(&self, node: String, eligible: bool, local_store: bool, now: Instant) {
         let mut seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
-        let before = seen.insert(node, Seen { at: now, eligible });
+        let before = seen.insert(
+            node,
+            Seen {
+                at: now,
+                eligible,
+                local_store,
+            },
+        );
         let news = before.is_none_or(|b| b.eligible != eligible || now - b.at >= self.timeout);
         drop(seen);
         if news {
@@ -80,6 +92,43 @@ impl Members {
         self.select(Instant::now(), |s| s.eligible)
     }
 
+    /// Live nodes that keep history in a store of their own, sorted.
+    pub fn with_local_store(&self) -> Vec<String> {
+        self.select(Instant::now(), |s| s.local_store)
+    }
+
+    /// How long a node takes to hear every live node at least once.
+    pub fn hearing_time(&self) -> Duration {
+        self.timeout / BEATS_PER_TIMEOUT * 2
+    }
+
+    /// Refuses a cluster whose nodes do not share one store.
+    pub fn shared_store(&self, me: &str, local: bool) -> Result<(), BusError> {
+        let others: Vec<String> = self.live().into_iter().filter(|n| n != me).collect();
+        if local && !others.is_empty() {
+            return Err(BusError::LocalStore {
+                reason: format!(
+                    "this node keeps history in SQLite but other nodes are live on this NATS ({})",
+                    others.join(", ")
+                ),
+            });
+        }
+        let local_peers: Vec<String> = self
+            .with_local_store()
+            .into_iter()
+            .filter(|n| n != me)
+            .collect();
+        if !local_peers.is_empty() {
+            return Err(BusError::LocalStore {
+                reason: format!(
+                    "node(s) {} on this NATS keep history in SQLite",
+                    local_peers.join(", ")
+                ),
+            });
+        }
+        Ok(())
+    }
+
     /// Whether `node` was heard from within the timeout.
     pub fn is_live(&self, node: &str) -> bool {
         let seen = self.seen.lock().unwrap_or_else(PoisonError::into_inner);
@@ -102,10 +151,12 @@ impl Members {
 
 /// Announces this node (eligible while `eligible` says so, and at once
 /// when that changes) and hears the others, until `stop`.
+#[allow(clippy::too_many_arguments)]
 pub async fn run(
     client: async_nats::Client,
     subjects: Subjects,
     node_id: String,
+    local_store: bool,
     mut eligible: watch::Receiver<bool>,
     members: std::sync::Arc<Members>,
     stop: CancellationToken,
@@ -124,6 +175,7 @@ pub async fn run(
         let b = Beat {
             node: node_id.clone(),
             eligible,
+            local_store,
         };
         Bytes::from(serde_json::to_vec(&b).unwrap_or_default())
     };
@@ -145,7 +197,7 @@ pub async fn run(
             }
             Some(m) = beats.next() => {
                 if let Ok(b) = serde_json::from_slice::<Beat>(&m.payload) {
-                    members.heard(b.node, b.eligible, Instant::now());
+                    members.heard(b.node, b.eligible, b.local_store, Instant::now());
                 }
             }
             () = stop.cancelled() => return,
@@ -162,19 +214,20 @@ mod tests {
         let m = Members::new(Duration::from_millis(50));
         let changes = m.changes();
         let t0 = Instant::now();
-        m.heard("b".into(), true, t0);
-        m.heard("a".into(), false, t0);
+        m.heard("b".into(), true, false, t0);
+        m.heard("a".into(), false, true, t0);
         assert_eq!(m.live(), ["a", "b"]);
         assert_eq!(m.eligible(), ["b"]);
+        assert_eq!(m.with_local_store(), ["a"]);
         assert!(changes.has_changed().unwrap_or(false));
         let seen = *changes.borrow();
-        m.heard("b".into(), true, t0);
+        m.heard("b".into(), true, false, t0);
         assert_eq!(*changes.borrow(), seen, "a repeated beat is no news");
-        m.heard("a".into(), true, t0);
+        m.heard("a".into(), true, true, t0);
         assert_eq!(*changes.borrow(), seen + 1);
         let later = t0 + Duration::from_millis(60);
         assert!(m.select(later, |_| true).is_empty(), "both went silent");
-        m.heard("a".into(), true, later);
+        m.heard("a".into(), true, true, later);
         assert_eq!(m.select(later, |_| true), ["a"]);
     }
 }

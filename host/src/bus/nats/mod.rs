@@ -1,9 +1,10 @@
 //! The NATS bus: JetStream for ingest (one stream, its subjects split into
-//! partitions) and the delivery log, a KV lease per partition spread over
-//! the live nodes, core subjects per topic and user for fan-out.
+//! partitions), a KV lease per partition spread over the live nodes, core
+//! subjects per topic and user for fan-out, repaired from history.
 
 mod consumers;
 mod cover;
+mod dispatch;
 mod interest;
 mod leases;
 mod members;
@@ -14,6 +15,7 @@ mod ownership;
 mod presence;
 mod provision;
 mod relay;
+mod repair;
 mod scatter;
 mod settle;
 mod status;
@@ -62,9 +64,8 @@ pub struct NatsBus {
     tasks: TaskTracker,
 }
 
-/// Router lanes: each waits for JetStream to confirm an event's deliveries
-/// before the next event of its partitions, so more lanes keep more in
-/// flight.
+/// Router lanes: partitions are spread over them, so plugin calls of
+/// several partitions run at once.
 const ROUTER_LANES: usize = 16;
 /// How long a publisher waits for JetStream to confirm an event.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
@@ -84,7 +85,6 @@ impl NatsBus {
             .build(client.clone());
 
         let ingest_stream = subjects.stream_name("IN");
-        let out_stream = subjects.stream_name("OUT");
         // A cluster that just started has no JetStream leader for a few
         // seconds: retry before giving up.
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
@@ -102,7 +102,8 @@ impl NatsBus {
         let epoch = Arc::new(AtomicU64::new(epoch));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let outlet = Outlet::new(js.clone(), subjects.clone(), stats.clone());
+        let outlet = Outlet::new(client.clone(), subjects.clone(), stats.clone());
+        tasks.spawn(outlet.clone().beacons(stop.clone()));
         let router = Arc::new(Router::start(
             ROUTER_LANES,
             parts.executor.clone(),
@@ -123,14 +124,22 @@ impl NatsBus {
         let lease_ttl = Duration::from_millis(bus.lease_ttl_ms);
         let members = Arc::new(members::Members::new(node_timeout));
         let (eligible_tx, eligible) = watch::channel(false);
+        let local_store = matches!(parts.store, crate::store::Store::Sqlite(_));
         tasks.spawn(members::run(
             client.clone(),
             subjects.clone(),
             node_id.clone(),
+            local_store,
             eligible.clone(),
             members.clone(),
             stop.clone(),
         ));
+        // No two nodes may keep history apart: listen to the beats first.
+        tokio::time::sleep(members.hearing_time()).await;
+        if let Err(e) = members.shared_store(&node_id, local_store) {
+            stop.cancel();
+            return Err(e);
+        }
         let leases = Arc::new(leases::LeaseTable::new(lease_ttl));
         tasks.spawn(leases.clone().follow(kv.clone(), stop.clone()));
         let owned = Arc::new(owned::Owned::default());
@@ -218,6 +227,7 @@ impl NatsBus {
         }
 
         let (inbound_tx, inbound_rx) = interest::inbound();
+        let inbound_tx_beacons = inbound_tx.clone();
         let (applied_tx, applied) = watch::channel(0);
         let subscribed = Arc::new(std::sync::RwLock::new(std::collections::HashSet::new()));
         if let Some(changes) = parts.interest {
@@ -233,14 +243,33 @@ impl NatsBus {
                 .run(changes, stop.clone()),
             );
         }
+        match client.subscribe(subjects.beacons_all()).await {
+            Ok(sub) => {
+                tasks.spawn(interest::forward(sub, inbound_tx_beacons));
+            }
+            Err(e) => {
+                return Err(BusError::Setup {
+                    what: "beacon subscription".into(),
+                    reason: e.to_string(),
+                });
+            }
+        }
         tasks.spawn(
-            interest::Dispatcher {
-                js: js.clone(),
+            dispatch::Dispatcher {
                 subjects: subjects.clone(),
-                delivery_log: out_stream,
                 subscribed,
                 edge: edge.clone(),
+                hub: parts.hub.clone(),
                 stats: stats.clone(),
+                repairer: repair::Repairer {
+                    store: parts.store.clone(),
+                    policy: parts.retention.clone(),
+                    asker: asker.clone(),
+                    subjects: subjects.clone(),
+                    partitions: bus.partitions,
+                    epoch: epoch.clone(),
+                    stats: stats.clone(),
+                },
             }
             .run(inbound_rx, link_rx, stop.clone()),
         );
@@ -406,7 +435,7 @@ async fn connect(
     servers: &[String],
     node_id: &str,
     stats: Arc<BusStats>,
-    link: tokio::sync::mpsc::UnboundedSender<interest::Link>,
+    link: tokio::sync::mpsc::UnboundedSender<dispatch::Link>,
 ) -> Result<async_nats::Client, BusError> {
     let urls = servers.join(",");
     let events = stats.clone();
@@ -426,18 +455,22 @@ async fn connect(
                 match event {
                     async_nats::Event::Connected => {
                         stats.connected.store(true, Ordering::Relaxed);
-                        let _ = link.send(interest::Link::Up);
+                        let _ = link.send(dispatch::Link::Up);
                         tracing::info!("NATS connected");
                     }
                     async_nats::Event::Disconnected => {
                         stats.connected.store(false, Ordering::Relaxed);
                         stats.disconnects.fetch_add(1, Ordering::Relaxed);
-                        let _ = link.send(interest::Link::Down(std::time::SystemTime::now()));
+                        let _ = link.send(dispatch::Link::Down(std::time::SystemTime::now()));
                         tracing::warn!("NATS disconnected; reconnecting");
                     }
                     async_nats::Event::SlowConsumer(sid) => {
                         stats.slow_consumer.fetch_add(1, Ordering::Relaxed);
-                        tracing::warn!(sid, "NATS dropped deliveries: this node is behind");
+                        let _ = link.send(dispatch::Link::Dropped(std::time::SystemTime::now()));
+                        tracing::warn!(
+                            sid,
+                            "NATS dropped deliveries: this node is behind; repairing from history"
+                        );
                     }
                     other => tracing::info!(event = %other, "NATS"),
                 }

@@ -1,102 +1,140 @@
-//! Publishes routed events to the delivery subjects of their topics and
-//! users through JetStream (the delivery log captures them for catch-up),
-//! and settles the ingest message once JetStream has taken every delivery
-//! (its acknowledgement then waits for history, off the lane). The router
-//! lane waits for the deliveries before routing the next event of its
-//! partition: a delivery that fails (JetStream electing a leader after a
-//! server loss, say) is published again before any later event of the
-//! topic, so per-topic order holds (edges drop a repeat by id).
+//! Publishes routed events on core NATS, to the delivery subjects of their
+//! topics and users, and settles the ingest message at once: nothing waits
+//! per event. Each delivery names the id its partition sent before it on
+//! the same subject, and a beacon per partition names each subject's
+//! newest id, so an edge that missed one (a slow-consumer drop, a link
+//! loss) sees the gap and repairs it from history. The acknowledgement of
+//! the ingest message still waits for history (off the lane), so an owner
+//! that dies routes nothing its successor cannot route again.
 
-use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::Duration;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tokio_util::sync::CancellationToken;
 
 use crate::bus::BusStats;
-use crate::bus::wire::{self, Subjects};
+use crate::bus::sent::SentLog;
+use crate::bus::wire::{self, Beacon, Subjects};
 use crate::pipeline::settle::Settle;
-use crate::routing::Routed;
+use crate::routing::{EventId, Routed};
 
 /// The NATS side of the router stage.
 pub struct Outlet {
-    js: async_nats::jetstream::Context,
+    client: async_nats::Client,
     subjects: Subjects,
     stats: Arc<BusStats>,
+    sent: Mutex<SentLog>,
 }
 
-/// Attempts at publishing one event's deliveries before leaving the event
-/// unacknowledged (the next router takes it again).
-const ATTEMPTS: u32 = 40;
+/// How often each partition with recent deliveries sends a beacon.
+pub const BEACON_EVERY: Duration = Duration::from_secs(1);
+/// A subject is named by the beacons sent within this time of its last
+/// delivery: at least two, so an edge compares one beacon with the next.
+const BEACON_WINDOW: Duration = Duration::from_millis(2500);
+/// A subject silent this long is forgotten (its next delivery names no
+/// predecessor).
+const FORGET_AFTER: Duration = Duration::from_secs(30);
+/// Subjects named in one beacon message.
+const BEACON_CHUNK: usize = 512;
 
 impl Outlet {
-    /// An outlet publishing through `js`.
-    pub fn new(
-        js: async_nats::jetstream::Context,
-        subjects: Subjects,
-        stats: Arc<BusStats>,
-    ) -> Arc<Self> {
+    /// An outlet publishing through `client`.
+    pub fn new(client: async_nats::Client, subjects: Subjects, stats: Arc<BusStats>) -> Arc<Self> {
         Arc::new(Outlet {
-            js,
+            client,
             subjects,
             stats,
+            sent: Mutex::new(SentLog::default()),
         })
     }
 
-    /// Publishes `routed` (nothing for a dropped event) until JetStream has
-    /// every delivery, then settles the ingest message.
+    /// Publishes `routed` (nothing for a dropped event), then settles the
+    /// ingest message: delivered unless the connection refused a publish.
     pub async fn send(&self, routed: Option<Routed>, settle: Option<Settle>) {
+        let mut delivered = true;
         if let Some(r) = routed {
             let headers = wire::encode_routed(&r);
             let payload = Bytes::from(r.event.data.clone());
-            let mut pending: Vec<String> = r
+            let targets: Vec<String> = r
                 .topics
                 .iter()
                 .map(|t| self.subjects.topic(t))
                 .chain(r.users.iter().map(|u| self.subjects.user(u)))
                 .collect();
-            let mut attempt = 0;
-            tracing::trace!(id = %r.event.id, subjects = pending.len(), "publishing deliveries");
-            while !pending.is_empty() {
-                let mut acks = Vec::with_capacity(pending.len());
-                for subject in &pending {
-                    acks.push(
-                        self.js
-                            .publish_with_headers(subject.clone(), headers.clone(), payload.clone())
-                            .await,
-                    );
+            let prevs: Vec<Option<EventId>> = match EventId::parse(&r.event.id) {
+                Some(id) => {
+                    let now = Instant::now();
+                    let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+                    targets
+                        .iter()
+                        .map(|s| sent.record(r.origin, s, id, now))
+                        .collect()
                 }
-                let mut failed = Vec::new();
-                for (subject, ack) in pending.into_iter().zip(acks) {
-                    let confirmed = match ack {
-                        Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                        Err(e) => Err(e.to_string()),
-                    };
-                    if let Err(e) = confirmed {
-                        tracing::debug!(%subject, error = %e, "delivery not confirmed");
-                        failed.push(subject);
-                    }
+                None => vec![None; targets.len()],
+            };
+            tracing::trace!(id = %r.event.id, subjects = targets.len(), "publishing deliveries");
+            for (subject, prev) in targets.into_iter().zip(prevs) {
+                let mut h = headers.clone();
+                if let Some(prev) = prev {
+                    h.insert(wire::H_PREV, prev.to_string().as_str());
                 }
-                pending = failed;
-                if pending.is_empty() {
-                    tracing::trace!(id = %r.event.id, "deliveries confirmed");
-                    break;
+                if let Err(e) = self
+                    .client
+                    .publish_with_headers(subject, h, payload.clone())
+                    .await
+                {
+                    // Left unacknowledged: routed again by this partition's
+                    // next run.
+                    tracing::warn!(id = %r.event.id, error = %e, "delivery not published");
+                    self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
+                    delivered = false;
                 }
-                self.stats.delivery_errors.fetch_add(1, Ordering::Relaxed);
-                attempt += 1;
-                if attempt >= ATTEMPTS {
-                    tracing::error!(id = %r.event.id, "deliveries not confirmed; the event is left for the next router");
-                    if let Some(settle) = settle {
-                        settle.done(false);
-                    }
-                    return;
-                }
-                tracing::warn!(id = %r.event.id, attempt, "deliveries not confirmed; publishing again");
-                tokio::time::sleep(Duration::from_millis(100 * u64::from(attempt.min(10)))).await;
             }
         }
         if let Some(settle) = settle {
-            settle.done(true);
+            settle.done(delivered);
+        }
+    }
+
+    /// Sends the beacons of every partition this node sent on lately,
+    /// every [`BEACON_EVERY`], until `stop`.
+    pub async fn beacons(self: Arc<Self>, stop: CancellationToken) {
+        let mut tick = tokio::time::interval(BEACON_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => {}
+                () = stop.cancelled() => return,
+            }
+            let due = self
+                .sent
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .beacons(Instant::now(), BEACON_WINDOW, FORGET_AFTER);
+            for (origin, entries) in due {
+                for chunk in entries.chunks(BEACON_CHUNK) {
+                    let beacon = Beacon {
+                        p: origin.partition.0,
+                        term: origin.term,
+                        last: chunk
+                            .iter()
+                            .map(|(s, id)| (s.clone(), id.to_string()))
+                            .collect(),
+                    };
+                    let Ok(json) = serde_json::to_vec(&beacon) else {
+                        continue;
+                    };
+                    if let Err(e) = self
+                        .client
+                        .publish(self.subjects.beacon(origin.partition), json.into())
+                        .await
+                    {
+                        tracing::debug!(error = %e, "beacon not sent");
+                    }
+                }
+            }
         }
     }
 }

@@ -251,6 +251,9 @@ async fn fresh_consumer(
         &partition_prefix(partition),
         name.to_owned(),
         ctx.subjects.partition_filter(partition),
+        // A work-queue stream takes explicit acknowledgements only
+        // (nats-server refuses `All` on one, error 10098).
+        async_nats::jetstream::consumer::AckPolicy::Explicit,
     )
     .await?;
     Ok((messages, waiting, last_seq))
@@ -293,6 +296,11 @@ async fn take(
     if pending == 0 || seq >= owning.backlog_upto.load(Ordering::Acquire) {
         owning.caught_up.store(true, Ordering::Release);
     }
+    let origin = Origin {
+        partition,
+        term: owning.term,
+    };
+    let settle = ctx.acks.settle(acker, owning.inflight.clone());
     match wire::decode_ingest(
         &ctx.subjects,
         msg.subject.as_str(),
@@ -302,18 +310,15 @@ async fn take(
     ) {
         Ok(event) => Some(Some(Job {
             event,
-            settle: Some(ctx.acks.settle(acker, owning.inflight.clone())),
+            settle: Some(settle),
             stamp,
-            origin: Origin {
-                partition,
-                term: owning.term,
-            },
+            origin,
         })),
         Err(e) => {
             ctx.stats.malformed.fetch_add(1, Ordering::Relaxed);
             tracing::warn!(subject = %msg.subject, error = %e, "malformed ingest message dropped");
             ctx.router.skipped(id).await;
-            let _ = acker.ack().await;
+            settle.done(true);
             Some(None)
         }
     }

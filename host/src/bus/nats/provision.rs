@@ -1,6 +1,7 @@
 //! The JetStream objects a node needs, made if missing and brought up to
 //! date: the ingest stream (its partition count recorded in its
-//! description), the delivery log and the lease bucket.
+//! description) and the lease bucket; the delivery log of earlier
+//! versions is removed.
 
 use std::time::Duration;
 
@@ -11,8 +12,6 @@ use crate::bus::wire::Subjects;
 
 /// The single router's consumer of the ingest stream before partitions.
 const LEGACY_CONSUMER: &str = "router";
-/// The delivery log's size cap.
-const DELIVERY_LOG_BYTES: i64 = 256 << 20;
 
 fn setup(what: &str) -> impl Fn(&dyn std::fmt::Display) -> BusError + '_ {
     move |e| BusError::Setup {
@@ -30,8 +29,8 @@ fn described_partitions(description: Option<&str>) -> Option<u16> {
         .ok()
 }
 
-/// Creates (or finds, and brings up to date) the ingest stream, the
-/// delivery log and the lease bucket; returns the ingest stream's epoch
+/// Creates (or finds, and brings up to date) the ingest stream and the
+/// lease bucket; returns the ingest stream's epoch
 /// and the bucket. Refuses a partition count other than the stream's.
 pub async fn provision(
     js: &jetstream::Context,
@@ -85,20 +84,17 @@ pub async fn provision(
     }
     let created = info.created;
     let epoch = (created.unix_timestamp_nanos() / 1_000_000) as u64;
+    // The delivery log of earlier versions: it would go on storing every
+    // core delivery, which now goes out unstored and is repaired from
+    // history instead.
     let out_stream = subjects.stream_name("OUT");
-    js.get_or_create_stream(stream::Config {
-        name: out_stream.clone(),
-        subjects: vec![subjects.deliveries_all()],
-        retention: stream::RetentionPolicy::Limits,
-        storage: stream::StorageType::File,
-        num_replicas: bus.replicas,
-        max_age: Duration::from_secs(bus.recovery_window_s),
-        max_bytes: DELIVERY_LOG_BYTES,
-        discard: stream::DiscardPolicy::Old,
-        ..Default::default()
-    })
-    .await
-    .map_err(|e| setup(&out_stream)(&e))?;
+    match js.delete_stream(&out_stream).await {
+        Ok(_) => tracing::info!(stream = %out_stream, "delivery log of an earlier version removed"),
+        Err(e) if e.to_string().contains("not found") => {}
+        Err(e) => {
+            tracing::warn!(stream = %out_stream, error = %e, "cannot remove the delivery log of an earlier version")
+        }
+    }
     let bucket = subjects.stream_name("ROUTER");
     // The bucket's stream is made here rather than by `create_key_value`,
     // which first asks for account details in a form NATS 2.9 does not send.

@@ -1,17 +1,18 @@
 //! The relay: services publish to `<prefix>.in.<topic>`, and on a server
 //! without the partition mapping those messages land in the ingest stream
 //! as they are. The node holding the relay lease pulls them in order and
-//! republishes each to its partition's subject; the raw message is
-//! acknowledged once its copy is stored. Partitions are pipelined against
-//! each other, but a partition has one copy in flight at a time: if a copy
-//! is lost (a server or a stream leader dies under it), no later copy of
-//! its partition can have been stored before it, so a topic keeps its
-//! order. A republish carries a message id derived from the raw message's
-//! sequence, so repeating it after a failure or a failover is dropped by
-//! JetStream's duplicate window. With the server mapping (see
+//! republishes each to its partition's subject without waiting for the
+//! one before (asynchronous JetStream publishes are stored in order); a
+//! raw message is acknowledged once its copy and every earlier copy of its
+//! partition are stored. A republish carries a message id derived from the
+//! raw message's sequence, so repeating it after a failure or a failover
+//! is dropped by JetStream's duplicate window. One case breaks a topic's
+//! order: JetStream refusing a copy (a stream leader lost under it) yet
+//! storing a later one already in flight; the relay counts it
+//! (`relay_reordered`). With the server mapping (see
 //! `partition::server_mappings`) raw publishes never reach the relay.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -150,6 +151,8 @@ async fn fresh_consumer(ctx: &RelayContext, term: u64) -> Result<pull::Stream, S
         CONSUMER,
         format!("{CONSUMER}-t{term}"),
         ctx.subjects.ingest_all(),
+        // Partitions are confirmed independently.
+        async_nats::jetstream::consumer::AckPolicy::Explicit,
     )
     .await
     .map(|(messages, _)| messages)
@@ -163,28 +166,31 @@ struct Copy {
     acker: Acker,
 }
 
-type Confirmed = (Partition, Result<(), String>, Acker);
+type Confirmed = (Partition, u64, Result<(), String>, Acker);
 
-/// One copy in flight per partition; the rest of each partition waits.
+/// The copies of one partition in flight, in publish order.
+#[derive(Default)]
+struct Chain {
+    /// (publish number, the raw message's acker once its copy is stored)
+    copies: VecDeque<(u64, Option<Acker>)>,
+}
+
+/// Copies in flight, every partition pipelined: a copy is published
+/// without waiting for the one before it (JetStream stores asynchronous
+/// publishes in order), and raw messages are acknowledged in order per
+/// partition, so a copy that fails leaves it and every later raw message
+/// of its partition to be relayed again (repeats of stored copies are
+/// dropped by their message id).
 #[derive(Default)]
 struct Chains {
-    busy: HashSet<Partition>,
-    waiting: HashMap<Partition, VecDeque<Copy>>,
+    next: u64,
+    chains: HashMap<Partition, Chain>,
     in_flight: FuturesUnordered<BoxFuture<'static, Confirmed>>,
 }
 
 impl Chains {
-    /// Publishes `copy` now, or after the copy of `p` in flight; false if
-    /// NATS refused it (the relay starts over).
+    /// Publishes `copy`; false if NATS refused it (the relay starts over).
     async fn offer(&mut self, ctx: &RelayContext, p: Partition, copy: Copy) -> bool {
-        if self.busy.contains(&p) {
-            self.waiting.entry(p).or_default().push_back(copy);
-            return true;
-        }
-        self.publish(ctx, p, copy).await
-    }
-
-    async fn publish(&mut self, ctx: &RelayContext, p: Partition, copy: Copy) -> bool {
         match ctx
             .js
             .publish_with_headers(copy.subject, copy.headers, copy.payload)
@@ -193,6 +199,13 @@ impl Chains {
             Ok(ack) => {
                 let stream = ctx.ingest_stream.clone();
                 let acker = copy.acker;
+                let n = self.next;
+                self.next += 1;
+                self.chains
+                    .entry(p)
+                    .or_default()
+                    .copies
+                    .push_back((n, None));
                 self.in_flight.push(Box::pin(async move {
                     let outcome = match ack.await {
                         Ok(a) if a.stream == stream => {
@@ -202,9 +215,8 @@ impl Chains {
                         Ok(a) => Err(format!("stored in {} instead of {stream}", a.stream)),
                         Err(e) => Err(e.to_string()),
                     };
-                    (p, outcome, acker)
+                    (p, n, outcome, acker)
                 }));
-                self.busy.insert(p);
                 true
             }
             Err(e) => {
@@ -215,26 +227,38 @@ impl Chains {
         }
     }
 
-    /// Acknowledges a stored copy's raw message and sends the next copy
-    /// of its partition; false on a failure (the relay starts over).
-    async fn confirmed(&mut self, ctx: &RelayContext, (p, outcome, acker): Confirmed) -> bool {
-        self.busy.remove(&p);
+    /// Acknowledges the raw messages of `p` whose copies, and every copy
+    /// before them, are stored; false on a failure (the relay starts over).
+    async fn confirmed(&mut self, ctx: &RelayContext, (p, n, outcome, acker): Confirmed) -> bool {
+        let Some(chain) = self.chains.get_mut(&p) else {
+            return true;
+        };
         if let Err(e) = outcome {
             ctx.stats.relay_errors.fetch_add(1, Ordering::Relaxed);
+            if chain.copies.iter().any(|(m, a)| *m > n && a.is_some()) {
+                // A later copy was stored before this one's retry: the two
+                // events swap places in the partition.
+                ctx.stats.relay_reordered.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(partition = %p, "a relayed copy failed after a later one was stored: they will be routed out of order");
+            }
             tracing::warn!(partition = %p, error = %e, "relayed event not confirmed; starting over");
             return false;
         }
-        ctx.stats.relayed.fetch_add(1, Ordering::Relaxed);
-        if let Err(e) = acker.ack().await {
-            tracing::debug!(error = %e, "raw message acknowledgement failed");
+        if let Some(slot) = chain.copies.iter_mut().find(|(m, _)| *m == n) {
+            slot.1 = Some(acker);
         }
-        match self.waiting.get_mut(&p).and_then(VecDeque::pop_front) {
-            Some(next) => self.publish(ctx, p, next).await,
-            None => {
-                self.waiting.remove(&p);
-                true
+        while chain.copies.front().is_some_and(|(_, a)| a.is_some()) {
+            if let Some((_, Some(acker))) = chain.copies.pop_front() {
+                ctx.stats.relayed.fetch_add(1, Ordering::Relaxed);
+                if let Err(e) = acker.ack().await {
+                    tracing::debug!(error = %e, "raw message acknowledgement failed");
+                }
             }
         }
+        if chain.copies.is_empty() {
+            self.chains.remove(&p);
+        }
+        true
     }
 }
 

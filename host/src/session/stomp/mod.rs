@@ -590,6 +590,11 @@ async fn write_batch(
             Outbound::Control(t) => Message::Text(Utf8Bytes::from(t)),
             // STOMP heart-beats are its own (the writer's ticker).
             Outbound::Ping => continue,
+            // Reported like a queue's drops, on the next MESSAGE.
+            Outbound::Lost(n) => {
+                *dropped += n;
+                continue;
+            }
             Outbound::Event(frame) => {
                 let sub = subs
                     .lock()

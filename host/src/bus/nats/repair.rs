@@ -1,0 +1,227 @@
+//! Repairing gaps in the core-NATS fan-out from history: once every
+//! partition owner says what it routed is in the store (a cover round),
+//! one query per (node, partition) brings the missed events of every
+//! subject that partition feeds here; after a link loss, one query brings
+//! what every subscribed subject got since. What history does not keep
+//! (a topic with `max_events = 0`, inboxes off) or cannot give (too far
+//! behind, the store down) is reported to the sessions as lost, never
+//! skipped in silence.
+
+use std::collections::HashSet;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use super::cover;
+use crate::bus::BusStats;
+use crate::bus::positions::Positions;
+use crate::bus::wire::{Subjects, Target};
+use crate::routing::{EventId, Origin, Partition, Routed, partition_of};
+use crate::store::repair::{Found, From};
+use crate::store::retention::{self, Policy};
+use crate::store::{MAX_REPLAY, Store};
+
+/// A gap to repair on one subject.
+#[derive(Debug, Clone)]
+pub struct Gap {
+    /// The delivery subject.
+    pub subject: String,
+    /// The newest id handed on.
+    pub after: EventId,
+    /// The id known to have been sent (the position must reach it).
+    pub want: EventId,
+}
+
+/// What a repair brings.
+#[derive(Debug, Default)]
+pub struct Outcome {
+    /// Missed events to hand on, in order, each to the subjects it missed.
+    pub events: Vec<Routed>,
+    /// Subjects whose sessions must be told events were lost.
+    pub lost: Vec<String>,
+}
+
+/// How far before a link loss its repair starts: deliveries in flight when
+/// it broke, and clock skew between this node and the store's writers.
+const LOSS_MARGIN: Duration = Duration::from_secs(2);
+
+/// The repairer of one node.
+pub struct Repairer {
+    pub(super) store: Store,
+    pub(super) policy: Policy,
+    pub(super) asker: Arc<cover::Asker>,
+    pub(super) subjects: Subjects,
+    pub(super) partitions: u16,
+    pub(super) epoch: Arc<AtomicU64>,
+    pub(super) stats: Arc<BusStats>,
+}
+
+impl Repairer {
+    /// The history stream behind a delivery subject, if history keeps it.
+    fn kept_stream(&self, subject: &str) -> Option<String> {
+        match self.subjects.target(subject)? {
+            Target::Topic(t) => (self.policy.of(&t).max_events > 0).then_some(t),
+            Target::User(u) => self
+                .policy
+                .keeps_inbox()
+                .then(|| retention::inbox_stream(&u)),
+        }
+    }
+
+    fn subject_of(&self, stream: &str) -> String {
+        match retention::inbox_user(stream) {
+            Some(user) => self.subjects.user(user),
+            None => self.subjects.topic(stream),
+        }
+    }
+
+    /// Repairs the gaps of `partition`'s subjects.
+    pub async fn gaps(
+        &self,
+        partition: Partition,
+        gaps: Vec<Gap>,
+        positions: &mut Positions,
+    ) -> Outcome {
+        self.stats
+            .gaps
+            .fetch_add(gaps.len() as u64, Ordering::Relaxed);
+        let mut out = Outcome::default();
+        let mut streams = Vec::new();
+        let mut from: Option<EventId> = None;
+        for g in &gaps {
+            match self.kept_stream(&g.subject) {
+                Some(s) => {
+                    streams.push(s);
+                    from = Some(from.map_or(g.after, |f| f.min(g.after)));
+                }
+                None => out.lost.push(g.subject.clone()),
+            }
+        }
+        if let Some(from) = from {
+            let found = self.query(From::After(from), &streams).await;
+            if let Some(found) = found {
+                for f in found {
+                    if partition_of(&f.event.topic, self.partitions) == partition {
+                        self.take(f, positions, &mut out.events);
+                    }
+                }
+            }
+        }
+        // Whatever is still short of what was sent is gone.
+        for g in gaps {
+            if positions
+                .of(&g.subject, partition)
+                .is_none_or(|p| p < g.want)
+            {
+                if !out.lost.contains(&g.subject) {
+                    out.lost.push(g.subject.clone());
+                }
+                positions.advance(&g.subject, partition, g.want);
+            }
+        }
+        self.count(&out);
+        out
+    }
+
+    /// Repairs every subscribed subject after the link was lost at `at`.
+    pub async fn after_loss(
+        &self,
+        at: SystemTime,
+        subscribed: Vec<String>,
+        positions: &mut Positions,
+    ) -> Outcome {
+        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+        let mut out = Outcome::default();
+        let mut streams = Vec::new();
+        for s in subscribed {
+            match self.kept_stream(&s) {
+                Some(stream) => streams.push(stream),
+                None => out.lost.push(s),
+            }
+        }
+        let ms = at
+            .checked_sub(LOSS_MARGIN)
+            .unwrap_or(at)
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let epoch = self.epoch.load(Ordering::Relaxed);
+        if !streams.is_empty() {
+            match self.query(From::Since { epoch, ms }, &streams).await {
+                Some(found) => {
+                    for f in found {
+                        self.take(f, positions, &mut out.events);
+                    }
+                }
+                None => out.lost.extend(streams.iter().map(|s| self.subject_of(s))),
+            }
+        }
+        self.count(&out);
+        out
+    }
+
+    fn count(&self, out: &Outcome) {
+        self.stats
+            .recovered
+            .fetch_add(out.events.len() as u64, Ordering::Relaxed);
+        if !out.lost.is_empty() {
+            self.stats
+                .gaps_unrepaired
+                .fetch_add(out.lost.len() as u64, Ordering::Relaxed);
+            tracing::warn!(subjects = ?out.lost, "deliveries lost that history cannot give; sessions told");
+        }
+    }
+
+    /// The events from `from`, once the store has everything routed so
+    /// far; `None` if that cannot be had (sessions are then told).
+    async fn query(&self, from: From, streams: &[String]) -> Option<Vec<Found>> {
+        if !self.asker.cover().await {
+            self.stats.recovery_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("repair: not every partition could say its events are stored");
+            return None;
+        }
+        match self.store.repair(from, streams, MAX_REPLAY + 1).await {
+            Ok(found) if found.len() <= MAX_REPLAY => Some(found),
+            Ok(_) => {
+                tracing::warn!("repair: too far behind to replay");
+                None
+            }
+            Err(e) => {
+                self.stats.recovery_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "repair: store query failed");
+                None
+            }
+        }
+    }
+
+    /// Hands `f` on to the subjects that have not had it yet.
+    fn take(&self, f: Found, positions: &mut Positions, events: &mut Vec<Routed>) {
+        let partition = partition_of(&f.event.topic, self.partitions);
+        let mut topics = Vec::new();
+        let mut users = Vec::new();
+        let mut seen: HashSet<String> = HashSet::new();
+        for stream in f.streams {
+            let subject = self.subject_of(&stream);
+            if !seen.insert(subject.clone()) {
+                continue;
+            }
+            if positions.of(&subject, partition).is_some_and(|p| p >= f.id) {
+                continue;
+            }
+            positions.advance(&subject, partition, f.id);
+            match retention::inbox_user(&stream) {
+                Some(user) => users.push(user.to_owned()),
+                None => topics.push(stream),
+            }
+        }
+        if topics.is_empty() && users.is_empty() {
+            return;
+        }
+        events.push(Routed {
+            event: Arc::new(f.event),
+            topics,
+            users,
+            stamp: 0,
+            origin: Origin { partition, term: 0 },
+        });
+    }
+}

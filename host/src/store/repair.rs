@@ -1,0 +1,105 @@
+//! The query behind a gap repair on the bus: the events of a set of
+//! streams after a position (or written since a time), each with the
+//! streams of that set it belongs to, so that one query serves every
+//! subject of a node that one partition feeds.
+
+use sqlx::AssertSqlSafe;
+
+use super::{Params, Store, StoreError, on_pool};
+use crate::routing::{Event, EventId, Topic};
+
+/// Where a repair starts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum From {
+    /// After this event.
+    After(EventId),
+    /// Events of this epoch written at or after this time (ms): after a
+    /// link loss, when a subject's position may not be known.
+    Since {
+        /// The epoch.
+        epoch: u64,
+        /// The time.
+        ms: u64,
+    },
+}
+
+/// An event a repair found, with the streams of the asked set it is in.
+#[derive(Debug)]
+pub struct Found {
+    /// The event.
+    pub event: Event,
+    /// Its id.
+    pub id: EventId,
+    /// The asked streams it belongs to.
+    pub streams: Vec<String>,
+}
+
+impl Store {
+    /// The events of `streams` from `from`, oldest first, at most `limit`
+    /// (rows of one event are merged).
+    pub async fn repair(
+        &self,
+        from: From,
+        streams: &[String],
+        limit: usize,
+    ) -> Result<Vec<Found>, StoreError> {
+        if streams.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (epoch, bound, column) = match from {
+            From::After(id) => (id.epoch, id.seq, "h.seq >"),
+            From::Since { epoch, ms } => (epoch, ms, "h.created_ms >="),
+        };
+        let list = Params::Numbered.list(2, streams.len());
+        let n = streams.len();
+        let sql = format!(
+            "SELECT h.topic, e.seq, e.topic, e.name, e.data, e.headers, e.sender \
+             FROM sy_history h JOIN sy_events e ON e.epoch = h.epoch AND e.seq = h.seq \
+             WHERE h.epoch = $1 AND h.topic IN ({list}) AND {column} ${} \
+             ORDER BY e.seq LIMIT ${}",
+            n + 2,
+            n + 3
+        );
+        type Row = (String, i64, String, String, Vec<u8>, String, Option<String>);
+        let rows: Vec<Row> = on_pool!(self, |pool| {
+            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone())).bind(epoch as i64);
+            for s in streams {
+                q = q.bind(s.as_str());
+            }
+            q.bind(bound as i64)
+                // Rows, not events: an event in k streams is k rows.
+                .bind(limit.saturating_mul(streams.len().min(16)) as i64)
+                .fetch_all(pool)
+                .await
+        })?;
+        let mut found: Vec<Found> = Vec::new();
+        for (stream, seq, topic, name, data, headers, sender) in rows {
+            let id = EventId {
+                epoch,
+                seq: seq as u64,
+            };
+            if let Some(last) = found.last_mut()
+                && last.id == id
+            {
+                last.streams.push(stream);
+                continue;
+            }
+            if found.len() == limit {
+                break;
+            }
+            let Ok(topic) = Topic::parse(&topic) else {
+                continue;
+            };
+            let mut event = Event::new(id.to_string(), topic, data);
+            event.name = name;
+            event.headers = serde_json::from_str(&headers).unwrap_or_default();
+            event.sender = sender;
+            found.push(Found {
+                event,
+                id,
+                streams: vec![stream],
+            });
+        }
+        Ok(found)
+    }
+}

@@ -1,0 +1,132 @@
+//! Gaps in the core-NATS fan-out: a node whose NATS link loses a delivery
+//! (a proxy drops the message whole) repairs it from history before what
+//! follows, finds a lost last delivery through the partition's beacon,
+//! and tells its sessions when history keeps nothing to repair from.
+//! Real nats-server, the machine's PostgreSQL shared by both nodes.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use serde_json::{Value, json};
+use support::lossy::LossyProxy;
+use support::nats::NatsServer;
+use support::*;
+use switchyard_host::bus::BusStats;
+
+fn bus(gw: &TestGateway) -> &BusStats {
+    gw.gateway.bus.stats().expect("a NATS bus")
+}
+
+/// Node `a` on the server, node `b` through a lossy proxy, one store.
+async fn two_nodes(nats: &NatsServer, extra: &str) -> (TestGateway, TestGateway, LossyProxy) {
+    let pg = fresh_postgres().await;
+    let proxy = LossyProxy::start(format!("127.0.0.1:{}", nats.port)).await;
+    let cfg = |node: &str, url: String| {
+        node_config(
+            node,
+            &format!(
+                "{}\n[store]\nurl = {pg:?}\n{extra}",
+                support::nats::bus_section(&[url], 1)
+            ),
+        )
+    };
+    let a = TestGateway::start(cfg("a", nats.url())).await;
+    let b = TestGateway::start(cfg("b", proxy.url())).await;
+    (a, b, proxy)
+}
+
+async fn subscribed(gw: &TestGateway, topic: &str) -> Ws {
+    let mut ws = gw.ws(&token(json!({"sub": "reader"}))).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "id": 1, "topic": topic}))
+        .await;
+    assert_eq!(ack["op"], "ack", "{ack}");
+    ws
+}
+
+async fn publish(gw: &TestGateway, topic: &str, data: Value) -> String {
+    let (status, body) = gw.publish(json!({"topic": topic, "data": data})).await;
+    assert_eq!(status, 200, "{body}");
+    body["id"].as_str().expect("id").to_owned()
+}
+
+/// The data of the next `n` events, and any `events_dropped` error among them.
+async fn next_events(ws: &mut Ws, n: usize) -> (Vec<Value>, Vec<Value>) {
+    let mut data = Vec::new();
+    let mut errors = Vec::new();
+    while data.len() < n {
+        let f = ws.next_json().await;
+        match f["op"].as_str() {
+            Some("event") => data.push(f["data"].clone()),
+            Some("error") => errors.push(f),
+            _ => {}
+        }
+    }
+    (data, errors)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delivery_is_repaired_from_history_before_what_follows() {
+    let nats = NatsServer::single();
+    let (a, b, proxy) = two_nodes(&nats, "").await;
+    let mut ws = subscribed(&b, "news.gap").await;
+    let mut sent = Vec::new();
+    for i in 0..3 {
+        sent.push(publish(&a, "news.gap", json!(i)).await);
+    }
+    assert_eq!(
+        next_events(&mut ws, 3).await.0,
+        [json!(0), json!(1), json!(2)]
+    );
+
+    // One delivery lost in the middle: the next one names it.
+    proxy.drop_next("sy.out.t.news.gap", 1);
+    for i in 3..6 {
+        sent.push(publish(&a, "news.gap", json!(i)).await);
+    }
+    let (data, errors) = next_events(&mut ws, 3).await;
+    assert_eq!(data, [json!(3), json!(4), json!(5)], "sent {sent:?}");
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(proxy.dropped(), ["sy.out.t.news.gap"]);
+    assert!(bus(&b).gaps.load(Ordering::Relaxed) >= 1);
+    assert!(bus(&b).recovered.load(Ordering::Relaxed) >= 1);
+
+    // The last delivery lost: only the partition's beacon names it.
+    proxy.drop_next("sy.out.t.news.gap", 1);
+    sent.push(publish(&a, "news.gap", json!(6)).await);
+    let (data, errors) = next_events(&mut ws, 1).await;
+    assert_eq!(data, [json!(6)]);
+    assert!(errors.is_empty(), "{errors:?}");
+    assert_eq!(proxy.dropped().len(), 2);
+
+    // Nothing more comes: each event once.
+    assert_eq!(
+        ws.next_event_within(Duration::from_millis(1500)).await,
+        None
+    );
+    assert_eq!(b.metric("switchyard_bus_gaps_unrepaired_total").await, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lost_delivery_history_does_not_keep_is_reported_to_the_session() {
+    let nats = NatsServer::single();
+    let (a, b, proxy) = two_nodes(
+        &nats,
+        "[[store.retention]]\ntopics = \"news.live.>\"\nmax_events = 0\n",
+    )
+    .await;
+    let mut ws = subscribed(&b, "news.live.x").await;
+    publish(&a, "news.live.x", json!(0)).await;
+    assert_eq!(next_events(&mut ws, 1).await.0, [json!(0)]);
+
+    proxy.drop_next("sy.out.t.news.live.x", 1);
+    publish(&a, "news.live.x", json!(1)).await;
+    publish(&a, "news.live.x", json!(2)).await;
+    let (data, errors) = next_events(&mut ws, 1).await;
+    assert_eq!(data, [json!(2)], "the lost event cannot come back");
+    assert_eq!(errors.len(), 1, "{errors:?}");
+    assert_eq!(errors[0]["code"], "events_dropped", "{errors:?}");
+    assert!(b.metric("switchyard_bus_gaps_unrepaired_total").await >= 1);
+}
