@@ -188,6 +188,9 @@ pub struct BusConfig {
     /// `bus.node_timeout_ms`: a node unheard of for this long is taken for
     /// dead, and its partitions are routed elsewhere.
     pub node_timeout_ms: u64,
+    /// `bus.max_lag_ms`: publishes to a partition whose oldest
+    /// unacknowledged event is older than this get 503 `unavailable`.
+    pub max_lag_ms: u64,
 }
 
 impl Default for BusConfig {
@@ -202,6 +205,7 @@ impl Default for BusConfig {
             lease_ttl_ms: 10_000,
             partitions: crate::routing::partition::DEFAULT_PARTITIONS,
             node_timeout_ms: 1500,
+            max_lag_ms: 30_000,
         }
     }
 }
@@ -506,6 +510,13 @@ impl Config {
                 "bus.partitions",
                 self.bus.partitions,
                 "must be between 1 and 1024",
+            ));
+        }
+        if self.bus.max_lag_ms < 100 {
+            return Err(invalid(
+                "bus.max_lag_ms",
+                self.bus.max_lag_ms,
+                "must be at least 100",
             ));
         }
         if !(300..=60_000).contains(&self.bus.node_timeout_ms) {

@@ -23,6 +23,7 @@
 
 pub mod assign;
 pub mod delivery_order;
+pub mod lag;
 pub mod local;
 pub mod nats;
 pub mod positions;
@@ -76,6 +77,8 @@ pub struct BusStats {
     pub malformed: AtomicU64,
     /// Publishes NATS did not confirm (the caller got an error).
     pub publish_errors: AtomicU64,
+    /// Publishes refused because their partition was past `bus.max_lag_ms`.
+    pub lag_refusals: AtomicU64,
     /// Routed deliveries NATS did not take (the event is routed again later).
     pub delivery_errors: AtomicU64,
     /// Deliveries received from NATS.

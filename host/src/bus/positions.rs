@@ -36,9 +36,9 @@ struct Position {
     last: EventId,
     /// When the bus stored `last` (ns; 0 unknown).
     stamp: u64,
-    /// The newest id a beacon named that was not yet handed on: a gap if
-    /// still so at the partition's next beacon.
-    announced: Option<EventId>,
+    /// The newest id a beacon named that was not yet handed on, and that
+    /// beacon's round: a gap if still short at a later round.
+    announced: Option<(EventId, u64)>,
 }
 
 /// The positions of one node's delivery subjects.
@@ -50,14 +50,40 @@ pub struct Positions {
 }
 
 impl Positions {
-    /// Whether a delivery from `origin` may pass, remembering its term.
+    /// Whether a delivery from `origin` may pass, remembering its term. A
+    /// newer term's owner counts beacon rounds afresh: what the previous
+    /// one announced is left to the takeover's repair.
     fn admit_term(&mut self, origin: Origin) -> bool {
         let newest = self.terms.entry(origin.partition).or_insert(0);
         if origin.term < *newest {
             return false;
         }
-        *newest = origin.term;
+        if origin.term > *newest {
+            *newest = origin.term;
+            if let Some(part) = self.at.get_mut(&origin.partition) {
+                for pos in part.values_mut() {
+                    pos.announced = None;
+                }
+            }
+        }
         true
+    }
+
+    /// Whether `origin` is a newer owner of its partition than the one this
+    /// node heard last (not the first heard): what the previous owner sent
+    /// last may have been lost unnoticed.
+    pub fn is_takeover(&self, origin: Origin) -> bool {
+        self.terms
+            .get(&origin.partition)
+            .is_some_and(|t| *t > 0 && origin.term > *t)
+    }
+
+    /// Every subject of `partition` with its position.
+    pub fn of_partition(&self, partition: Partition) -> Vec<(String, EventId)> {
+        self.at
+            .get(&partition)
+            .map(|part| part.iter().map(|(s, p)| (s.clone(), p.last)).collect())
+            .unwrap_or_default()
     }
 
     /// Judges a delivery of `id` (stored by the bus at `stamp`) on
@@ -119,7 +145,7 @@ impl Positions {
         }
         pos.last = id;
         pos.stamp = stamp;
-        if pos.announced.is_some_and(|a| a <= id) {
+        if pos.announced.is_some_and(|(a, _)| a <= id) {
             pos.announced = None;
         }
         Verdict::Deliver
@@ -143,18 +169,20 @@ impl Positions {
             // Its storage time is not known: no reuse is told after it.
             pos.stamp = 0;
         }
-        if pos.announced.is_some_and(|a| a <= pos.last) {
+        if pos.announced.is_some_and(|(a, _)| a <= pos.last) {
             pos.announced = None;
         }
     }
 
-    /// Takes a beacon of `origin`'s owner naming the newest id it sent on
-    /// each subject lately; returns the subjects this node has that lost
-    /// their tail (announced by the previous beacon and still not here),
-    /// with the position to repair from and the id announced.
+    /// Takes (one part of) beacon `round` of `origin`'s owner, naming the
+    /// newest id it sent on each subject lately; returns the subjects this
+    /// node has that lost their tail (announced in an earlier round and
+    /// still not here), with the position to repair from and the id
+    /// announced.
     pub fn beacon(
         &mut self,
         origin: Origin,
+        round: u64,
         newest: &[(String, EventId)],
     ) -> Vec<(String, EventId, EventId)> {
         if !self.admit_term(origin) {
@@ -165,7 +193,8 @@ impl Positions {
             return lost;
         };
         for (subject, pos) in part.iter_mut() {
-            if let Some(a) = pos.announced
+            if let Some((a, r)) = pos.announced
+                && r < round
                 && a > pos.last
             {
                 lost.push((subject.clone(), pos.last, a));
@@ -177,7 +206,10 @@ impl Positions {
                 && id.epoch == pos.last.epoch
                 && *id > pos.last
             {
-                pos.announced = Some(pos.announced.map_or(*id, |a| a.max(*id)));
+                pos.announced = match pos.announced {
+                    Some((a, r)) if a >= *id => Some((a, r)),
+                    _ => Some((*id, round)),
+                };
             }
         }
         lost
@@ -288,20 +320,28 @@ mod tests {
         pos.offer("t.a", o(1, 1), id(10), STAMP, None);
         pos.offer("t.b", o(1, 1), id(11), STAMP, None);
         let beacon = vec![("t.a".to_owned(), id(14)), ("t.b".to_owned(), id(11))];
-        assert!(pos.beacon(o(1, 1), &beacon).is_empty(), "may be in flight");
+        assert!(
+            pos.beacon(o(1, 1), 1, &beacon).is_empty(),
+            "may be in flight"
+        );
         // 14 arrives for t.a before the next beacon: no gap.
         pos.offer("t.a", o(1, 1), id(14), STAMP, Some(id(10)));
-        assert!(pos.beacon(o(1, 1), &[]).is_empty());
-        // Named again and never arrives.
-        pos.beacon(o(1, 1), &[("t.b".to_owned(), id(16))]);
+        assert!(pos.beacon(o(1, 1), 2, &[]).is_empty());
+        // Named and never arrives; another part of the same round checks
+        // nothing.
+        pos.beacon(o(1, 1), 3, &[("t.b".to_owned(), id(16))]);
+        assert!(pos.beacon(o(1, 1), 3, &[]).is_empty());
         assert_eq!(
-            pos.beacon(o(1, 1), &[]),
+            pos.beacon(o(1, 1), 4, &[]),
             vec![("t.b".to_owned(), id(11), id(16))]
         );
-        // A deposed owner's beacon counts for nothing.
+        // A deposed owner's beacon counts for nothing; a successor's rounds
+        // start afresh.
         pos.offer("t.a", o(1, 3), id(15), STAMP, None);
-        pos.beacon(o(1, 2), &[("t.a".to_owned(), id(99))]);
-        assert!(pos.beacon(o(1, 3), &[]).is_empty());
+        pos.beacon(o(1, 2), 9, &[("t.a".to_owned(), id(99))]);
+        assert!(pos.beacon(o(1, 3), 1, &[]).is_empty());
+        pos.beacon(o(1, 3), 1, &[("t.a".to_owned(), id(20))]);
+        assert_eq!(pos.beacon(o(1, 3), 2, &[]).len(), 1);
     }
 
     #[test]
@@ -316,6 +356,19 @@ mod tests {
         assert_eq!(
             pos.offer("t.a", o(1, 1), id(10), 210, None),
             Verdict::Deliver
+        );
+    }
+
+    #[test]
+    fn a_newer_owner_is_a_takeover_once_an_owner_was_heard() {
+        let mut pos = Positions::default();
+        assert!(!pos.is_takeover(o(1, 4)), "the first owner heard");
+        pos.offer("t.a", o(1, 4), id(10), STAMP, None);
+        assert!(!pos.is_takeover(o(1, 4)));
+        assert!(pos.is_takeover(o(1, 5)));
+        assert_eq!(
+            pos.of_partition(Partition(1)),
+            vec![("t.a".to_owned(), id(10))]
         );
     }
 

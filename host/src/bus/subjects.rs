@@ -117,6 +117,11 @@ impl Subjects {
         format!("{}.sync", self.prefix)
     }
 
+    /// Partition lag reports.
+    pub fn lag(&self) -> String {
+        format!("{}.lag", self.prefix)
+    }
+
     /// Presence queries.
     pub fn presence(&self) -> String {
         format!("{}.presence", self.prefix)

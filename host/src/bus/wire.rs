@@ -67,6 +67,10 @@ pub struct Beacon {
     pub p: u16,
     /// Lease term.
     pub term: u64,
+    /// Which round of its owner's beacons (a round may take several
+    /// messages).
+    #[serde(default)]
+    pub round: u64,
     /// (subject, id).
     pub last: Vec<(String, String)>,
 }

@@ -34,7 +34,7 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
     for (name, help, value) in gauges {
         x.sample(name, help, Kind::Gauge, &[], value);
     }
-    let counters: [(&'static str, &'static str, u64); 19] = [
+    let counters: [(&'static str, &'static str, u64); 20] = [
         (
             "switchyard_bus_leases_acquired_total",
             "Partition and relay leases this node took.",
@@ -89,6 +89,11 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
             "switchyard_bus_publish_errors_total",
             "Events NATS did not accept (the publisher got an error).",
             b.publish_errors.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_lag_refusals_total",
+            "Publishes refused with 503 because their partition was past bus.max_lag_ms.",
+            b.lag_refusals.load(Ordering::Relaxed),
         ),
         (
             "switchyard_bus_delivery_errors_total",

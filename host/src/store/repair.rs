@@ -3,6 +3,8 @@
 //! streams of that set it belongs to, so that one query serves every
 //! subject of a node that one partition feeds.
 
+use std::collections::HashMap;
+
 use sqlx::AssertSqlSafe;
 
 use super::{Params, Store, StoreError, on_pool};
@@ -35,17 +37,19 @@ pub struct Found {
 }
 
 impl Store {
-    /// The events of `streams` from `from`, oldest first, at most `limit`
-    /// (rows of one event are merged).
+    /// The events of `streams` from `from`, oldest first (rows of one
+    /// event merged), or `None` if there are `limit` or more.
     pub async fn repair(
         &self,
         from: From,
         streams: &[String],
         limit: usize,
-    ) -> Result<Vec<Found>, StoreError> {
+    ) -> Result<Option<Vec<Found>>, StoreError> {
         if streams.is_empty() {
-            return Ok(Vec::new());
+            return Ok(Some(Vec::new()));
         }
+        // Rows, not events: an event in k of the streams is k rows.
+        let cap = limit.saturating_mul(4);
         let (epoch, bound, column) = match from {
             From::After(id) => (id.epoch, id.seq, "h.seq >"),
             From::Since { epoch, ms } => (epoch, ms, "h.created_ms >="),
@@ -66,12 +70,11 @@ impl Store {
             for s in streams {
                 q = q.bind(s.as_str());
             }
-            q.bind(bound as i64)
-                // Rows, not events: an event in k streams is k rows.
-                .bind(limit.saturating_mul(streams.len().min(16)) as i64)
-                .fetch_all(pool)
-                .await
+            q.bind(bound as i64).bind(cap as i64).fetch_all(pool).await
         })?;
+        if rows.len() >= cap {
+            return Ok(None);
+        }
         let mut found: Vec<Found> = Vec::new();
         for (stream, seq, topic, name, data, headers, sender) in rows {
             let id = EventId {
@@ -85,7 +88,7 @@ impl Store {
                 continue;
             }
             if found.len() == limit {
-                break;
+                return Ok(None);
             }
             let Ok(topic) = Topic::parse(&topic) else {
                 continue;
@@ -100,6 +103,30 @@ impl Store {
                 streams: vec![stream],
             });
         }
-        Ok(found)
+        Ok(Some(found))
+    }
+
+    /// For those of `streams` that retention trimmed in `epoch`, the newest
+    /// sequence removed: a gap reaching back before it cannot be repaired.
+    pub async fn trimmed(
+        &self,
+        epoch: u64,
+        streams: &[String],
+    ) -> Result<HashMap<String, u64>, StoreError> {
+        if streams.is_empty() {
+            return Ok(HashMap::new());
+        }
+        let sql = format!(
+            "SELECT topic, MAX(upto) FROM sy_trimmed WHERE epoch = $1 AND topic IN ({}) GROUP BY topic",
+            Params::Numbered.list(2, streams.len())
+        );
+        let rows: Vec<(String, i64)> = on_pool!(self, |pool| {
+            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone())).bind(epoch as i64);
+            for s in streams {
+                q = q.bind(s.as_str());
+            }
+            q.fetch_all(pool).await
+        })?;
+        Ok(rows.into_iter().map(|(s, u)| (s, u as u64)).collect())
     }
 }

@@ -7,6 +7,7 @@ pub mod cluster;
 pub mod lossy;
 pub mod nats;
 pub mod process;
+pub mod stall;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -21,6 +21,8 @@ use crate::hub::Hub;
 use crate::pipeline::Edge;
 use crate::routing::{EventId, Routed};
 
+/// Deliveries waiting past which beacons are not judged.
+const TRUST_BEACONS_UNDER: usize = 256;
 /// Event ids remembered to hand an event reaching this node on several
 /// subjects (a topic and a user) to the edge once; repeats on one subject
 /// are told by position.
@@ -66,28 +68,52 @@ impl Dispatcher {
             recent: RecentIds::new(RECENT),
         };
         let mut down_since: Option<SystemTime> = None;
+        // When the last repair after a loss began: a drop noticed before it
+        // is covered by it (async-nats reports one per dropped message).
+        let mut repaired_from: Option<SystemTime> = None;
         loop {
             tokio::select! {
                 biased;
                 () = stop.cancelled() => return,
-                Some(l) = link.recv() => match l {
-                    Link::Down(at) => { down_since.get_or_insert(at); }
-                    Link::Up => {
-                        if let Some(at) = down_since.take() {
-                            self.after_loss(at, &mut st).await;
+                Some(first) = link.recv() => {
+                    let mut dropped: Option<SystemTime> = None;
+                    let mut up = false;
+                    let mut next = Some(first);
+                    while let Some(l) = next {
+                        match l {
+                            Link::Down(at) => { down_since.get_or_insert(at); }
+                            Link::Up => up = true,
+                            Link::Dropped(at) => {
+                                if repaired_from.is_none_or(|r| at > r) {
+                                    dropped = Some(dropped.map_or(at, |d| d.min(at)));
+                                }
+                            }
                         }
+                        next = link.try_recv().ok();
                     }
-                    Link::Dropped(at) => {
-                        if down_since.is_none() {
-                            self.after_loss(at, &mut st).await;
+                    let lost_at = match (up, down_since) {
+                        (true, Some(at)) => {
+                            down_since = None;
+                            Some(dropped.map_or(at, |d| d.min(at)))
                         }
+                        (_, None) => dropped,
+                        (false, Some(_)) => None,
+                    };
+                    if let Some(at) = lost_at {
+                        repaired_from = Some(SystemTime::now());
+                        self.after_loss(at, &mut st).await;
                     }
-                },
+                }
                 // While the link is down, live deliveries wait in the channel:
                 // after the reconnect the repair goes first, so that the
                 // events of a topic keep their order across the gap.
                 m = inbound.recv(), if down_since.is_none() => match m {
-                    Some(Inbound::Message(m)) => self.handle(m, &mut st).await,
+                    Some(Inbound::Message(m)) => {
+                        // Behind by more than a beacon period, beacons would
+                        // overtake the deliveries they name.
+                        let behind = inbound.len() > TRUST_BEACONS_UNDER;
+                        self.handle(m, behind, &mut st).await
+                    }
                     Some(Inbound::Forget(subject)) => st.positions.forget(&subject),
                     None => return,
                 },
@@ -95,9 +121,12 @@ impl Dispatcher {
         }
     }
 
-    async fn handle(&self, m: async_nats::Message, st: &mut State) {
+    async fn handle(&self, m: async_nats::Message, behind: bool, st: &mut State) {
         let subject = m.subject.as_str();
         if self.subjects.is_beacon(subject) {
+            if behind {
+                return;
+            }
             return self.beacon(&m.payload, st).await;
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
@@ -116,6 +145,7 @@ impl Dispatcher {
         let prev = wire::prev_of(m.headers.as_ref());
         let partition = routed.origin.partition;
         tracing::trace!(%id, %subject, "delivery received");
+        self.takeover(routed.origin, st).await;
         let mut repaired = false;
         loop {
             match st
@@ -148,7 +178,7 @@ impl Dispatcher {
                     };
                     let out = self
                         .repairer
-                        .gaps(partition, vec![gap], &mut st.positions)
+                        .gaps(partition, vec![gap], &mut st.positions, true)
                         .await;
                     self.apply(out).await;
                     repaired = true;
@@ -167,7 +197,8 @@ impl Dispatcher {
             .iter()
             .filter_map(|(s, id)| Some((s.clone(), EventId::parse(id)?)))
             .collect();
-        let lost = st.positions.beacon(b.origin(), &newest);
+        self.takeover(b.origin(), st).await;
+        let lost = st.positions.beacon(b.origin(), b.round, &newest);
         if lost.is_empty() {
             return;
         }
@@ -182,7 +213,35 @@ impl Dispatcher {
         tracing::info!(partition = %b.origin().partition, subjects = gaps.len(), "lost deliveries named by a beacon; repairing from history");
         let out = self
             .repairer
-            .gaps(b.origin().partition, gaps, &mut st.positions)
+            .gaps(b.origin().partition, gaps, &mut st.positions, true)
+            .await;
+        self.apply(out).await;
+    }
+
+    /// On the first word from a partition's new owner: the previous owner's
+    /// last deliveries may have been lost with no successor to name them,
+    /// so every subject it fed here is checked against history.
+    async fn takeover(&self, origin: crate::routing::Origin, st: &mut State) {
+        if !st.positions.is_takeover(origin) {
+            return;
+        }
+        let gaps: Vec<Gap> = st
+            .positions
+            .of_partition(origin.partition)
+            .into_iter()
+            .map(|(subject, last)| Gap {
+                subject,
+                after: last,
+                want: last,
+            })
+            .collect();
+        if gaps.is_empty() {
+            return;
+        }
+        tracing::info!(partition = %origin.partition, term = origin.term, subjects = gaps.len(), "partition has a new owner; repairing what the previous one sent last");
+        let out = self
+            .repairer
+            .gaps(origin.partition, gaps, &mut st.positions, false)
             .await;
         self.apply(out).await;
     }

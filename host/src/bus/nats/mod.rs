@@ -2,6 +2,7 @@
 //! partitions), a KV lease per partition spread over the live nodes, core
 //! subjects per topic and user for fan-out, repaired from history.
 
+mod backpressure;
 mod consumers;
 mod cover;
 mod dispatch;
@@ -56,6 +57,8 @@ pub struct NatsBus {
     leases: Arc<leases::LeaseTable>,
     owned: Arc<owned::Owned>,
     asker: Arc<cover::Asker>,
+    backpressure: Arc<backpressure::Backpressure>,
+    max_lag_ms: u64,
     partitions: u16,
     applied: watch::Receiver<u64>,
     /// How many slots this node still routes (drain waits for 0).
@@ -198,6 +201,13 @@ impl NatsBus {
             stats.clone(),
             stop.clone(),
         );
+        let backpressure = Arc::new(backpressure::Backpressure::default());
+        tasks.spawn(backpressure.clone().run(
+            client.clone(),
+            subjects.clone(),
+            owned.clone(),
+            stop.clone(),
+        ));
         tasks.spawn(status::serve(
             client.clone(),
             subjects.clone(),
@@ -295,6 +305,8 @@ impl NatsBus {
             leases,
             owned,
             asker,
+            backpressure,
+            max_lag_ms: bus.max_lag_ms,
             partitions: bus.partitions,
             applied,
             routing,
@@ -314,8 +326,15 @@ impl NatsBus {
                 "NATS is disconnected; nothing was published".into(),
             ));
         }
-        let headers = wire::encode_ingest(&event);
         let partition = partition_of(&event.topic, self.partitions);
+        if let Some(lag) = self.backpressure.behind(partition, self.max_lag_ms) {
+            self.stats.lag_refusals.fetch_add(1, Ordering::Relaxed);
+            return Err(PublishError::BusUnavailable(format!(
+                "partition {partition} of topic {} is {lag} ms behind (bus.max_lag_ms = {}); retry later",
+                event.topic, self.max_lag_ms
+            )));
+        }
+        let headers = wire::encode_ingest(&event);
         let subject = self.subjects.partitioned(partition, event.topic.as_str());
         let fail = |e: &dyn std::fmt::Display| {
             self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);

@@ -103,11 +103,13 @@ impl Outlet {
     pub async fn beacons(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(BEACON_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut round = 0u64;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
+            round += 1;
             let due = self
                 .sent
                 .lock()
@@ -118,6 +120,7 @@ impl Outlet {
                     let beacon = Beacon {
                         p: origin.partition.0,
                         term: origin.term,
+                        round,
                         last: chunk
                             .iter()
                             .map(|(s, id)| (s.clone(), id.to_string()))

@@ -43,8 +43,9 @@ pub struct OwnedStatus {
     pub last_routed: Option<String>,
     /// Events waiting in the partition.
     pub backlog: u64,
-    /// How far behind routing is (ms since the newest taken event was
-    /// stored, while events wait).
+    /// How far behind routing is: the age of the oldest event taken and
+    /// not yet acknowledged, or, while events wait untaken, of the newest
+    /// taken (ms).
     pub lag_ms: u64,
     /// Taken, not yet acknowledged.
     pub inflight: u64,
@@ -104,10 +105,17 @@ impl Owned {
                     term: o.term,
                     last_routed: (seq > 0).then(|| EventId { epoch, seq }.to_string()),
                     backlog,
-                    lag_ms: if backlog > 0 {
-                        now_ms.saturating_sub(stored)
-                    } else {
-                        0
+                    lag_ms: {
+                        let waiting = if backlog > 0 {
+                            now_ms.saturating_sub(stored)
+                        } else {
+                            0
+                        };
+                        let unacked = o
+                            .inflight
+                            .oldest_ms()
+                            .map_or(0, |t| now_ms.saturating_sub(t));
+                        waiting.max(unacked)
                     },
                     inflight: o.inflight.count(),
                     caught_up: o.caught_up.load(Ordering::Relaxed),

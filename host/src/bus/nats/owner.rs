@@ -300,7 +300,9 @@ async fn take(
         partition,
         term: owning.term,
     };
-    let settle = ctx.acks.settle(acker, owning.inflight.clone());
+    let settle = ctx
+        .acks
+        .settle(acker, owning.inflight.clone(), stamp / 1_000_000);
     match wire::decode_ingest(
         &ctx.subjects,
         msg.subject.as_str(),

@@ -7,7 +7,7 @@
 //! behind, the store down) is reported to the sessions as lost, never
 //! skipped in silence.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -41,9 +41,13 @@ pub struct Outcome {
     pub lost: Vec<String>,
 }
 
-/// How far before a link loss its repair starts: deliveries in flight when
-/// it broke, and clock skew between this node and the store's writers.
+/// How far before a link loss the repair of a subject with no position
+/// starts: deliveries in flight when it broke, and clock skew between this
+/// node and the store's writers.
 const LOSS_MARGIN: Duration = Duration::from_secs(2);
+/// Streams named in one repair query (bound parameters stay far below
+/// either database's limit).
+const STREAMS_PER_QUERY: usize = 256;
 
 /// The repairer of one node.
 pub struct Repairer {
@@ -75,17 +79,110 @@ impl Repairer {
         }
     }
 
-    /// Repairs the gaps of `partition`'s subjects.
+    /// Repairs the gaps of `partition`'s subjects, first waiting for a
+    /// cover round if `cover` (a takeover's repair needs none: what the
+    /// previous owner acknowledged is stored, what it did not the new owner
+    /// routes again).
     pub async fn gaps(
         &self,
         partition: Partition,
         gaps: Vec<Gap>,
         positions: &mut Positions,
+        cover: bool,
     ) -> Outcome {
         self.stats
             .gaps
             .fetch_add(gaps.len() as u64, Ordering::Relaxed);
         let mut out = Outcome::default();
+        let covered = !cover || self.covered().await;
+        self.partition(partition, gaps, covered, positions, &mut out)
+            .await;
+        self.count(&out);
+        out
+    }
+
+    /// Repairs every subscribed subject after the link was lost at `at`:
+    /// from its position where it has one (one query per partition), and
+    /// what was stored since shortly before `at` where it has none.
+    pub async fn after_loss(
+        &self,
+        at: SystemTime,
+        subscribed: Vec<String>,
+        positions: &mut Positions,
+    ) -> Outcome {
+        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
+        let mut out = Outcome::default();
+        let covered = self.covered().await;
+        let mut by_partition: HashMap<Partition, Vec<Gap>> = HashMap::new();
+        let mut placed: HashSet<String> = HashSet::new();
+        let wanted: HashSet<&String> = subscribed.iter().collect();
+        for (subject, partition, last) in positions.all() {
+            if wanted.contains(&subject) {
+                placed.insert(subject.clone());
+                by_partition.entry(partition).or_default().push(Gap {
+                    subject,
+                    after: last,
+                    want: last,
+                });
+            }
+        }
+        for (partition, gaps) in by_partition {
+            self.partition(partition, gaps, covered, positions, &mut out)
+                .await;
+        }
+        let mut streams = Vec::new();
+        for s in subscribed.into_iter().filter(|s| !placed.contains(s)) {
+            match self.kept_stream(&s) {
+                Some(stream) => streams.push(stream),
+                None => out.lost.push(s),
+            }
+        }
+        if !streams.is_empty() {
+            let ms = at
+                .checked_sub(LOSS_MARGIN)
+                .unwrap_or(at)
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let epoch = self.epoch.load(Ordering::Relaxed);
+            let found = if covered {
+                self.query(From::Since { epoch, ms }, &streams).await
+            } else {
+                None
+            };
+            match found {
+                Some(found) => {
+                    for f in found {
+                        self.take(f, positions, &mut out.events);
+                    }
+                }
+                None => out.lost.extend(streams.iter().map(|s| self.subject_of(s))),
+            }
+        }
+        self.count(&out);
+        out
+    }
+
+    /// Whether the store has everything routed so far (a cover round).
+    async fn covered(&self) -> bool {
+        let ok = self.asker.cover().await;
+        if !ok {
+            self.stats.recovery_errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("repair: not every partition could say its events are stored");
+        }
+        ok
+    }
+
+    /// Repairs `gaps` of `partition` with one query (if `covered`); what
+    /// stays short of what was sent, or reaches back past retention, is
+    /// reported lost.
+    async fn partition(
+        &self,
+        partition: Partition,
+        gaps: Vec<Gap>,
+        covered: bool,
+        positions: &mut Positions,
+        out: &mut Outcome,
+    ) {
         let mut streams = Vec::new();
         let mut from: Option<EventId> = None;
         for g in &gaps {
@@ -97,66 +194,43 @@ impl Repairer {
                 None => out.lost.push(g.subject.clone()),
             }
         }
+        let mut trimmed: HashMap<String, u64> = HashMap::new();
         if let Some(from) = from {
-            let found = self.query(From::After(from), &streams).await;
-            if let Some(found) = found {
-                for f in found {
-                    if partition_of(&f.event.topic, self.partitions) == partition {
-                        self.take(f, positions, &mut out.events);
-                    }
-                }
-            }
-        }
-        // Whatever is still short of what was sent is gone.
-        for g in gaps {
-            if positions
-                .of(&g.subject, partition)
-                .is_none_or(|p| p < g.want)
-            {
-                if !out.lost.contains(&g.subject) {
-                    out.lost.push(g.subject.clone());
-                }
-                positions.advance(&g.subject, partition, g.want);
-            }
-        }
-        self.count(&out);
-        out
-    }
-
-    /// Repairs every subscribed subject after the link was lost at `at`.
-    pub async fn after_loss(
-        &self,
-        at: SystemTime,
-        subscribed: Vec<String>,
-        positions: &mut Positions,
-    ) -> Outcome {
-        self.stats.gaps.fetch_add(1, Ordering::Relaxed);
-        let mut out = Outcome::default();
-        let mut streams = Vec::new();
-        for s in subscribed {
-            match self.kept_stream(&s) {
-                Some(stream) => streams.push(stream),
-                None => out.lost.push(s),
-            }
-        }
-        let ms = at
-            .checked_sub(LOSS_MARGIN)
-            .unwrap_or(at)
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
-        let epoch = self.epoch.load(Ordering::Relaxed);
-        if !streams.is_empty() {
-            match self.query(From::Since { epoch, ms }, &streams).await {
+            let found = if covered {
+                self.query(From::After(from), &streams).await
+            } else {
+                None
+            };
+            match found {
                 Some(found) => {
                     for f in found {
-                        self.take(f, positions, &mut out.events);
+                        if partition_of(&f.event.topic, self.partitions) == partition {
+                            self.take(f, positions, &mut out.events);
+                        }
                     }
                 }
                 None => out.lost.extend(streams.iter().map(|s| self.subject_of(s))),
             }
+            match self.store.trimmed(from.epoch, &streams).await {
+                Ok(t) => trimmed = t,
+                Err(e) => tracing::debug!(error = %e, "repair: trimmed ranges unknown"),
+            }
         }
-        self.count(&out);
-        out
+        for g in gaps {
+            let short = positions
+                .of(&g.subject, partition)
+                .is_none_or(|p| p < g.want);
+            let past_retention = self
+                .kept_stream(&g.subject)
+                .and_then(|s| trimmed.get(&s).copied())
+                .is_some_and(|upto| upto > g.after.seq);
+            if (short || past_retention) && !out.lost.contains(&g.subject) {
+                out.lost.push(g.subject.clone());
+            }
+            if short {
+                positions.advance(&g.subject, partition, g.want);
+            }
+        }
     }
 
     fn count(&self, out: &Outcome) {
@@ -171,26 +245,42 @@ impl Repairer {
         }
     }
 
-    /// The events from `from`, once the store has everything routed so
-    /// far; `None` if that cannot be had (sessions are then told).
+    /// The events of `streams` from `from`, in order (a query per chunk of
+    /// streams); `None` if too many or the store failed (the sessions are
+    /// then told).
     async fn query(&self, from: From, streams: &[String]) -> Option<Vec<Found>> {
-        if !self.asker.cover().await {
-            self.stats.recovery_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!("repair: not every partition could say its events are stored");
+        let mut all: Vec<Found> = Vec::new();
+        for chunk in streams.chunks(STREAMS_PER_QUERY) {
+            match self.store.repair(from, chunk, MAX_REPLAY).await {
+                Ok(Some(found)) => all.extend(found),
+                Ok(None) => {
+                    tracing::warn!("repair: too far behind to replay");
+                    return None;
+                }
+                Err(e) => {
+                    self.stats.recovery_errors.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(error = %e, "repair: store query failed");
+                    return None;
+                }
+            }
+        }
+        if streams.len() > STREAMS_PER_QUERY {
+            // Chunks each come in order; one event may be in several.
+            all.sort_by_key(|f| f.id);
+            let mut merged: Vec<Found> = Vec::with_capacity(all.len());
+            for f in all {
+                match merged.last_mut() {
+                    Some(last) if last.id == f.id => last.streams.extend(f.streams),
+                    _ => merged.push(f),
+                }
+            }
+            all = merged;
+        }
+        if all.len() > MAX_REPLAY {
+            tracing::warn!("repair: too far behind to replay");
             return None;
         }
-        match self.store.repair(from, streams, MAX_REPLAY + 1).await {
-            Ok(found) if found.len() <= MAX_REPLAY => Some(found),
-            Ok(_) => {
-                tracing::warn!("repair: too far behind to replay");
-                None
-            }
-            Err(e) => {
-                self.stats.recovery_errors.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(error = %e, "repair: store query failed");
-                None
-            }
-        }
+        Some(all)
     }
 
     /// Hands `f` on to the subjects that have not had it yet.

@@ -3,8 +3,9 @@
 //! the history writer for a whole run of them), so that an owner dying
 //! before its history is written leaves the event to the next owner.
 
-use std::sync::Arc;
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use async_nats::jetstream::message::Acker;
@@ -13,24 +14,43 @@ use tokio::sync::{Notify, mpsc};
 use crate::pipeline::settle::Settle;
 use crate::store::history::History;
 
-/// Events a partition owner has taken and not yet settled.
+/// Events a partition owner has taken and not yet settled, and when the
+/// oldest of them was stored (they are settled in the order taken).
 #[derive(Default)]
 pub struct InFlight {
     n: AtomicU64,
     settled: Notify,
+    stored_ms: Mutex<VecDeque<u64>>,
 }
 
 impl InFlight {
-    /// One more taken.
-    pub fn take(&self) {
+    /// One more taken, stored by the bus at `stored_ms`.
+    pub fn take(&self, stored_ms: u64) {
         self.n.fetch_add(1, Ordering::AcqRel);
+        self.stored_ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back(stored_ms);
     }
 
     /// One settled (acknowledged, or given up on).
     pub fn settle(&self) {
+        self.stored_ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .pop_front();
         if self.n.fetch_sub(1, Ordering::AcqRel) == 1 {
             self.settled.notify_waiters();
         }
+    }
+
+    /// When the oldest taken and not settled was stored (ms).
+    pub fn oldest_ms(&self) -> Option<u64> {
+        self.stored_ms
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .front()
+            .copied()
     }
 
     /// How many are taken and not settled.
@@ -78,10 +98,10 @@ impl Acks {
         Acks { tx }
     }
 
-    /// What settles one ingest message.
-    pub fn settle(&self, acker: Acker, inflight: Arc<InFlight>) -> Settle {
+    /// What settles one ingest message, stored by the bus at `stored_ms`.
+    pub fn settle(&self, acker: Acker, inflight: Arc<InFlight>, stored_ms: u64) -> Settle {
         let tx = self.tx.clone();
-        inflight.take();
+        inflight.take(stored_ms);
         Settle::new(move |delivered| {
             let pending = Pending {
                 acker,
