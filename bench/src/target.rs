@@ -192,7 +192,12 @@ impl Server {
                         "switchyard",
                     )?);
                     c.args(["serve", "--config"]).arg(&config);
-                    c.env("RUST_LOG", "warn");
+                    // `SWITCHYARD_BENCH_LOG` sets the gateway's log filter
+                    // (warnings only by default: logging costs CPU).
+                    c.env(
+                        "RUST_LOG",
+                        std::env::var("SWITCHYARD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+                    );
                     server.add(spawn(c, &dir)?)?;
                     let addr = ([127, 0, 0, 1], port).into();
                     listening(addr, "switchyard").await?;

@@ -197,6 +197,9 @@ async fn route(
                                         if r.is_err() {
                                             tracing::debug!("router stopped; event left for the next owner");
                                         }
+                                        // Time spent waiting for the lane is
+                                        // not a stalled pull.
+                                        last_message = Instant::now();
                                         break;
                                     }
                                     _ = renew.tick() => if lease.renew().await.is_err() {
