@@ -207,6 +207,19 @@ fn routing_and_transform_failures_follow_on_error() {
 }
 
 #[test]
+fn a_probe_slower_than_the_call_deadline_is_not_a_refusal() {
+    // The probe asks whether the plugin works, not how fast a first call
+    // is: on a loaded machine one can miss a 10 ms deadline by scheduling.
+    let set = load(&[spec(
+        "hostile",
+        &switchyard_fixtures::hostile(),
+        &[">"],
+        "slow_probe_ms = 40",
+    )]);
+    assert!(set.is_ok(), "{:?}", set.err());
+}
+
+#[test]
 fn a_plugin_whose_config_it_rejects_is_refused_at_load() {
     let err = load(&[spec(
         "hostile",

@@ -60,7 +60,17 @@ pub struct LoadedPlugin {
     memory_mb: u32,
     pool: InstancePool,
     metrics: PluginMetrics,
+    /// The deadline of the load-time probe's calls (ticks).
+    probe_ticks: u64,
+    /// Set while [`LoadedPlugin::probe`] runs, before the plugin is shared.
+    probing: std::sync::atomic::AtomicBool,
 }
+
+/// The least a load-time probe call may take: the probe asks whether the
+/// plugin works at all (a config it rejects, a trap, a loop), not how fast
+/// it answers on a loaded machine, where a first call on a fresh instance
+/// can miss a per-call deadline of a few milliseconds by scheduling alone.
+const PROBE_DEADLINE: Duration = Duration::from_secs(2);
 
 impl LoadedPlugin {
     /// Reads, compiles (or takes from `cache`), checks and pre-instantiates a
@@ -113,12 +123,21 @@ impl LoadedPlugin {
             memory_mb: opts.memory_mb,
             pool: InstancePool::new(recipe, opts.max_instances),
             metrics: PluginMetrics::default(),
+            probe_ticks: engine.deadline_ticks(opts.timeout.max(PROBE_DEADLINE)),
+            probing: std::sync::atomic::AtomicBool::new(false),
         })
     }
 
     /// Runs each of `interfaces` once on synthetic input, so that a plugin
     /// whose config it rejects, or that traps at once, is refused at load.
     pub fn probe(&self, interfaces: &[Interface]) -> Result<(), LoadError> {
+        self.probing.store(true, Ordering::Relaxed);
+        let result = self.probe_calls(interfaces);
+        self.probing.store(false, Ordering::Relaxed);
+        result
+    }
+
+    fn probe_calls(&self, interfaces: &[Interface]) -> Result<(), LoadError> {
         let subject = types::Subject {
             id: 0,
             user: "switchyard-probe".into(),
@@ -252,9 +271,12 @@ impl LoadedPlugin {
         }
         let instance = lease.instance();
         let _running = self.pool.enter();
-        instance
-            .store
-            .set_epoch_deadline(self.pool.deadline_ticks());
+        let ticks = if self.probing.load(Ordering::Relaxed) {
+            self.probe_ticks
+        } else {
+            self.pool.deadline_ticks()
+        };
+        instance.store.set_epoch_deadline(ticks);
         instance.store.data_mut().limiter.denied = false;
         match f(instance)? {
             Ok(r) => {
