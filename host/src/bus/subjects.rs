@@ -72,12 +72,6 @@ impl Subjects {
         )
     }
 
-    /// Every delivery subject (what a delivery log made by an earlier
-    /// version captured).
-    pub fn deliveries_all(&self) -> String {
-        format!("{}.out.>", self.prefix)
-    }
-
     /// Whom a delivery subject reaches.
     pub fn target(&self, subject: &str) -> Option<Target> {
         let rest = subject.strip_prefix(self.prefix.as_str())?;

@@ -159,6 +159,23 @@ pub(crate) fn recurring(n: usize, max: usize) -> bool {
 /// next use (a server restart is then noticed before a query fails).
 const PING_IDLE_CONNECTIONS_AFTER: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// An `sy_events` row as an event (`None` for a topic no longer valid).
+pub(crate) fn event_from_row(
+    id: EventId,
+    topic: &str,
+    name: String,
+    data: Vec<u8>,
+    headers: &str,
+    sender: Option<String>,
+) -> Option<Event> {
+    let topic = Topic::parse(topic).ok()?;
+    let mut e = Event::new(id.to_string(), topic, data);
+    e.name = name;
+    e.headers = serde_json::from_str(headers).unwrap_or_default();
+    e.sender = sender;
+    Some(e)
+}
+
 /// The most events one replay returns; further behind is a reset.
 pub const MAX_REPLAY: usize = 10_000;
 
@@ -492,26 +509,16 @@ impl Store {
                 .fetch_all(pool)
                 .await
         })?;
-        let mut events: Vec<Event> = Vec::with_capacity(rows.len());
-        for (seq, topic, name, data, headers, sender) in rows {
-            let Ok(topic) = Topic::parse(&topic) else {
-                continue;
-            };
-            let mut e = Event::new(
-                EventId {
+        Ok(rows
+            .into_iter()
+            .filter_map(|(seq, topic, name, data, headers, sender)| {
+                let id = EventId {
                     epoch: since.epoch,
                     seq: seq as u64,
-                }
-                .to_string(),
-                topic,
-                data,
-            );
-            e.name = name;
-            e.headers = serde_json::from_str(&headers).unwrap_or_default();
-            e.sender = sender;
-            events.push(e);
-        }
-        Ok(events)
+                };
+                event_from_row(id, &topic, name, data, &headers, sender)
+            })
+            .collect())
     }
 
     /// Records a plugin set this node loaded or refused.

@@ -8,7 +8,7 @@ use std::collections::HashMap;
 use sqlx::AssertSqlSafe;
 
 use super::{Params, Store, StoreError, on_pool};
-use crate::routing::{Event, EventId, Topic};
+use crate::routing::{Event, EventId};
 
 /// Where a repair starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,13 +90,10 @@ impl Store {
             if found.len() == limit {
                 return Ok(None);
             }
-            let Ok(topic) = Topic::parse(&topic) else {
+            let Some(event) = super::event_from_row(id, &topic, name, data, &headers, sender)
+            else {
                 continue;
             };
-            let mut event = Event::new(id.to_string(), topic, data);
-            event.name = name;
-            event.headers = serde_json::from_str(&headers).unwrap_or_default();
-            event.sender = sender;
             found.push(Found {
                 event,
                 id,

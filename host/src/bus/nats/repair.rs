@@ -183,12 +183,13 @@ impl Repairer {
         positions: &mut Positions,
         out: &mut Outcome,
     ) {
+        let kept: Vec<Option<String>> = gaps.iter().map(|g| self.kept_stream(&g.subject)).collect();
         let mut streams = Vec::new();
         let mut from: Option<EventId> = None;
-        for g in &gaps {
-            match self.kept_stream(&g.subject) {
+        for (g, stream) in gaps.iter().zip(&kept) {
+            match stream {
                 Some(s) => {
-                    streams.push(s);
+                    streams.push(s.clone());
                     from = Some(from.map_or(g.after, |f| f.min(g.after)));
                 }
                 None => out.lost.push(g.subject.clone()),
@@ -216,12 +217,11 @@ impl Repairer {
                 Err(e) => tracing::debug!(error = %e, "repair: trimmed ranges unknown"),
             }
         }
-        for g in gaps {
+        for (g, stream) in gaps.into_iter().zip(kept) {
             let short = positions
                 .of(&g.subject, partition)
                 .is_none_or(|p| p < g.want);
-            let past_retention = self
-                .kept_stream(&g.subject)
+            let past_retention = stream
                 .and_then(|s| trimmed.get(&s).copied())
                 .is_some_and(|upto| upto > g.after.seq);
             if (short || past_retention) && !out.lost.contains(&g.subject) {
