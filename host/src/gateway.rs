@@ -17,10 +17,13 @@ use crate::hub::Hub;
 use crate::limits::TokenBucket;
 use crate::pipeline::{EventStats, PublishError};
 use crate::plugin::{AuthAction, AuthDecision, Interface, PluginEngine, PluginSet};
-use crate::routing::{Event, EventId, Topic};
+use crate::routing::{Event, Topic};
 use crate::session::{Protocol, SessionHandle};
 use crate::store::batched::BatchedLookup;
+
+mod recovery;
 use crate::subject::Subject;
+pub use recovery::Recovery;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -37,26 +40,6 @@ pub enum StartError {
     /// The store did not open.
     #[error(transparent)]
     Store(#[from] crate::store::StoreError),
-}
-
-/// What a reconnecting client's cursor yields.
-pub enum Recovery {
-    /// Every missed event (transformed for the session), in order; live
-    /// events resume after `upto`.
-    Replayed {
-        /// The events to send first.
-        frames: Vec<Arc<crate::session::EventFrame>>,
-        /// Every event the replay covered (sent, or withheld from this
-        /// session): held live copies of these are dropped on release.
-        ids: std::collections::HashSet<crate::routing::EventId>,
-        /// Per recovered topic, the newest event the client now has (its
-        /// cursor, or the newest replayed): a live copy of an older event
-        /// of the topic (a redelivery after a node failure) is a duplicate.
-        floors: Vec<(String, crate::routing::EventId)>,
-    },
-    /// The gap cannot be filled (past retention, another epoch, no history):
-    /// the client must be told.
-    Reset,
 }
 
 /// Everything the handlers share.
@@ -81,11 +64,13 @@ pub struct Gateway {
     /// This node's sessions in the connection registry.
     pub registry: crate::store::registry::Registry,
     /// Inbox cursors of connecting users, read in batches.
-    inbox_cursors: BatchedLookup<String, EventId>,
+    inbox_cursors: BatchedLookup<String, crate::store::inbox::InboxCursor>,
     /// The newest event of connecting users' inboxes, read in batches.
-    inbox_heads: BatchedLookup<String, Vec<EventId>>,
+    inbox_heads: BatchedLookup<String, Vec<crate::store::inbox::InboxHead>>,
     /// The history writer's counters, when history is kept.
     pub history_stats: Option<Arc<crate::store::history::HistoryStats>>,
+    /// The history writer, when history is kept.
+    history: Option<Arc<crate::store::history::History>>,
     /// Event counters.
     pub stats: Arc<EventStats>,
     /// Cancelled first on shutdown: no new sessions or events; the event
@@ -162,18 +147,19 @@ impl Gateway {
         )
         .await?;
         let rate = config.limits.accept_rate;
+        let epoch = bus.epoch();
         let inbox_cursors = {
             let store = store.clone();
             BatchedLookup::start(crate::store::LOOKUP_BATCH, move |users| {
                 let store = store.clone();
-                async move { store.inbox_cursors(users).await }
+                async move { store.inbox_cursors(epoch, users).await }
             })
         };
         let inbox_heads = {
             let store = store.clone();
             BatchedLookup::start(crate::store::LOOKUP_BATCH, move |streams| {
                 let store = store.clone();
-                async move { store.stream_heads(streams).await }
+                async move { store.stream_heads(epoch, streams).await }
             })
         };
         let gateway = Arc::new(Gateway {
@@ -188,6 +174,7 @@ impl Gateway {
             retention,
             registry,
             history_stats,
+            history: history.clone(),
             stats,
             draining,
             shutdown,
@@ -330,9 +317,15 @@ impl Gateway {
             session.add_subscription(t.as_str());
         }
         if self.retention.keeps_inbox() {
+            // What this node showed the user live is in their cursors
+            // before they are read: a reconnect right after is not offered
+            // it again.
+            if let Some(h) = &self.history {
+                h.barrier().await;
+            }
             match self.inbox_cursors.get(session.subject.user.clone()).await {
                 Ok(cursor) => {
-                    let _ = session.inbox_cursor.set(cursor);
+                    let _ = session.inbox_cursor.set(cursor.unwrap_or_default());
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "inbox cursor unavailable; inbox not delivered")
@@ -383,158 +376,6 @@ impl Gateway {
             return Err(PublishError::Stopped);
         }
         self.bus.publish(event).await
-    }
-
-    /// Replays what a client missed on `topics` (and, `with_inbox`, in its
-    /// user's inbox) since the event id `since`. Call with the session
-    /// held ([`SessionHandle::hold`]) and subscribed, then queue the frames
-    /// and release it with the replayed ids.
-    pub async fn recover(
-        &self,
-        subject: &Subject,
-        since: &str,
-        topics: &[String],
-        with_inbox: bool,
-    ) -> Recovery {
-        let Some(since) = crate::routing::EventId::parse(since) else {
-            return Recovery::Reset;
-        };
-        let with_inbox = with_inbox && self.retention.keeps_inbox();
-        // A topic that keeps no history cannot be replayed.
-        if topics.iter().any(|t| self.retention.of(t).max_events == 0) {
-            return Recovery::Reset;
-        }
-        let epoch = self.bus.epoch();
-        if since.epoch != epoch {
-            return Recovery::Reset;
-        }
-        if !self.bus.cover().await {
-            tracing::warn!("history not confirmed complete; cannot replay");
-            return Recovery::Reset;
-        }
-        let mut streams = topics.to_vec();
-        if with_inbox {
-            streams.push(crate::store::retention::inbox_stream(&subject.user));
-        }
-        match self.store.replay(epoch, since, &streams).await {
-            Ok(crate::store::Replay::Events(events)) => {
-                if with_inbox {
-                    self.inbox_delivered(&subject.user, &events).await;
-                }
-                self.stats
-                    .replayed
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                let floors = topics
-                    .iter()
-                    .map(|t| {
-                        let newest = events
-                            .iter()
-                            .filter(|e| e.topic.as_str() == t)
-                            .filter_map(|e| crate::routing::EventId::parse(&e.id))
-                            .fold(since, std::cmp::max);
-                        (t.clone(), newest)
-                    })
-                    .collect();
-                self.replayed(subject, events, floors).await
-            }
-            Ok(crate::store::Replay::Reset) => Recovery::Reset,
-            Err(e) => {
-                tracing::warn!(error = %e, "replay failed");
-                Recovery::Reset
-            }
-        }
-    }
-
-    /// The events waiting in `subject`'s user inbox (addressed to them
-    /// while no session of theirs was live), to send on connect; they are
-    /// marked delivered. Call with the session held and registered, then
-    /// queue the frames and release it.
-    pub async fn undelivered(&self, session: &SessionHandle) -> Recovery {
-        let none = Recovery::Replayed {
-            frames: Vec::new(),
-            ids: Default::default(),
-            floors: Vec::new(),
-        };
-        let Some(cursor) = session.inbox_cursor.get().copied() else {
-            return none;
-        };
-        let subject = &session.subject;
-        let epoch = self.bus.epoch();
-        if !self.bus.cover().await {
-            tracing::warn!("history not confirmed complete; inbox not delivered now");
-            return none;
-        }
-        // Most connecting users have nothing waiting: one batched query
-        // over many sessions says so, instead of one inbox query each.
-        let after = cursor.filter(|c| c.epoch == epoch).map_or(0, |c| c.seq);
-        match self
-            .inbox_heads
-            .get(crate::store::retention::inbox_stream(&subject.user))
-            .await
-        {
-            Ok(heads)
-                if !heads
-                    .iter()
-                    .flatten()
-                    .any(|h| h.epoch == epoch && h.seq > after) =>
-            {
-                return none;
-            }
-            Ok(_) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, "inbox not delivered");
-                return none;
-            }
-        }
-        match self.store.undelivered(epoch, &subject.user, cursor).await {
-            Ok(events) => {
-                if !events.is_empty() {
-                    tracing::debug!(user = %subject.user, events = events.len(), "delivering the offline inbox");
-                }
-                self.inbox_delivered(&subject.user, &events).await;
-                self.stats
-                    .inbox_delivered
-                    .fetch_add(events.len() as u64, Ordering::Relaxed);
-                // An inbox covers only part of each topic: no floors.
-                self.replayed(subject, events, Vec::new()).await
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "inbox not delivered");
-                none
-            }
-        }
-    }
-
-    /// Moves `user`'s inbox cursor past `events`, before they are sent: a
-    /// reconnect right after must not get them again.
-    async fn inbox_delivered(&self, user: &str, events: &[Event]) {
-        let newest = events
-            .iter()
-            .filter_map(|e| crate::routing::EventId::parse(&e.id))
-            .max();
-        if let Some(id) = newest
-            && let Err(e) = self.store.mark_delivered(&[(user.to_owned(), id)]).await
-        {
-            tracing::warn!(error = %e, %user, "inbox cursor not written");
-        }
-    }
-
-    async fn replayed(
-        &self,
-        subject: &Subject,
-        events: Vec<Event>,
-        floors: Vec<(String, crate::routing::EventId)>,
-    ) -> Recovery {
-        let ids = events
-            .iter()
-            .filter_map(|e| crate::routing::EventId::parse(&e.id))
-            .collect();
-        let frames = crate::pipeline::edge::replay_frames(&self.executor, subject, events).await;
-        Recovery::Replayed {
-            frames,
-            ids,
-            floors,
-        }
     }
 
     /// How long a client should wait before reconnecting after a drain:

@@ -42,9 +42,46 @@ fn n_of(data: &str) -> u64 {
         .expect("n")
 }
 
-/// The history writer records cursors within milliseconds; a client that
-/// reconnects sooner than this may see an event it got live again.
-const CURSOR_SETTLE: Duration = Duration::from_millis(300);
+/// Waits until no session of `user` is left: an event published before
+/// the server has seen the client leave is delivered to the closing session.
+async fn gone(gw: &TestGateway, user: &str) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while gw.gateway.hub.has_user(user) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user} still has a session"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Waits until the store holds nothing of `user`'s inbox not shown.
+async fn shown_everything(gw: &TestGateway, user: &str) {
+    let store = &gw.gateway.store;
+    let epoch = gw.gateway.bus.epoch();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let cursor = store
+            .inbox_cursors(epoch, vec![user.to_owned()])
+            .await
+            .expect("cursors")
+            .remove(user)
+            .unwrap_or_default();
+        let left = store
+            .undelivered(epoch, user, &cursor)
+            .await
+            .expect("inbox");
+        if left.is_empty() {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{user}'s inbox still holds {} events",
+            left.len()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
 
 async fn offline_messages_arrive_on_the_next_connect_once(backend: Backend) {
     let gw = gateway(backend).await;
@@ -63,7 +100,7 @@ async fn offline_messages_arrive_on_the_next_connect_once(backend: Backend) {
     dm(&gw, "eve", 5).await;
     assert_eq!(ws.next_event().await["data"]["n"], 5);
     drop(ws);
-    tokio::time::sleep(CURSOR_SETTLE).await;
+    gone(&gw, "eve").await;
 
     // Delivered once: the next session starts with nothing old.
     let mut ws = gw.ws(&eve).await;
@@ -76,7 +113,7 @@ async fn offline_messages_arrive_on_the_next_connect_once(backend: Backend) {
     dm(&gw, "eve", 6).await;
     assert_eq!(ws.next_event().await["data"]["n"], 6);
     drop(ws);
-    tokio::time::sleep(CURSOR_SETTLE).await;
+    gone(&gw, "eve").await;
 
     // SSE (no Last-Event-ID): the inbox, then live.
     for n in 7..10 {
@@ -90,7 +127,7 @@ async fn offline_messages_arrive_on_the_next_connect_once(backend: Backend) {
     dm(&gw, "eve", 10).await;
     assert_eq!(n_of(&sse.next_event().await.data), 10);
     drop(sse);
-    tokio::time::sleep(CURSOR_SETTLE).await;
+    gone(&gw, "eve").await;
 
     // STOMP: on the first /user/queue subscription.
     dm(&gw, "eve", 11).await;
@@ -157,7 +194,7 @@ async fn last_event_id_replays_topics_and_inbox_merged(backend: Backend) {
     dm(&gw, "gus", 21).await;
     assert_eq!(n_of(&sse.next_event().await.data), 21);
     drop(sse);
-    tokio::time::sleep(CURSOR_SETTLE).await;
+    gone(&gw, "gus").await;
     // The replayed messages count as delivered.
     let mut ws = gw.ws(&gus).await;
     assert!(
@@ -165,6 +202,105 @@ async fn last_event_id_replays_topics_and_inbox_merged(backend: Backend) {
             .await
             .is_none(),
         "{backend:?}"
+    );
+}
+
+/// A user whose `lag.<user>` and `dm.<user>` topics are routed by
+/// different lanes of the local bus (so one can lag behind the other).
+fn user_on_two_lanes() -> String {
+    use switchyard_host::routing::partition::partition_of_str;
+    let lane = |t: &str| partition_of_str(t, 64).0 as usize % switchyard_host::bus::LANES;
+    (0..100)
+        .map(|i| format!("lu{i}"))
+        .find(|u| lane(&format!("lag.{u}")) != lane(&format!("dm.{u}")))
+        .expect("some user's two topics fall in different lanes")
+}
+
+/// Waits until `user`'s inbox holds the event `id` of `topic`.
+async fn in_inbox(gw: &TestGateway, user: &str, topic: &str, id: &str) {
+    let part = switchyard_host::routing::partition::partition_of_str(topic, 64);
+    let id = switchyard_host::routing::EventId::parse(id).expect("id");
+    let stream = switchyard_host::store::retention::inbox_stream(user);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let heads = gw
+            .gateway
+            .store
+            .stream_heads(id.epoch, vec![stream.clone()])
+            .await
+            .expect("heads");
+        if heads
+            .values()
+            .flatten()
+            .any(|h| h.part == Some(part) && h.seq >= id.seq)
+        {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{id} not in the inbox"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// An inbox fed by two partitions, one lagging: events the lagging one
+/// routes after the other's newer ones were shown live still wait for
+/// the user's next connect (a single "shown up to" id would hide them).
+async fn a_lagging_partition_hides_nothing_in_the_inbox(backend: Backend) {
+    let store = match backend {
+        Backend::Sqlite => String::new(),
+        Backend::Postgres => format!("url = {:?}\n", fresh_postgres().await),
+    };
+    let hostile = switchyard_fixtures::hostile();
+    let gw = TestGateway::start(config(&format!(
+        "[store]\n{store}\n[[plugins]]\nname = \"lagging\"\npath = {:?}\ntopics = [\"lag.*\"]\n\
+         timeout_ms = 5000\n[plugins.config]\nlag_route_ms = 250\n",
+        hostile.display().to_string()
+    )))
+    .await;
+    let user = user_on_two_lanes();
+    let who = token(json!({"sub": user}));
+    let mut ws = gw.ws(&who).await;
+    // Five events into the lagging partition (each routed 250 ms after the
+    // one before), then a direct message routed at once, with a higher id.
+    let mut last_lagging = String::new();
+    for n in 0..5u64 {
+        let (status, body) = gw
+            .publish(json!({"topic": format!("lag.{user}"), "data": {"n": n}}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+        last_lagging = body["id"].as_str().expect("id").to_owned();
+    }
+    dm(&gw, &user, 100).await;
+    let mut seen = Vec::new();
+    loop {
+        let n = ws.next_event().await["data"]["n"].as_u64().expect("n");
+        if n == 100 {
+            break;
+        }
+        seen.push(n);
+    }
+    drop(ws);
+    assert!(
+        seen.len() < 5,
+        "{backend:?}: the lagging partition had not caught up when the user left"
+    );
+    // The rest is routed while the user is away: into the inbox only.
+    in_inbox(&gw, &user, &format!("lag.{user}"), &last_lagging).await;
+    // Next connect: what the lagging partition routed since, once, in order.
+    let mut ws = gw.ws(&who).await;
+    let expected: Vec<u64> = (seen.len() as u64..5).collect();
+    let mut got = Vec::new();
+    for _ in &expected {
+        got.push(ws.next_event().await["data"]["n"].as_u64().expect("n"));
+    }
+    assert_eq!(got, expected, "{backend:?}: seen live before: {seen:?}");
+    assert!(
+        ws.next_event_within(Duration::from_millis(500))
+            .await
+            .is_none(),
+        "{backend:?}: nothing shown before comes again"
     );
 }
 
@@ -258,6 +394,16 @@ async fn merged_replay_on_postgres() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_partition_on_sqlite() {
+    a_lagging_partition_hides_nothing_in_the_inbox(Backend::Sqlite).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_partition_on_postgres() {
+    a_lagging_partition_hides_nothing_in_the_inbox(Backend::Postgres).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn registry_on_sqlite() {
     the_registry_lists_live_sessions(Backend::Sqlite).await;
 }
@@ -281,10 +427,14 @@ async fn messages_sent_through_one_node_wait_for_a_user_who_connects_to_another(
     for n in 0..10 {
         assert_eq!(ws.next_event().await["data"]["n"], n);
     }
-    dm(&a, "kim", 10).await;
+    let last = dm(&a, "kim", 10).await;
     assert_eq!(ws.next_event().await["data"]["n"], 10);
     drop(ws);
-    tokio::time::sleep(CURSOR_SETTLE).await;
+    // Deliveries go out before history is written, and node b's writer
+    // marks the cursor: node a cannot wait for either, so the test waits
+    // until the store holds the message and says nothing is left.
+    in_inbox(&a, "kim", "dm.kim", &last).await;
+    shown_everything(&a, "kim").await;
     let mut ws = a.ws(&kim).await;
     assert!(
         ws.next_event_within(Duration::from_millis(500))

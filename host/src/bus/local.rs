@@ -103,9 +103,12 @@ impl LocalBus {
         self.epoch
     }
 
-    /// Completes once every event routed before the call is in the store
-    /// (events are recorded before they are delivered).
+    /// Completes once every event published before the call is in the
+    /// store. Lanes route concurrently, so an event still queued in a lane
+    /// is neither recorded nor delivered yet: a replay read before it would
+    /// miss it, and its live copy would then fall below the replay's floor.
     pub async fn cover(&self) {
+        self.router.barrier().await;
         if let Some(h) = &self.history {
             h.barrier().await;
         }

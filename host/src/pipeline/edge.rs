@@ -123,7 +123,7 @@ impl Lane {
             if recipients.is_empty() {
                 continue;
             }
-            self.mark_delivered(&event.id, &routed.users);
+            self.mark_delivered(&event.id, routed.origin.partition, &routed.users);
             if set.transforms(&event.topic) {
                 transformed.push((event, recipients));
                 continue;
@@ -197,7 +197,7 @@ impl Lane {
 
     /// Users with a session here have seen the event: it is not waiting
     /// in their inbox (whatever other nodes say; cursors only move forward).
-    fn mark_delivered(&self, id: &str, users: &[String]) {
+    fn mark_delivered(&self, id: &str, part: crate::routing::Partition, users: &[String]) {
         if users.is_empty() {
             return;
         }
@@ -207,7 +207,10 @@ impl Lane {
         for user in users {
             if self.hub.has_user(user) {
                 history.try_record(Record::Delivered {
-                    user: user.clone(),
+                    shown: crate::store::inbox::Shown {
+                        user: user.clone(),
+                        part,
+                    },
                     id,
                 });
             }

@@ -95,11 +95,10 @@ pub struct SessionHandle {
     opened: std::time::Instant,
     /// When the client last sent anything, in ms after `opened`.
     last_seen_ms: std::sync::atomic::AtomicU64,
-    /// The user's inbox cursor when the session opened (`Some(None)`: no
-    /// cursor yet; unset: unknown, the inbox is not delivered). Read before
-    /// the session goes live, so that live deliveries marking the cursor
-    /// cannot hide what waited.
-    pub inbox_cursor: std::sync::OnceLock<Option<EventId>>,
+    /// The user's inbox cursors when the session opened (unset: unknown,
+    /// the inbox is not delivered). Read before the session goes live, so
+    /// that live deliveries marking the cursor cannot hide what waited.
+    pub inbox_cursor: std::sync::OnceLock<crate::store::inbox::InboxCursor>,
 }
 
 /// What stands between the edge and a session's queue.

@@ -26,11 +26,11 @@ pub enum Record {
     Routed(Routed),
     /// A sequence handled without history (dropped by a router, malformed).
     Skipped(EventId),
-    /// An event addressed to `user` reached one of their live sessions:
-    /// their inbox is delivered up to it.
+    /// An event addressed to a user reached one of their live sessions:
+    /// their inbox is delivered up to it, for the partition that routed it.
     Delivered {
-        /// The user.
-        user: String,
+        /// The user and the partition.
+        shown: super::inbox::Shown,
         /// The event.
         id: EventId,
     },
@@ -203,7 +203,7 @@ async fn write_loop(
             }
         }
         let mut routed = Vec::with_capacity(batch.len());
-        let mut delivered: HashMap<String, EventId> = HashMap::new();
+        let mut delivered: HashMap<super::inbox::Shown, EventId> = HashMap::new();
         let mut barriers = Vec::new();
         for record in batch.drain(..) {
             let id = match record {
@@ -213,8 +213,8 @@ async fn write_loop(
                     id
                 }
                 Record::Skipped(id) => Some(id),
-                Record::Delivered { user, id } => {
-                    let newest = delivered.entry(user).or_insert(id);
+                Record::Delivered { shown, id } => {
+                    let newest = delivered.entry(shown).or_insert(id);
                     *newest = (*newest).max(id);
                     None
                 }
@@ -256,17 +256,17 @@ async fn write_loop(
                 }
             }
         }
-        for done in barriers {
-            let _ = done.send(());
-        }
         if !delivered.is_empty() {
-            let cursors: Vec<(String, EventId)> = delivered.into_iter().collect();
+            let cursors: Vec<(super::inbox::Shown, EventId)> = delivered.into_iter().collect();
             // Not retried: a cursor left behind only means an event shown
             // live is offered again on the next connect.
             if let Err(e) = store.mark_delivered(&cursors).await {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "inbox delivery cursors not written");
             }
+        }
+        for done in barriers {
+            let _ = done.send(());
         }
         if last_trim.elapsed() >= TRIM_EVERY {
             last_trim = Instant::now();

@@ -6,6 +6,7 @@
 
 pub mod batched;
 pub mod history;
+pub mod inbox;
 pub mod registry;
 pub mod repair;
 pub mod retention;
@@ -174,6 +175,23 @@ pub(crate) fn event_from_row(
     e.headers = serde_json::from_str(headers).unwrap_or_default();
     e.sender = sender;
     Some(e)
+}
+
+/// An `sy_events` row read for a replay: seq, topic, name, data,
+/// headers, sender.
+pub(crate) type EventRow = (i64, String, String, Vec<u8>, String, Option<String>);
+
+/// Rows of `epoch` as events, skipping any no longer valid.
+pub(crate) fn events_from_rows(epoch: u64, rows: Vec<EventRow>) -> Vec<Event> {
+    rows.into_iter()
+        .filter_map(|(seq, topic, name, data, headers, sender)| {
+            let id = EventId {
+                epoch,
+                seq: seq as u64,
+            };
+            event_from_row(id, &topic, name, data, &headers, sender)
+        })
+        .collect()
 }
 
 /// The most events one replay returns; further behind is a reset.
@@ -365,118 +383,6 @@ impl Store {
         Ok(Replay::Events(events))
     }
 
-    /// The undelivered events of `user`'s inbox in `epoch` (those after
-    /// `cursor`, read with [`Store::inbox_cursor`], oldest first, at most
-    /// [`MAX_REPLAY`]).
-    /// What retention removed is gone: the inbox is best kept, not a
-    /// cursor the client holds.
-    pub async fn undelivered(
-        &self,
-        epoch: u64,
-        user: &str,
-        cursor: Option<EventId>,
-    ) -> Result<Vec<Event>, StoreError> {
-        let after = match cursor {
-            Some(c) if c.epoch == epoch => c.seq,
-            _ => 0,
-        };
-        self.events_after(
-            EventId { epoch, seq: after },
-            &[retention::inbox_stream(user)],
-            MAX_REPLAY,
-        )
-        .await
-    }
-
-    /// The inbox cursors of those of `users` that have one.
-    pub async fn inbox_cursors(
-        &self,
-        users: Vec<String>,
-    ) -> Result<HashMap<String, EventId>, StoreError> {
-        if users.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = format!(
-            "SELECT user_id, epoch, seq FROM sy_inbox_cursor WHERE user_id IN ({})",
-            self.params().list(1, users.len())
-        );
-        let rows: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
-            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()))
-                .persistent(recurring(users.len(), LOOKUP_BATCH));
-            for u in &users {
-                q = q.bind(u.as_str());
-            }
-            q.fetch_all(pool).await
-        })?;
-        Ok(rows
-            .into_iter()
-            .map(|(user, epoch, seq)| {
-                let id = EventId {
-                    epoch: epoch as u64,
-                    seq: seq as u64,
-                };
-                (user, id)
-            })
-            .collect())
-    }
-
-    /// For each of `streams` that has events, its newest event of each
-    /// epoch (a connecting session skips the inbox query when nothing is
-    /// newer than its cursor).
-    pub async fn stream_heads(
-        &self,
-        streams: Vec<String>,
-    ) -> Result<HashMap<String, Vec<EventId>>, StoreError> {
-        if streams.is_empty() {
-            return Ok(HashMap::new());
-        }
-        let sql = format!(
-            "SELECT topic, epoch, MAX(seq) FROM sy_history WHERE topic IN ({}) GROUP BY topic, epoch",
-            self.params().list(1, streams.len())
-        );
-        let rows: Vec<(String, i64, i64)> = on_pool!(self, |pool| {
-            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone()))
-                .persistent(recurring(streams.len(), LOOKUP_BATCH));
-            for t in &streams {
-                q = q.bind(t.as_str());
-            }
-            q.fetch_all(pool).await
-        })?;
-        let mut heads: HashMap<String, Vec<EventId>> = HashMap::new();
-        for (stream, epoch, seq) in rows {
-            heads.entry(stream).or_default().push(EventId {
-                epoch: epoch as u64,
-                seq: seq as u64,
-            });
-        }
-        Ok(heads)
-    }
-
-    /// Moves users' delivery cursors forward (never back).
-    pub async fn mark_delivered(&self, cursors: &[(String, EventId)]) -> Result<(), StoreError> {
-        for chunk in cursors.chunks(CURSOR_ROWS_PER_INSERT) {
-            let sql = format!(
-                "INSERT INTO sy_inbox_cursor (user_id, epoch, seq) VALUES {} \
-                 ON CONFLICT (user_id) DO UPDATE SET epoch = excluded.epoch, seq = excluded.seq \
-                 WHERE excluded.epoch > sy_inbox_cursor.epoch \
-                 OR (excluded.epoch = sy_inbox_cursor.epoch AND excluded.seq > sy_inbox_cursor.seq)",
-                self.params().rows(chunk.len(), 3)
-            );
-            on_pool!(self, |pool| {
-                let mut q = sqlx::query(AssertSqlSafe(sql.clone()))
-                    .persistent(recurring(chunk.len(), CURSOR_ROWS_PER_INSERT));
-                for (user, id) in chunk {
-                    q = q
-                        .bind(user.as_str())
-                        .bind(id.epoch as i64)
-                        .bind(id.seq as i64);
-                }
-                q.execute(pool).await.map(|_| ())
-            })?;
-        }
-        Ok(())
-    }
-
     /// Up to `limit` events of `streams` after `since` (same epoch), in
     /// order, each once.
     async fn events_after(
@@ -498,8 +404,7 @@ impl Store {
             streams.len() + 2,
             streams.len() + 3
         );
-        type Row = (i64, String, String, Vec<u8>, String, Option<String>);
-        let rows: Vec<Row> = on_pool!(self, |pool| {
+        let rows: Vec<EventRow> = on_pool!(self, |pool| {
             let mut q = sqlx::query_as(AssertSqlSafe(sql.clone())).bind(since.epoch as i64);
             for t in streams {
                 q = q.bind(t.as_str());
@@ -509,16 +414,7 @@ impl Store {
                 .fetch_all(pool)
                 .await
         })?;
-        Ok(rows
-            .into_iter()
-            .filter_map(|(seq, topic, name, data, headers, sender)| {
-                let id = EventId {
-                    epoch: since.epoch,
-                    seq: seq as u64,
-                };
-                event_from_row(id, &topic, name, data, &headers, sender)
-            })
-            .collect())
+        Ok(events_from_rows(since.epoch, rows))
     }
 
     /// Records a plugin set this node loaded or refused.

@@ -20,7 +20,7 @@ use sqlx::AssertSqlSafe;
 use super::{Params, Store, StoreError, on_pool, retention};
 use crate::routing::{Event, EventId, Routed};
 
-/// Rows per multi-row INSERT (8 and 4 parameters a row; both databases
+/// Rows per multi-row INSERT (8 and 5 parameters a row; both databases
 /// take far more parameters than this per statement).
 const EVENT_ROWS_PER_INSERT: usize = 256;
 const HISTORY_ROWS_PER_INSERT: usize = 512;
@@ -67,7 +67,7 @@ struct Body<'a> {
 /// One statement of a write.
 enum Piece<'a> {
     Bodies(&'a [Body<'a>]),
-    Streams(&'a [(Arc<str>, EventId)]),
+    Streams(&'a [(Arc<str>, EventId, u16)]),
     Watermark,
 }
 
@@ -86,7 +86,7 @@ impl Piece<'_> {
         self.rows()
             * match self {
                 Piece::Bodies(_) => 8,
-                Piece::Streams(_) => 4,
+                Piece::Streams(_) => 5,
                 Piece::Watermark => 2,
             }
     }
@@ -101,9 +101,9 @@ impl Piece<'_> {
                 values(8)
             ),
             Piece::Streams(_) => format!(
-                "INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES {} \
+                "INSERT INTO sy_history (topic, epoch, seq, created_ms, part) VALUES {} \
                  ON CONFLICT (topic, epoch, seq) DO NOTHING",
-                values(4)
+                values(5)
             ),
             Piece::Watermark => format!(
                 "INSERT INTO sy_watermark (epoch, upto) VALUES {} ON CONFLICT (epoch) DO UPDATE SET upto = \
@@ -209,7 +209,7 @@ impl Store {
     ) -> Result<Vec<Arc<str>>, StoreError> {
         let mut shared = SharedStrings::default();
         let mut bodies: Vec<Body> = Vec::with_capacity(events.len());
-        let mut routes: Vec<(Arc<str>, EventId)> = Vec::with_capacity(events.len());
+        let mut routes: Vec<(Arc<str>, EventId, u16)> = Vec::with_capacity(events.len());
         for r in events {
             let Some(id) = EventId::parse(&r.event.id) else {
                 continue;
@@ -220,7 +220,7 @@ impl Store {
                     std::borrow::Cow::Borrowed(s) => shared.get(s),
                     std::borrow::Cow::Owned(s) => Arc::from(s),
                 };
-                routes.push((stream, id));
+                routes.push((stream, id, r.origin.partition.0));
             }
             // An event that joins no stream needs no body either.
             if routes.len() == joined {
@@ -269,12 +269,13 @@ impl Store {
                             }
                         }
                         Piece::Streams(rows) => {
-                            for (stream, id) in padded_rows(rows, HISTORY_ROWS_PER_INSERT) {
+                            for (stream, id, part) in padded_rows(rows, HISTORY_ROWS_PER_INSERT) {
                                 q = q
                                     .bind(stream.clone())
                                     .bind(id.epoch as i64)
                                     .bind(id.seq as i64)
-                                    .bind(now_ms as i64);
+                                    .bind(now_ms as i64)
+                                    .bind(i64::from(*part));
                             }
                         }
                         Piece::Watermark => q = q.bind(epoch as i64).bind(upto as i64),
@@ -294,7 +295,7 @@ impl Store {
                 tx.commit().await?;
             }
         });
-        Ok(routes.into_iter().map(|(stream, _)| stream).collect())
+        Ok(routes.into_iter().map(|(stream, _, _)| stream).collect())
     }
 }
 
@@ -348,7 +349,7 @@ mod tests {
 
     #[test]
     fn a_batch_is_one_query_on_sqlite_and_one_statement_on_postgres() {
-        let ids = [(Arc::<str>::from("a"), EventId { epoch: 1, seq: 1 })];
+        let ids = [(Arc::<str>::from("a"), EventId { epoch: 1, seq: 1 }, 0)];
         let pieces = || vec![Piece::Streams(&ids), Piece::Watermark];
         let sqlite = plan(pieces(), Params::Anonymous);
         assert!(!sqlite.atomic());
@@ -356,7 +357,7 @@ mod tests {
         let (sql, parts) = &sqlite.queries[0];
         assert_eq!(parts.len(), 2);
         assert!(sql.starts_with(
-            "INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES (?, ?, ?, ?) ON CONFLICT"
+            "INSERT INTO sy_history (topic, epoch, seq, created_ms, part) VALUES (?, ?, ?, ?, ?) ON CONFLICT"
         ));
         assert!(sql.contains(";\nINSERT INTO sy_watermark (epoch, upto) VALUES (?, ?)"));
         // A write of one statement needs no transaction on SQLite either.
@@ -367,15 +368,15 @@ mod tests {
         let (sql, parts) = &pg.queries[0];
         assert_eq!(parts.len(), 2);
         assert!(sql.starts_with(
-            "WITH w0 AS (INSERT INTO sy_history (topic, epoch, seq, created_ms) VALUES ($1, $2, $3, $4) ON CONFLICT"
+            "WITH w0 AS (INSERT INTO sy_history (topic, epoch, seq, created_ms, part) VALUES ($1, $2, $3, $4, $5) ON CONFLICT"
         ));
-        assert!(sql.contains(") INSERT INTO sy_watermark (epoch, upto) VALUES ($5, $6)"));
+        assert!(sql.contains(") INSERT INTO sy_watermark (epoch, upto) VALUES ($6, $7)"));
     }
 
     #[test]
     fn a_large_postgres_write_runs_a_statement_per_piece_in_a_transaction() {
-        let ids: Vec<(Arc<str>, EventId)> = (1..=2_000)
-            .map(|seq| (Arc::<str>::from("a"), EventId { epoch: 1, seq }))
+        let ids: Vec<(Arc<str>, EventId, u16)> = (1..=2_000)
+            .map(|seq| (Arc::<str>::from("a"), EventId { epoch: 1, seq }, 0))
             .collect();
         let pieces: Vec<Piece> = ids
             .chunks(HISTORY_ROWS_PER_INSERT)

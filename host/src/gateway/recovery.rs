@@ -1,0 +1,210 @@
+//! Catching a session up: a replay from a client's cursor, and the
+//! offline inbox on connect. Both run with the session held and
+//! subscribed, so what is routed meanwhile follows without a gap.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use super::Gateway;
+use crate::routing::Event;
+use crate::session::SessionHandle;
+use crate::subject::Subject;
+
+/// What a reconnecting client's cursor yields.
+pub enum Recovery {
+    /// Every missed event (transformed for the session), in order; live
+    /// events resume after `upto`.
+    Replayed {
+        /// The events to send first.
+        frames: Vec<Arc<crate::session::EventFrame>>,
+        /// Every event the replay covered (sent, or withheld from this
+        /// session): held live copies of these are dropped on release.
+        ids: std::collections::HashSet<crate::routing::EventId>,
+        /// Per recovered topic with replayed events, the newest of them: a
+        /// live copy of an older event of the topic is a duplicate.
+        floors: Vec<(String, crate::routing::EventId)>,
+    },
+    /// The gap cannot be filled (past retention, another epoch, no history):
+    /// the client must be told.
+    Reset,
+}
+
+impl Gateway {
+    /// Replays what a client missed on `topics` (and, `with_inbox`, in its
+    /// user's inbox) since the event id `since`. Call with the session
+    /// held ([`SessionHandle::hold`]) and subscribed, then queue the frames
+    /// and release it with the replayed ids.
+    pub async fn recover(
+        &self,
+        subject: &Subject,
+        since: &str,
+        topics: &[String],
+        with_inbox: bool,
+    ) -> Recovery {
+        let Some(since) = crate::routing::EventId::parse(since) else {
+            return Recovery::Reset;
+        };
+        let with_inbox = with_inbox && self.retention.keeps_inbox();
+        // A topic that keeps no history cannot be replayed.
+        if topics.iter().any(|t| self.retention.of(t).max_events == 0) {
+            return Recovery::Reset;
+        }
+        let epoch = self.bus.epoch();
+        if since.epoch != epoch {
+            return Recovery::Reset;
+        }
+        if !self.bus.cover().await {
+            tracing::warn!("history not confirmed complete; cannot replay");
+            return Recovery::Reset;
+        }
+        let mut streams = topics.to_vec();
+        if with_inbox {
+            streams.push(crate::store::retention::inbox_stream(&subject.user));
+        }
+        match self.store.replay(epoch, since, &streams).await {
+            Ok(crate::store::Replay::Events(events)) => {
+                if with_inbox {
+                    self.inbox_delivered(&subject.user, &events).await;
+                }
+                self.stats
+                    .replayed
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                let floors = floors(topics, &events);
+                self.replayed(subject, events, floors).await
+            }
+            Ok(crate::store::Replay::Reset) => Recovery::Reset,
+            Err(e) => {
+                tracing::warn!(error = %e, "replay failed");
+                Recovery::Reset
+            }
+        }
+    }
+
+    /// The events waiting in `subject`'s user inbox (addressed to them
+    /// while no session of theirs was live), to send on connect; they are
+    /// marked delivered. Call with the session held and registered, then
+    /// queue the frames and release it.
+    pub async fn undelivered(&self, session: &SessionHandle) -> Recovery {
+        let none = Recovery::Replayed {
+            frames: Vec::new(),
+            ids: Default::default(),
+            floors: Vec::new(),
+        };
+        let Some(cursor) = session.inbox_cursor.get() else {
+            return none;
+        };
+        let subject = &session.subject;
+        let epoch = self.bus.epoch();
+        if !self.bus.cover().await {
+            tracing::warn!("history not confirmed complete; inbox not delivered now");
+            return none;
+        }
+        // Most connecting users have nothing waiting: one batched query
+        // over many sessions says so, instead of one inbox query each.
+        match self
+            .inbox_heads
+            .get(crate::store::retention::inbox_stream(&subject.user))
+            .await
+        {
+            Ok(heads) if !cursor.behind(heads.as_deref().unwrap_or_default()) => {
+                return none;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                tracing::warn!(error = %e, "inbox not delivered");
+                return none;
+            }
+        }
+        match self.store.undelivered(epoch, &subject.user, cursor).await {
+            Ok(events) => {
+                if !events.is_empty() {
+                    tracing::debug!(user = %subject.user, events = events.len(), "delivering the offline inbox");
+                }
+                self.inbox_delivered(&subject.user, &events).await;
+                self.stats
+                    .inbox_delivered
+                    .fetch_add(events.len() as u64, Ordering::Relaxed);
+                // An inbox covers only part of each topic: no floors.
+                self.replayed(subject, events, Vec::new()).await
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "inbox not delivered");
+                none
+            }
+        }
+    }
+
+    /// Moves `user`'s inbox cursors past `events`, before they are sent:
+    /// a reconnect right after must not get them again.
+    async fn inbox_delivered(&self, user: &str, events: &[Event]) {
+        let newest = events
+            .iter()
+            .filter_map(|e| crate::routing::EventId::parse(&e.id))
+            .max();
+        if let Some(id) = newest
+            && let Err(e) = self.store.mark_shown_upto(user, id).await
+        {
+            tracing::warn!(error = %e, %user, "inbox cursor not written");
+        }
+    }
+
+    async fn replayed(
+        &self,
+        subject: &Subject,
+        events: Vec<Event>,
+        floors: Vec<(String, crate::routing::EventId)>,
+    ) -> Recovery {
+        let ids = events
+            .iter()
+            .filter_map(|e| crate::routing::EventId::parse(&e.id))
+            .collect();
+        let frames = crate::pipeline::edge::replay_frames(&self.executor, subject, events).await;
+        Recovery::Replayed {
+            frames,
+            ids,
+            floors,
+        }
+    }
+}
+
+/// Per topic replayed from, its newest replayed event: a live copy at or
+/// below it is a duplicate. Not `since` for a topic with none: a topic's
+/// partition may lag behind the one `since` came from, so its next live
+/// event can have a lower id and still be new to the client.
+fn floors(topics: &[String], events: &[Event]) -> Vec<(String, crate::routing::EventId)> {
+    topics
+        .iter()
+        .filter_map(|t| {
+            let newest = events
+                .iter()
+                .filter(|e| e.topic.as_str() == t)
+                .filter_map(|e| crate::routing::EventId::parse(&e.id))
+                .max()?;
+            Some((t.clone(), newest))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::routing::{EventId, Topic};
+
+    #[test]
+    fn only_a_topic_with_replayed_events_gets_a_floor() {
+        let event = |topic: &str, seq| {
+            Event::new(
+                format!("a-{seq}"),
+                Topic::parse(topic).expect("topic"),
+                Vec::new(),
+            )
+        };
+        let topics = ["fast".to_owned(), "lagging".to_owned()];
+        let replayed = [event("fast", 8), event("fast", 9)];
+        assert_eq!(
+            floors(&topics, &replayed),
+            [("fast".to_owned(), EventId { epoch: 10, seq: 9 })],
+            "the lagging topic's next live event (id 5, say) is not a duplicate"
+        );
+    }
+}
