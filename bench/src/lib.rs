@@ -7,11 +7,15 @@
 //! - [`target`]: the servers under test and their protocols;
 //! - [`clients`]: the sessions;
 //! - [`scenario`]: one run;
+//! - [`routing`]: how fast one topic is routed, beside JetStream alone;
+//! - [`failover`]: how long a topic waits when its routing node is killed;
 //! - [`report`]: the tables.
 
 pub mod clients;
+pub mod failover;
 pub mod payload;
 pub mod procfs;
 pub mod report;
+pub mod routing;
 pub mod scenario;
 pub mod target;

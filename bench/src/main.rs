@@ -3,7 +3,8 @@
 //! Runs each scenario against each target, one after the other on this
 //! machine, and prints Markdown tables with every figure beside the bare
 //! broadcaster's. Scenarios: `latency`, `fanout`, `topics`, `direct`,
-//! `hot`, `plugins`, `history`, `idle` (default: all). `--quick` divides
+//! `hot`, `routing`, `failover`, `plugins`, `history`, `idle` (default:
+//! all). `--quick` divides
 //! sessions, rates and time by 10 (a smoke run, not a measurement).
 
 use std::time::Duration;
@@ -13,9 +14,16 @@ use switchyard_bench::report::{self, Row};
 use switchyard_bench::scenario::{self, Spec};
 use switchyard_bench::target::{Kind, Options};
 
-const ALL: [&str; 8] = [
-    "latency", "fanout", "topics", "direct", "hot", "plugins", "history", "idle",
+const ALL: [&str; 10] = [
+    "latency", "fanout", "topics", "direct", "hot", "routing", "failover", "plugins", "history",
+    "idle",
 ];
+
+/// Scenario `failover`: owners SIGKILLed, one after the other.
+const KILLS: usize = 10;
+
+/// Scenario `routing`: events published on one topic.
+const ROUTED: u64 = 200_000;
 
 /// Scenario `hot`: (sessions, events/s) on one topic over two nodes,
 /// events published into NATS.
@@ -115,6 +123,20 @@ async fn main() -> anyhow::Result<()> {
         }
         if name == "hot" {
             hot(&targets, scale, duration).await?;
+            continue;
+        }
+        if name == "failover" {
+            let kills = (KILLS / scale).max(2);
+            eprintln!("running failover: {kills} kills");
+            let times = switchyard_bench::failover::run(kills, None).await?;
+            println!(
+                "### Failover: two nodes on NATS and PostgreSQL, the owner of a topic's partition SIGKILLed {kills} times; seconds from the kill to the first delivery of an event published after it\n\n{}",
+                switchyard_bench::failover::table(&times)
+            );
+            continue;
+        }
+        if name == "routing" {
+            routing(ROUTED / scale as u64).await?;
             continue;
         }
         let Some(l) = load(name) else {
@@ -219,6 +241,35 @@ async fn hot(targets: &[Kind], scale: usize, duration: Duration) -> anyhow::Resu
             report::throughput(&rows, "bare")
         );
     }
+    Ok(())
+}
+
+/// One topic routed as fast as it goes: Switchyard on NATS and
+/// PostgreSQL (events straight to the partition's subject, then raw
+/// through the relay) beside nats-server's own publish and pull.
+async fn routing(n: u64) -> anyhow::Result<()> {
+    use switchyard_bench::routing::{self, Entry};
+    let mut rows = Vec::new();
+    eprintln!("running routing: {n} events into nats-server alone");
+    rows.push((
+        "nats-server: JetStream publish + pull, ack each".to_owned(),
+        routing::nats_server(n, 256).await?,
+    ));
+    for (label, entry) in [
+        ("switchyard: to the partition's subject", Entry::Partition),
+        ("switchyard: raw, through the relay", Entry::Relay),
+    ] {
+        eprintln!("running routing: {n} events into {label}");
+        rows.push((
+            label.to_owned(),
+            routing::switchyard(entry, n, 256, None).await?,
+        ));
+    }
+    println!(
+        "### Routing one topic: {n} events of 256 B published into JetStream ({} in flight), one session; Switchyard with history on PostgreSQL\n\n{}",
+        routing::WINDOW,
+        routing::table(&rows, "nats-server: JetStream publish + pull, ack each")
+    );
     Ok(())
 }
 

@@ -52,6 +52,11 @@ pub struct Options {
     /// alternate between the nodes; events enter through the first. The
     /// bare broadcaster has no cluster: it stays one process.
     pub two_nodes: bool,
+    /// Switchyard: one node on the backplane of [`Options::two_nodes`]
+    /// (NATS and PostgreSQL).
+    pub backplane: bool,
+    /// nats-server: with JetStream (files in the run's directory).
+    pub jetstream: bool,
     /// Switchyard: keep no history and no inboxes (`store.history_retention
     /// = 0`, `store.inbox_max_events = 0`), to price writing them.
     pub no_history: bool,
@@ -71,6 +76,9 @@ pub struct Server {
     /// nats-server, or Switchyard on NATS: where the publisher connects.
     pub nats_url: Option<String>,
     children: Vec<tokio::process::Child>,
+    /// Switchyard: each node's config file and its index in `children`.
+    nodes: Vec<(PathBuf, usize)>,
+    bin_dir: Option<PathBuf>,
     database: Option<String>,
     _dir: tempfile::TempDir,
 }
@@ -157,6 +165,8 @@ impl Server {
             ws_addrs: Vec::new(),
             nats_url: None,
             children: Vec::new(),
+            nodes: Vec::new(),
+            bin_dir: options.bin_dir.clone(),
             database: None,
             _dir: dir,
         };
@@ -165,7 +175,7 @@ impl Server {
         match kind {
             Kind::Switchyard => {
                 let mut backplane = None;
-                if options.two_nodes {
+                if options.two_nodes || options.backplane {
                     // The backplane is part of the target: its CPU counts.
                     let port = free_port()?;
                     let mut c = tokio::process::Command::new("nats-server");
@@ -187,18 +197,9 @@ impl Server {
                         &config,
                         switchyard_config(port, node, options, backplane.as_ref()),
                     )?;
-                    let mut c = tokio::process::Command::new(sibling(
-                        options.bin_dir.as_deref(),
-                        "switchyard",
-                    )?);
-                    c.args(["serve", "--config"]).arg(&config);
-                    // `SWITCHYARD_BENCH_LOG` sets the gateway's log filter
-                    // (warnings only by default: logging costs CPU).
-                    c.env(
-                        "RUST_LOG",
-                        std::env::var("SWITCHYARD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
-                    );
+                    let c = switchyard_command(options.bin_dir.as_deref(), &config)?;
                     server.add(spawn(c, &dir)?)?;
+                    server.nodes.push((config, server.children.len() - 1));
                     let addr = ([127, 0, 0, 1], port).into();
                     listening(addr, "switchyard").await?;
                     server.ws_addrs.push(addr);
@@ -212,6 +213,12 @@ impl Server {
                         "listen: 127.0.0.1:{client_port}\nmax_connections: 1000000\n\
                          websocket {{\n  listen: \"127.0.0.1:{port}\"\n  no_tls: true\n}}\n"
                     );
+                    if options.jetstream {
+                        text.push_str(&format!(
+                            "jetstream {{\n  store_dir: {:?}\n}}\n",
+                            dir.join(format!("jetstream-{node}")).display().to_string()
+                        ));
+                    }
                     if options.two_nodes {
                         let other = cluster_ports[1 - node];
                         text.push_str(&format!(
@@ -252,6 +259,26 @@ impl Server {
         Ok(server)
     }
 
+    /// SIGKILLs Switchyard node `node`.
+    pub async fn kill_node(&mut self, node: usize) -> anyhow::Result<()> {
+        let (_, i) = self.nodes.get(node).context("no such node")?;
+        let child = &mut self.children[*i];
+        child.start_kill()?;
+        child.wait().await?;
+        Ok(())
+    }
+
+    /// Starts Switchyard node `node` again with its config, and waits
+    /// until it listens.
+    pub async fn restart_node(&mut self, node: usize) -> anyhow::Result<()> {
+        let (config, i) = self.nodes.get(node).context("no such node")?.clone();
+        let c = switchyard_command(self.bin_dir.as_deref(), &config)?;
+        let child = spawn(c, self._dir.path())?;
+        self.pids[i] = child.id().context("server pid")?;
+        self.children[i] = child;
+        listening(self.ws_addrs[node], "switchyard").await
+    }
+
     fn add(&mut self, child: tokio::process::Child) -> anyhow::Result<()> {
         self.pids.push(child.id().context("server pid")?);
         self.children.push(child);
@@ -283,6 +310,24 @@ impl Server {
     }
 }
 
+fn switchyard_command(
+    bin_dir: Option<&Path>,
+    config: &Path,
+) -> anyhow::Result<tokio::process::Command> {
+    let mut c = tokio::process::Command::new(sibling(bin_dir, "switchyard")?);
+    c.args(["serve", "--config"]).arg(config);
+    // `SWITCHYARD_BENCH_LOG` sets the gateway's log filter (warnings only
+    // by default: logging costs CPU).
+    c.env(
+        "RUST_LOG",
+        std::env::var("SWITCHYARD_BENCH_LOG").unwrap_or_else(|_| "warn".into()),
+    );
+    Ok(c)
+}
+
+/// The admin token of the Switchyard under test.
+pub const ADMIN_TOKEN: &str = "bench-admin";
+
 fn switchyard_config(
     port: u16,
     node: usize,
@@ -313,6 +358,7 @@ drain_timeout_s = 1
 
 [auth]
 jwt_hs256_secret = "{SECRET}"
+admin_token = "{ADMIN_TOKEN}"
 
 [bus]
 {bus}

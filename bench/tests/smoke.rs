@@ -13,10 +13,15 @@ fn options() -> Options {
         plugins: false,
         two_nodes: false,
         no_history: false,
-        bin_dir: Path::new(env!("CARGO_BIN_EXE_bare-broadcaster"))
-            .parent()
-            .map(Path::to_path_buf),
+        bin_dir: bin_dir(),
+        ..Options::default()
     }
+}
+
+fn bin_dir() -> Option<std::path::PathBuf> {
+    Path::new(env!("CARGO_BIN_EXE_bare-broadcaster"))
+        .parent()
+        .map(Path::to_path_buf)
 }
 
 async fn small_run(kind: Kind) {
@@ -111,4 +116,29 @@ async fn direct_messages_reach_users_on_both_switchyard_nodes() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn direct_messages_cross_two_clustered_nats_servers() {
     direct_run(Kind::Nats).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_routing_scenario_counts_every_event_on_both_sides() {
+    use switchyard_bench::routing::{self, Entry};
+    let nats = routing::nats_server(2_000, 256).await.expect("nats-server");
+    assert_eq!((nats.published, nats.arrived), (2_000, 2_000), "{nats:?}");
+    for entry in [Entry::Partition, Entry::Relay] {
+        let o = routing::switchyard(entry, 2_000, 256, bin_dir())
+            .await
+            .expect("switchyard");
+        assert_eq!((o.published, o.arrived), (2_000, 2_000), "{entry:?}: {o:?}");
+        assert!(o.seconds > 0.0 && o.cpu_s > 0.0, "{o:?}");
+    }
+    let table = routing::table(&[("nats".to_owned(), nats)], "nats");
+    assert!(table.contains("| nats | 2000 | 2000 |"), "{table}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_failover_scenario_times_a_kill_and_restarts_the_node() {
+    let times = switchyard_bench::failover::run(1, bin_dir())
+        .await
+        .expect("failover");
+    assert_eq!(times.len(), 1);
+    assert!(times[0] > 0.0 && times[0] < 30.0, "{times:?}");
 }
