@@ -103,10 +103,13 @@ pub async fn run(kills: usize, bin_dir: Option<std::path::PathBuf>) -> anyhow::R
         let killed = payload::now_ns();
         let started = Instant::now();
         let mut took = None;
-        while started.elapsed() < GIVE_UP && took.is_none() {
-            let Ok(Some(Ok(Message::Text(t)))) = tokio::time::timeout(GIVE_UP, frames.next()).await
-            else {
-                continue;
+        while took.is_none() {
+            let left = GIVE_UP.saturating_sub(started.elapsed());
+            let t = match tokio::time::timeout(left, frames.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => t,
+                Ok(Some(Ok(_))) => continue,
+                // Closed, failed, or out of time.
+                _ => break,
             };
             payload::scan(t.as_bytes(), |_, sent| {
                 if sent > killed && took.is_none() {

@@ -169,14 +169,14 @@ pub struct BusConfig {
     pub urls: Vec<String>,
     /// `bus.subject_prefix`
     pub subject_prefix: String,
-    /// `bus.replicas`: JetStream replicas of the ingest stream, the
-    /// delivery log and the router lease (3 in a three-server cluster).
+    /// `bus.replicas`: JetStream replicas of the ingest stream and the
+    /// partition leases (3 in a three-server cluster).
     pub replicas: usize,
     /// `bus.ingest_max_age_s`: how long an ingested event may wait for a
     /// router (while no node can route) before NATS discards it.
     pub ingest_max_age_s: u64,
-    /// `bus.recovery_window_s`: how long routed deliveries are kept so that
-    /// a node that lost its NATS connection can catch up on reconnect.
+    /// `bus.recovery_window_s`: unused since missed deliveries are repaired
+    /// from history; accepted, and ignored, so that older configs load.
     pub recovery_window_s: u64,
     /// `bus.lease_ttl_ms`: each partition's lease; an owner that cannot
     /// renew it for this long stops routing the partition (an owner that
@@ -497,7 +497,6 @@ impl Config {
             ));
         }
         positive("bus.ingest_max_age_s", self.bus.ingest_max_age_s)?;
-        positive("bus.recovery_window_s", self.bus.recovery_window_s)?;
         if self.bus.lease_ttl_ms < 500 {
             return Err(invalid(
                 "bus.lease_ttl_ms",

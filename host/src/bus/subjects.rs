@@ -160,7 +160,6 @@ impl Subjects {
 }
 
 /// Whom a delivery subject reaches.
-/// Whom a delivery subject reaches.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Target {
     /// The subscribers of a topic.

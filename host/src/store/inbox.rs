@@ -55,7 +55,7 @@ pub struct InboxHead {
     pub seq: u64,
 }
 
-/// A live delivery to a user: their inbox is shown up to `id` for `part`.
+/// Whose cursor a live delivery moves: a user's, for one partition.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Shown {
     /// The user.

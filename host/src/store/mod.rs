@@ -363,17 +363,8 @@ impl Store {
         if streams.is_empty() {
             return Ok(Replay::Events(Vec::new()));
         }
-        let list = Params::Numbered.list(2, streams.len());
-        let trimmed_sql =
-            format!("SELECT MAX(upto) FROM sy_trimmed WHERE epoch = $1 AND topic IN ({list})");
-        let (trimmed,): (Option<i64>,) = on_pool!(self, |pool| {
-            let mut q = sqlx::query_as(AssertSqlSafe(trimmed_sql.clone())).bind(since.epoch as i64);
-            for t in streams {
-                q = q.bind(t.as_str());
-            }
-            q.fetch_one(pool).await
-        })?;
-        if trimmed.is_some_and(|t| t as u64 > since.seq) {
+        let trimmed = self.trimmed(since.epoch, streams).await?;
+        if trimmed.values().any(|upto| *upto > since.seq) {
             return Ok(Replay::Reset);
         }
         let events = self.events_after(since, streams, MAX_REPLAY + 1).await?;

@@ -7,8 +7,8 @@ use std::collections::HashMap;
 
 use sqlx::AssertSqlSafe;
 
-use super::{Params, Store, StoreError, on_pool};
-use crate::routing::{Event, EventId};
+use super::{LOOKUP_BATCH, Params, Store, StoreError, on_pool};
+use crate::routing::{Event, EventId, Partition};
 
 /// Where a repair starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -37,11 +37,42 @@ pub struct Found {
 }
 
 impl Store {
-    /// The events of `streams` from `from`, oldest first (rows of one
-    /// event merged), or `None` if there are `limit` or more.
+    /// The events of `streams` from `from` (routed by `part`, if given),
+    /// oldest first (rows of one event merged), or `None` if there are
+    /// `limit` or more. Streams are asked [`LOOKUP_BATCH`] at a time.
     pub async fn repair(
         &self,
         from: From,
+        part: Option<Partition>,
+        streams: &[String],
+        limit: usize,
+    ) -> Result<Option<Vec<Found>>, StoreError> {
+        let mut all: Vec<Found> = Vec::new();
+        for chunk in streams.chunks(LOOKUP_BATCH) {
+            match self.repair_chunk(from, part, chunk, limit).await? {
+                Some(found) => all.extend(found),
+                None => return Ok(None),
+            }
+        }
+        if streams.len() > LOOKUP_BATCH {
+            // Chunks each come in order; one event may be in several.
+            all.sort_by_key(|f| f.id);
+            let mut merged: Vec<Found> = Vec::with_capacity(all.len());
+            for f in all {
+                match merged.last_mut() {
+                    Some(last) if last.id == f.id => last.streams.extend(f.streams),
+                    _ => merged.push(f),
+                }
+            }
+            all = merged;
+        }
+        Ok((all.len() < limit).then_some(all))
+    }
+
+    async fn repair_chunk(
+        &self,
+        from: From,
+        part: Option<Partition>,
         streams: &[String],
         limit: usize,
     ) -> Result<Option<Vec<Found>>, StoreError> {
@@ -56,13 +87,18 @@ impl Store {
         };
         let list = Params::Numbered.list(2, streams.len());
         let n = streams.len();
+        // Placeholders numbered in the order they appear (SQLite binds
+        // `$n` by first appearance).
+        let (of_part, limit_at) = match part {
+            Some(_) => (format!(" AND h.part = ${}", n + 3), n + 4),
+            None => (String::new(), n + 3),
+        };
         let sql = format!(
             "SELECT h.topic, e.seq, e.topic, e.name, e.data, e.headers, e.sender \
              FROM sy_history h JOIN sy_events e ON e.epoch = h.epoch AND e.seq = h.seq \
-             WHERE h.epoch = $1 AND h.topic IN ({list}) AND {column} ${} \
-             ORDER BY e.seq LIMIT ${}",
+             WHERE h.epoch = $1 AND h.topic IN ({list}) AND {column} ${}{of_part} \
+             ORDER BY e.seq LIMIT ${limit_at}",
             n + 2,
-            n + 3
         );
         type Row = (String, i64, String, String, Vec<u8>, String, Option<String>);
         let rows: Vec<Row> = on_pool!(self, |pool| {
@@ -70,7 +106,11 @@ impl Store {
             for s in streams {
                 q = q.bind(s.as_str());
             }
-            q.bind(bound as i64).bind(cap as i64).fetch_all(pool).await
+            q = q.bind(bound as i64);
+            if let Some(p) = part {
+                q = q.bind(i64::from(p.0));
+            }
+            q.bind(cap as i64).fetch_all(pool).await
         })?;
         if rows.len() >= cap {
             return Ok(None);
@@ -110,20 +150,21 @@ impl Store {
         epoch: u64,
         streams: &[String],
     ) -> Result<HashMap<String, u64>, StoreError> {
-        if streams.is_empty() {
-            return Ok(HashMap::new());
+        let mut trimmed = HashMap::new();
+        for chunk in streams.chunks(LOOKUP_BATCH) {
+            let sql = format!(
+                "SELECT topic, MAX(upto) FROM sy_trimmed WHERE epoch = $1 AND topic IN ({}) GROUP BY topic",
+                Params::Numbered.list(2, chunk.len())
+            );
+            let rows: Vec<(String, i64)> = on_pool!(self, |pool| {
+                let mut q = sqlx::query_as(AssertSqlSafe(sql.clone())).bind(epoch as i64);
+                for s in chunk {
+                    q = q.bind(s.as_str());
+                }
+                q.fetch_all(pool).await
+            })?;
+            trimmed.extend(rows.into_iter().map(|(s, u)| (s, u as u64)));
         }
-        let sql = format!(
-            "SELECT topic, MAX(upto) FROM sy_trimmed WHERE epoch = $1 AND topic IN ({}) GROUP BY topic",
-            Params::Numbered.list(2, streams.len())
-        );
-        let rows: Vec<(String, i64)> = on_pool!(self, |pool| {
-            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone())).bind(epoch as i64);
-            for s in streams {
-                q = q.bind(s.as_str());
-            }
-            q.fetch_all(pool).await
-        })?;
-        Ok(rows.into_iter().map(|(s, u)| (s, u as u64)).collect())
+        Ok(trimmed)
     }
 }

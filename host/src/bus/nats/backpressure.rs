@@ -59,11 +59,7 @@ impl Backpressure {
         loop {
             tokio::select! {
                 _ = tick.tick() => {
-                    let lag: Vec<(u16, u64)> = owned
-                        .status(0)
-                        .into_iter()
-                        .map(|s| (s.partition, s.lag_ms))
-                        .collect();
+                    let lag = owned.lags();
                     if !lag.is_empty()
                         && let Ok(json) = serde_json::to_vec(&Report { lag })
                     {

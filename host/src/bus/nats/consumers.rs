@@ -12,15 +12,15 @@ use futures_util::StreamExt;
 const PULL_BATCH: usize = 512;
 
 /// Replaces the consumers of the slot `prefix` with the durable `name`
-/// filtered on `filter`, delivering from the oldest unacknowledged message
-/// and acknowledged by `ack_policy`; returns its messages and how many
-/// waited then.
+/// filtered on `filter`, delivering from the oldest unacknowledged message,
+/// each message acknowledged on its own (a work-queue stream takes nothing
+/// else: nats-server refuses `AckPolicy::All` on one, error 10098); returns
+/// its messages and how many waited then.
 pub async fn replace(
     stream: &async_nats::jetstream::stream::Stream,
     prefix: &str,
     name: String,
     filter: String,
-    ack_policy: AckPolicy,
 ) -> Result<(pull::Stream, u64), String> {
     remove_all(stream, prefix).await?;
     let consumer = stream
@@ -28,7 +28,7 @@ pub async fn replace(
             durable_name: Some(name),
             filter_subject: filter,
             deliver_policy: DeliverPolicy::All,
-            ack_policy,
+            ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 20_000,
             ..Default::default()

@@ -146,43 +146,42 @@ impl Dispatcher {
         let partition = routed.origin.partition;
         tracing::trace!(%id, %subject, "delivery received");
         self.takeover(routed.origin, st).await;
-        let mut repaired = false;
-        loop {
-            match st
+        let mut verdict = st
+            .positions
+            .offer(subject, routed.origin, id, routed.stamp, prev);
+        if let Verdict::Gap { after } = verdict {
+            let want = prev.unwrap_or(id);
+            tracing::info!(%subject, %partition, %after, %want, "gap in deliveries; repairing from history");
+            let gap = Gap {
+                subject: subject.to_owned(),
+                after,
+                want,
+            };
+            let out = self
+                .repairer
+                .gaps(partition, vec![gap], &mut st.positions, true)
+                .await;
+            self.apply(out).await;
+            // The repair brought the position to `want` (telling the
+            // sessions what it could not bring): this delivery follows.
+            verdict = st
                 .positions
-                .offer(subject, routed.origin, id, routed.stamp, prev)
-            {
-                Verdict::Deliver => return self.hand_on(routed, st).await,
-                Verdict::Repeat => {
-                    self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
-                    return;
-                }
-                Verdict::Fenced => {
-                    self.stats.fenced.fetch_add(1, Ordering::Relaxed);
-                    tracing::debug!(%id, %partition, term = routed.origin.term, "delivery from a deposed owner dropped");
-                    return;
-                }
-                Verdict::Gap { after } => {
-                    let want = prev.unwrap_or(id);
-                    if repaired {
-                        // The repair told the sessions what it could not
-                        // bring; go on from what was sent.
-                        st.positions.advance(subject, partition, want);
-                        continue;
-                    }
-                    tracing::info!(%subject, %partition, %after, %want, "gap in deliveries; repairing from history");
-                    let gap = Gap {
-                        subject: subject.to_owned(),
-                        after,
-                        want,
-                    };
-                    let out = self
-                        .repairer
-                        .gaps(partition, vec![gap], &mut st.positions, true)
-                        .await;
-                    self.apply(out).await;
-                    repaired = true;
-                }
+                .offer(subject, routed.origin, id, routed.stamp, prev);
+        }
+        match verdict {
+            Verdict::Deliver => self.hand_on(routed, st).await,
+            Verdict::Repeat => {
+                self.stats.duplicates.fetch_add(1, Ordering::Relaxed);
+            }
+            Verdict::Fenced => {
+                self.stats.fenced.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%id, %partition, term = routed.origin.term, "delivery from a deposed owner dropped");
+            }
+            Verdict::Gap { after } => {
+                // Not after a repair, which moves the position to `want`.
+                tracing::error!(%subject, %partition, %after, %id, "gap left after a repair; delivering");
+                st.positions.advance(subject, partition, id);
+                self.hand_on(routed, st).await;
             }
         }
     }
@@ -192,13 +191,14 @@ impl Dispatcher {
             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        let origin = b.origin();
         let newest: Vec<(String, EventId)> = b
             .last
-            .iter()
-            .filter_map(|(s, id)| Some((s.clone(), EventId::parse(id)?)))
+            .into_iter()
+            .filter_map(|(s, id)| Some((s, EventId::parse(&id)?)))
             .collect();
-        self.takeover(b.origin(), st).await;
-        let lost = st.positions.beacon(b.origin(), b.round, &newest);
+        self.takeover(origin, st).await;
+        let lost = st.positions.beacon(origin, b.round, &newest);
         if lost.is_empty() {
             return;
         }
@@ -210,10 +210,10 @@ impl Dispatcher {
                 want,
             })
             .collect();
-        tracing::info!(partition = %b.origin().partition, subjects = gaps.len(), "lost deliveries named by a beacon; repairing from history");
+        tracing::info!(partition = %origin.partition, subjects = gaps.len(), "lost deliveries named by a beacon; repairing from history");
         let out = self
             .repairer
-            .gaps(b.origin().partition, gaps, &mut st.positions, true)
+            .gaps(origin.partition, gaps, &mut st.positions, true)
             .await;
         self.apply(out).await;
     }
@@ -267,13 +267,20 @@ impl Dispatcher {
     }
 
     async fn apply(&self, out: Outcome) {
+        let mut topics = Vec::new();
+        let mut users = Vec::new();
         for subject in &out.lost {
-            let sessions = match self.subjects.target(subject) {
-                Some(Target::Topic(t)) => self.hub.recipients(&[t.as_str()], &[]),
-                Some(Target::User(u)) => self.hub.recipients(&[], &[u.as_str()]),
-                None => Vec::new(),
-            };
-            for s in sessions {
+            match self.subjects.target(subject) {
+                Some(Target::Topic(t)) => topics.push(t),
+                Some(Target::User(u)) => users.push(u),
+                None => {}
+            }
+        }
+        if !topics.is_empty() || !users.is_empty() {
+            let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
+            let users: Vec<&str> = users.iter().map(String::as_str).collect();
+            // Each session once, however many of its subjects lost events.
+            for s in self.hub.recipients(&topics, &users) {
                 s.lost(1);
             }
         }

@@ -258,6 +258,8 @@ impl NatsBus {
                 tasks.spawn(interest::forward(sub, inbound_tx_beacons));
             }
             Err(e) => {
+                // What started above stops with the failed start.
+                stop.cancel();
                 return Err(BusError::Setup {
                     what: "beacon subscription".into(),
                     reason: e.to_string(),

@@ -32,6 +32,30 @@ pub struct Owning {
     pub routed: AtomicU64,
 }
 
+impl Owning {
+    /// How far behind routing is at `now_ms`: the age of the oldest event
+    /// taken and not yet acknowledged, or, while events wait untaken, of
+    /// the newest taken.
+    fn lag_ms(&self, now_ms: u64) -> u64 {
+        let waiting = if self.backlog.load(Ordering::Relaxed) > 0 {
+            now_ms.saturating_sub(self.last_stored_ms.load(Ordering::Relaxed))
+        } else {
+            0
+        };
+        let unacked = self
+            .inflight
+            .oldest_ms()
+            .map_or(0, |t| now_ms.saturating_sub(t));
+        waiting.max(unacked)
+    }
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
 /// One owned partition, as `/admin/partitions` shows it.
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
 pub struct OwnedStatus {
@@ -88,35 +112,27 @@ impl Owned {
         v
     }
 
+    /// How far behind each owned partition is (ms; see [`OwnedStatus::lag_ms`]).
+    pub fn lags(&self) -> Vec<(u16, u64)> {
+        let now_ms = now_ms();
+        let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
+        map.iter().map(|(p, o)| (p.0, o.lag_ms(now_ms))).collect()
+    }
+
     /// Each owned partition's status, in partition order.
     pub fn status(&self, epoch: u64) -> Vec<OwnedStatus> {
-        let now_ms = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
+        let now_ms = now_ms();
         let map = self.map.read().unwrap_or_else(PoisonError::into_inner);
         let mut v: Vec<OwnedStatus> = map
             .iter()
             .map(|(p, o)| {
                 let seq = o.last_seq.load(Ordering::Relaxed);
-                let backlog = o.backlog.load(Ordering::Relaxed);
-                let stored = o.last_stored_ms.load(Ordering::Relaxed);
                 OwnedStatus {
                     partition: p.0,
                     term: o.term,
                     last_routed: (seq > 0).then(|| EventId { epoch, seq }.to_string()),
-                    backlog,
-                    lag_ms: {
-                        let waiting = if backlog > 0 {
-                            now_ms.saturating_sub(stored)
-                        } else {
-                            0
-                        };
-                        let unacked = o
-                            .inflight
-                            .oldest_ms()
-                            .map_or(0, |t| now_ms.saturating_sub(t));
-                        waiting.max(unacked)
-                    },
+                    backlog: o.backlog.load(Ordering::Relaxed),
+                    lag_ms: o.lag_ms(now_ms),
                     inflight: o.inflight.count(),
                     caught_up: o.caught_up.load(Ordering::Relaxed),
                     routed: o.routed.load(Ordering::Relaxed),

@@ -254,9 +254,6 @@ async fn fresh_consumer(
         &partition_prefix(partition),
         name.to_owned(),
         ctx.subjects.partition_filter(partition),
-        // A work-queue stream takes explicit acknowledgements only
-        // (nats-server refuses `All` on one, error 10098).
-        async_nats::jetstream::consumer::AckPolicy::Explicit,
     )
     .await?;
     Ok((messages, waiting, last_seq))

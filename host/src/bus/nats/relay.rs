@@ -151,8 +151,6 @@ async fn fresh_consumer(ctx: &RelayContext, term: u64) -> Result<pull::Stream, S
         CONSUMER,
         format!("{CONSUMER}-t{term}"),
         ctx.subjects.ingest_all(),
-        // Partitions are confirmed independently.
-        async_nats::jetstream::consumer::AckPolicy::Explicit,
     )
     .await
     .map(|(messages, _)| messages)

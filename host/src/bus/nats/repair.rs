@@ -7,7 +7,7 @@
 //! behind, the store down) is reported to the sessions as lost, never
 //! skipped in silence.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -37,17 +37,14 @@ pub struct Gap {
 pub struct Outcome {
     /// Missed events to hand on, in order, each to the subjects it missed.
     pub events: Vec<Routed>,
-    /// Subjects whose sessions must be told events were lost.
-    pub lost: Vec<String>,
+    /// Subjects whose sessions must be told events were lost (each once).
+    pub lost: BTreeSet<String>,
 }
 
 /// How far before a link loss the repair of a subject with no position
 /// starts: deliveries in flight when it broke, and clock skew between this
 /// node and the store's writers.
 const LOSS_MARGIN: Duration = Duration::from_secs(2);
-/// Streams named in one repair query (bound parameters stay far below
-/// either database's limit).
-const STREAMS_PER_QUERY: usize = 256;
 
 /// The repairer of one node.
 pub struct Repairer {
@@ -134,7 +131,9 @@ impl Repairer {
         for s in subscribed.into_iter().filter(|s| !placed.contains(s)) {
             match self.kept_stream(&s) {
                 Some(stream) => streams.push(stream),
-                None => out.lost.push(s),
+                None => {
+                    out.lost.insert(s);
+                }
             }
         }
         if !streams.is_empty() {
@@ -145,7 +144,7 @@ impl Repairer {
                 .map_or(0, |d| d.as_millis() as u64);
             let epoch = self.epoch.load(Ordering::Relaxed);
             let found = if covered {
-                self.query(From::Since { epoch, ms }, &streams).await
+                self.query(From::Since { epoch, ms }, None, &streams).await
             } else {
                 None
             };
@@ -192,22 +191,23 @@ impl Repairer {
                     streams.push(s.clone());
                     from = Some(from.map_or(g.after, |f| f.min(g.after)));
                 }
-                None => out.lost.push(g.subject.clone()),
+                None => {
+                    out.lost.insert(g.subject.clone());
+                }
             }
         }
         let mut trimmed: HashMap<String, u64> = HashMap::new();
         if let Some(from) = from {
             let found = if covered {
-                self.query(From::After(from), &streams).await
+                self.query(From::After(from), Some(partition), &streams)
+                    .await
             } else {
                 None
             };
             match found {
                 Some(found) => {
                     for f in found {
-                        if partition_of(&f.event.topic, self.partitions) == partition {
-                            self.take(f, positions, &mut out.events);
-                        }
+                        self.take(f, positions, &mut out.events);
                     }
                 }
                 None => out.lost.extend(streams.iter().map(|s| self.subject_of(s))),
@@ -224,8 +224,8 @@ impl Repairer {
             let past_retention = stream
                 .and_then(|s| trimmed.get(&s).copied())
                 .is_some_and(|upto| upto > g.after.seq);
-            if (short || past_retention) && !out.lost.contains(&g.subject) {
-                out.lost.push(g.subject.clone());
+            if short || past_retention {
+                out.lost.insert(g.subject.clone());
             }
             if short {
                 positions.advance(&g.subject, partition, g.want);
@@ -245,42 +245,27 @@ impl Repairer {
         }
     }
 
-    /// The events of `streams` from `from`, in order (a query per chunk of
-    /// streams); `None` if too many or the store failed (the sessions are
-    /// then told).
-    async fn query(&self, from: From, streams: &[String]) -> Option<Vec<Found>> {
-        let mut all: Vec<Found> = Vec::new();
-        for chunk in streams.chunks(STREAMS_PER_QUERY) {
-            match self.store.repair(from, chunk, MAX_REPLAY).await {
-                Ok(Some(found)) => all.extend(found),
-                Ok(None) => {
-                    tracing::warn!("repair: too far behind to replay");
-                    return None;
-                }
-                Err(e) => {
-                    self.stats.recovery_errors.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(error = %e, "repair: store query failed");
-                    return None;
-                }
+    /// The events of `streams` from `from` (routed by `part`, if given), in
+    /// order; `None` if too many or the store failed (the sessions are then
+    /// told).
+    async fn query(
+        &self,
+        from: From,
+        part: Option<Partition>,
+        streams: &[String],
+    ) -> Option<Vec<Found>> {
+        match self.store.repair(from, part, streams, MAX_REPLAY).await {
+            Ok(Some(found)) => Some(found),
+            Ok(None) => {
+                tracing::warn!("repair: too far behind to replay");
+                None
+            }
+            Err(e) => {
+                self.stats.recovery_errors.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(error = %e, "repair: store query failed");
+                None
             }
         }
-        if streams.len() > STREAMS_PER_QUERY {
-            // Chunks each come in order; one event may be in several.
-            all.sort_by_key(|f| f.id);
-            let mut merged: Vec<Found> = Vec::with_capacity(all.len());
-            for f in all {
-                match merged.last_mut() {
-                    Some(last) if last.id == f.id => last.streams.extend(f.streams),
-                    _ => merged.push(f),
-                }
-            }
-            all = merged;
-        }
-        if all.len() > MAX_REPLAY {
-            tracing::warn!("repair: too far behind to replay");
-            return None;
-        }
-        Some(all)
     }
 
     /// Hands `f` on to the subjects that have not had it yet.
