@@ -55,6 +55,7 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
     let mut renew = tokio::time::interval(lease.renew_every());
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     renew.tick().await;
+    let client = ctx.js.client();
     let mut first = true;
     let lost = 'run: loop {
         // Replacing the consumer deletes any other relay's: only a holder
@@ -62,7 +63,7 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
         if !std::mem::take(&mut first) && lease.renew().await.is_err() {
             break 'run true;
         }
-        let links = ctx.stats.disconnects.load(Ordering::Relaxed);
+        let link = Link::now(&client);
         let messages = tokio::select! {
             m = fresh_consumer(&ctx, lease.term) => m,
             () = handover.cancelled() => break 'run false,
@@ -84,7 +85,7 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
             tokio::select! {
                 _ = renew.tick() => {
                     if lease.renew().await.is_err() { break Some(true) }
-                    if ctx.stats.disconnects.load(Ordering::Relaxed) != links { break None }
+                    if !link.unbroken() { break None }
                 }
                 m = messages.next() => match m {
                     Some(Ok(msg)) => {
@@ -93,6 +94,13 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
                         };
                         if !order.follows(delivery, seq) {
                             tracing::warn!("a raw message was lost in flight; pulling afresh from the oldest unacknowledged");
+                            break None;
+                        }
+                        if !link.unbroken() {
+                            // Copies sent before the break may be lost while
+                            // later ones would be stored: start over from the
+                            // oldest unacknowledged, in order.
+                            tracing::info!("the NATS link broke; relaying afresh from the oldest unacknowledged");
                             break None;
                         }
                         if let Some((p, copy)) = prepare(&ctx, seq, msg).await
@@ -134,6 +142,34 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
         lease.release().await;
         ctx.stats.leases_released.fetch_add(1, Ordering::Relaxed);
         tracing::info!("relay handed over");
+    }
+}
+
+/// The NATS connection a run of copies goes out on. Once it breaks, a copy
+/// in flight may be lost while a later one, published on the next
+/// connection, is stored: nothing more may be published in that run.
+struct Link {
+    client: async_nats::Client,
+    stats: Arc<async_nats::Statistics>,
+    connects: u64,
+}
+
+impl Link {
+    fn now(client: &async_nats::Client) -> Link {
+        let stats = client.statistics();
+        let connects = stats.connects.load(Ordering::Relaxed);
+        Link {
+            client: client.clone(),
+            stats,
+            connects,
+        }
+    }
+
+    /// Still the connection the run started on (the client counts each
+    /// connection as it is made, before it sends anything on it).
+    fn unbroken(&self) -> bool {
+        self.client.connection_state() == async_nats::connection::State::Connected
+            && self.stats.connects.load(Ordering::Relaxed) == self.connects
     }
 }
 
