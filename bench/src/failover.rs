@@ -94,10 +94,14 @@ pub async fn run(kills: usize, bin_dir: Option<std::path::PathBuf>) -> anyhow::R
         .await?;
         let (_sink, mut frames) = ws.split();
         let publisher = tokio::spawn(publish(url.clone(), (k as u64 + 1) * 1_000_000));
-        // Routed before the kill: the session is live.
-        let warm = tokio::time::timeout(GIVE_UP, frames.next()).await;
-        if !matches!(warm, Ok(Some(Ok(_)))) {
-            bail!("kill {k}: nothing routed before the kill");
+        // An event routed before the kill: the session is live.
+        let mut routed = false;
+        while !routed {
+            match tokio::time::timeout(GIVE_UP, frames.next()).await {
+                Ok(Some(Ok(Message::Text(t)))) => payload::scan(t.as_bytes(), |_, _| routed = true),
+                Ok(Some(Ok(_))) => {}
+                _ => bail!("kill {k}: nothing routed before the kill"),
+            }
         }
         server.kill_node(victim).await?;
         let killed = payload::now_ns();

@@ -36,8 +36,11 @@ pub enum Entry {
 pub struct Outcome {
     /// Events published.
     pub published: u64,
-    /// Events that arrived (routed and delivered, or pulled and acked).
+    /// Distinct events that arrived (routed and delivered, or pulled and
+    /// acked).
     pub arrived: u64,
+    /// Arrivals of an event that had arrived already.
+    pub duplicates: u64,
     /// From the first publish to the last arrival.
     pub seconds: f64,
     /// CPU seconds of the target's processes over the run.
@@ -94,18 +97,25 @@ async fn publish(
 /// Frames as they arrive, whatever carried them.
 type Frames = std::pin::Pin<Box<dyn futures_util::Stream<Item = Vec<u8>> + Send>>;
 
+/// What arrived of a run.
+struct Arrivals {
+    distinct: u64,
+    duplicates: u64,
+    last: Instant,
+}
+
 /// Counts payloads with a sequence number from `first` in `frames` until
-/// `n` arrived or none did for [`STALL`]; returns how many and when the
-/// last came.
-async fn count(frames: &mut Frames, first: u64, n: u64) -> (u64, Instant) {
-    let mut arrived = 0;
+/// `n` distinct ones arrived or none did for [`STALL`].
+async fn count(frames: &mut Frames, first: u64, n: u64) -> Arrivals {
+    let mut seen = std::collections::HashSet::new();
+    let mut duplicates = 0;
     let mut last = Instant::now();
-    while arrived < n {
+    while (seen.len() as u64) < n {
         match tokio::time::timeout(STALL, frames.next()).await {
             Ok(Some(frame)) => {
                 payload::scan(&frame, |seq, _| {
-                    if seq >= first {
-                        arrived += 1;
+                    if seq >= first && !seen.insert(seq) {
+                        duplicates += 1;
                     }
                 });
                 last = Instant::now();
@@ -113,7 +123,11 @@ async fn count(frames: &mut Frames, first: u64, n: u64) -> (u64, Instant) {
             Ok(None) | Err(_) => break,
         }
     }
-    (arrived, last)
+    Arrivals {
+        distinct: seen.len() as u64,
+        duplicates,
+        last,
+    }
 }
 
 /// Switchyard on NATS and PostgreSQL, one node, one session on [`TOPIC`].
@@ -226,12 +240,13 @@ async fn run(
         let js = js.clone();
         tokio::spawn(async move { publish(&js, subject, first, n, size).await })
     };
-    let (arrived, last) = count(&mut frames, first, n).await;
+    let arrivals = count(&mut frames, first, n).await;
     publisher.await??;
     Ok(Outcome {
         published: n,
-        arrived,
-        seconds: last.duration_since(start).as_secs_f64(),
+        arrived: arrivals.distinct,
+        duplicates: arrivals.duplicates,
+        seconds: arrivals.last.duration_since(start).as_secs_f64(),
         cpu_s: server.cpu_seconds() - cpu,
     })
 }
@@ -243,8 +258,8 @@ pub fn table(rows: &[(String, Outcome)], base: &str) -> String {
         .find(|(l, _)| l == base)
         .map_or(0.0, |(_, o)| o.rate());
     let mut t = String::from(
-        "| target | published | arrived | seconds | events/s | vs nats-server | target CPU µs/event |\n\
-         | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| target | published | arrived | duplicates | seconds | events/s | vs nats-server | target CPU µs/event |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for (label, o) in rows {
         let vs = if b > 0.0 {
@@ -258,9 +273,10 @@ pub fn table(rows: &[(String, Outcome)], base: &str) -> String {
             0.0
         };
         t.push_str(&format!(
-            "| {label} | {} | {} | {:.2} | {:.0} | {vs} | {cpu:.1} |\n",
+            "| {label} | {} | {} | {} | {:.2} | {:.0} | {vs} | {cpu:.1} |\n",
             o.published,
             o.arrived,
+            o.duplicates,
             o.seconds,
             o.rate()
         ));

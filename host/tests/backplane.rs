@@ -74,15 +74,6 @@ async fn subscribed(gw: &TestGateway, user: Value, topic: &str) -> Ws {
     ws
 }
 
-/// Waits until `cond` holds, polling.
-async fn eventually(what: &str, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 fn seq_of(id: &str) -> u64 {
     id.rsplit('-')
         .next()
@@ -135,10 +126,14 @@ async fn an_event_from_nats_reaches_sessions_on_both_nodes_and_is_routed_once() 
     assert_eq!(ca + cb, 20, "router calls: a={ca} b={cb}");
     assert!(ca == 0 || cb == 0, "one node routes a topic: a={ca} b={cb}");
     // 64 partitions and the relay over two nodes: at most 33 slots each.
-    eventually("the partitions are shared out", async || {
-        let (pa, pb) = (owned(&a), owned(&b));
-        pa + pb == 64 && pa <= 33 && pb <= 33
-    })
+    eventually(
+        "the partitions are shared out",
+        Duration::from_secs(20),
+        async || {
+            let (pa, pb) = (owned(&a), owned(&b));
+            pa + pb == 64 && pa <= 33 && pb <= 33
+        },
+    )
     .await;
 
     // An HTTP publish on either node takes the same path, with the same id everywhere.
@@ -206,9 +201,11 @@ async fn a_node_receives_only_what_its_sessions_need() {
         .request(json!({"op": "unsubscribe", "id": 2, "topic": "news.a"}))
         .await;
     assert_eq!(ack["op"], "ack");
-    eventually("a drops its news.a subscription", async || {
-        bus(&a).interest_subjects.load(Ordering::Relaxed) == 1
-    })
+    eventually(
+        "a drops its news.a subscription",
+        Duration::from_secs(20),
+        async || bus(&a).interest_subjects.load(Ordering::Relaxed) == 1,
+    )
     .await;
     for i in 0..10 {
         publish_nats(&js, "news.a", json!(i), &[])
@@ -266,9 +263,11 @@ async fn presence_answers_the_same_from_every_node() {
     let _frank = subscribed(&b, json!({"sub": "frank"}), "news.p").await;
     let _frank2 = subscribed(&a, json!({"sub": "frank"}), "news.p").await;
     let _other = subscribed(&b, json!({"sub": "gina"}), "news.q").await;
-    eventually("both nodes see each other", async || {
-        a.gateway.bus.nodes().len() == 2 && b.gateway.bus.nodes().len() == 2
-    })
+    eventually(
+        "both nodes see each other",
+        Duration::from_secs(20),
+        async || a.gateway.bus.nodes().len() == 2 && b.gateway.bus.nodes().len() == 2,
+    )
     .await;
     for gw in [&a, &b] {
         let (status, body) = gw.get_as("/v1/presence/news.p", Some(SERVICE_KEY)).await;
@@ -304,7 +303,7 @@ async fn nodes_recover_when_their_nats_server_restarts() {
     assert_eq!(bob.next_event().await["data"], "before");
 
     nats.terminate();
-    eventually("a reports not ready", async || {
+    eventually("a reports not ready", Duration::from_secs(20), async || {
         a.get("/readyz").await.0 == 503
     })
     .await;
@@ -314,7 +313,10 @@ async fn nodes_recover_when_their_nats_server_restarts() {
 
     nats.start();
     for gw in [&a, &b] {
-        eventually("ready again", async || gw.get("/readyz").await.0 == 200).await;
+        eventually("ready again", Duration::from_secs(20), async || {
+            gw.get("/readyz").await.0 == 200
+        })
+        .await;
     }
     assert!(bus(&a).disconnects.load(Ordering::Relaxed) >= 1);
     // Sessions stayed; subscriptions came back; routing resumes.
@@ -369,7 +371,10 @@ async fn killing_one_server_of_a_cluster_loses_no_accepted_event() {
     // route some partitions; what a misses while it reconnects must come
     // from the delivery log, and a's partitions go to b meanwhile.
     let b = node("b", &[servers[1].url()], 3, &db).await;
-    eventually("b routes", async || owned(&b) == 64).await;
+    eventually("b routes", Duration::from_secs(20), async || {
+        owned(&b) == 64
+    })
+    .await;
     let a = node("a", &[servers[0].url()], 3, &db).await;
     let mut on_a = subscribed(&a, json!({"sub": "alice"}), "news.c").await;
     let mut on_b = subscribed(&b, json!({"sub": "bob"}), "news.c").await;

@@ -13,14 +13,21 @@ use serde_json::{Value, json};
 use support::nats::{NatsServer, bus_section};
 use support::stall::StallProxy;
 use support::*;
+use switchyard_host::routing::partition::{DEFAULT_PARTITIONS, partition_of_str};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishes_to_a_partition_past_max_lag_are_refused_until_it_catches_up() {
     let nats = NatsServer::single();
     let db = fresh_postgres().await;
-    let proxy = StallProxy::start("127.0.0.1:5432").await;
-    let via_proxy = db.replace("127.0.0.1:5432", &format!("127.0.0.1:{}", proxy.port));
-    assert_ne!(via_proxy, db, "the test database is on 127.0.0.1:5432");
+    // postgres://user@host:port/name: the proxy goes in front of host:port.
+    let server = db
+        .rsplit_once('/')
+        .and_then(|(base, _)| base.rsplit_once('@'))
+        .map(|(_, at)| at.to_owned())
+        .expect("a postgres://user@host:port/name URL");
+    let proxy = StallProxy::start(&server).await;
+    let via_proxy = db.replace(&server, &format!("127.0.0.1:{}", proxy.port));
+    assert_ne!(via_proxy, db, "the test database goes through the proxy");
     let gw = TestGateway::start(node_config(
         "a",
         &format!(
@@ -58,6 +65,15 @@ async fn publishes_to_a_partition_past_max_lag_are_refused_until_it_catches_up()
     let message = refusal["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("behind"), "{refusal}");
     assert!(gw.metric("switchyard_bus_lag_refusals_total").await >= 1);
+    assert_eq!(gw.metric("switchyard_bus_lag_refusals_total").await, 1);
+    // Only that partition is held back: another one, idle, takes events.
+    let bp = partition_of_str("news.bp", DEFAULT_PARTITIONS);
+    let other = (0..100)
+        .map(|i| format!("news.other{i}"))
+        .find(|t| partition_of_str(t, DEFAULT_PARTITIONS) != bp)
+        .expect("a topic in another partition");
+    let (status, body) = gw.publish(json!({"topic": other, "data": 0})).await;
+    assert_eq!(status, 200, "another partition is not behind: {body}");
 
     proxy.resume();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);

@@ -7,7 +7,6 @@
 mod support;
 
 use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::lossy::LossyProxy;
@@ -34,16 +33,23 @@ async fn two_nodes(nats: &NatsServer, extra: &str) -> (TestGateway, TestGateway,
     };
     let a = TestGateway::start(cfg("a", nats.url())).await;
     let b = TestGateway::start(cfg("b", proxy.url())).await;
+    // Partitions that move mid-test would be repaired as takeovers.
+    support::cluster::balanced(&a, &["a", "b"]).await;
     (a, b, proxy)
 }
 
 async fn subscribed(gw: &TestGateway, topic: &str) -> Ws {
-    let mut ws = gw.ws(&token(json!({"sub": "reader"}))).await;
-    let ack = ws
-        .request(json!({"op": "subscribe", "id": 1, "topic": topic}))
-        .await;
-    assert_eq!(ack["op"], "ack", "{ack}");
-    ws
+    support::cluster::subscribed_to(gw, &[topic.to_owned()]).await
+}
+
+/// (gaps, recovered, unrepaired) as `gw`'s bus counts them.
+fn counts(gw: &TestGateway) -> (u64, u64, u64) {
+    let b = bus(gw);
+    (
+        b.gaps.load(Ordering::Relaxed),
+        b.recovered.load(Ordering::Relaxed),
+        b.gaps_unrepaired.load(Ordering::Relaxed),
+    )
 }
 
 async fn publish(gw: &TestGateway, topic: &str, data: Value) -> String {
@@ -82,6 +88,7 @@ async fn a_lost_delivery_is_repaired_from_history_before_what_follows() {
     );
 
     // One delivery lost in the middle: the next one names it.
+    let (gaps, recovered, unrepaired) = counts(&b);
     proxy.drop_next("sy.out.t.news.gap", 1);
     for i in 3..6 {
         sent.push(publish(&a, "news.gap", json!(i)).await);
@@ -90,22 +97,31 @@ async fn a_lost_delivery_is_repaired_from_history_before_what_follows() {
     assert_eq!(data, [json!(3), json!(4), json!(5)], "sent {sent:?}");
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(proxy.dropped(), ["sy.out.t.news.gap"]);
-    assert!(bus(&b).gaps.load(Ordering::Relaxed) >= 1);
-    assert!(bus(&b).recovered.load(Ordering::Relaxed) >= 1);
+    assert_eq!(
+        counts(&b),
+        (gaps + 1, recovered + 1, unrepaired),
+        "one gap, one event repaired"
+    );
 
     // The last delivery lost: only the partition's beacon names it.
+    let (gaps, recovered, unrepaired) = counts(&b);
     proxy.drop_next("sy.out.t.news.gap", 1);
     sent.push(publish(&a, "news.gap", json!(6)).await);
     let (data, errors) = next_events(&mut ws, 1).await;
     assert_eq!(data, [json!(6)]);
     assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(proxy.dropped().len(), 2);
-
-    // Nothing more comes: each event once.
     assert_eq!(
-        ws.next_event_within(Duration::from_millis(1500)).await,
-        None
+        counts(&b),
+        (gaps + 1, recovered + 1, unrepaired),
+        "the beacon named the lost tail, and it was repaired"
     );
+
+    // Nothing more comes: each event once, the next one next.
+    publish(&a, "news.gap", json!(7)).await;
+    let (data, errors) = next_events(&mut ws, 1).await;
+    assert_eq!(data, [json!(7)]);
+    assert!(errors.is_empty(), "{errors:?}");
     assert_eq!(b.metric("switchyard_bus_gaps_unrepaired_total").await, 0);
 }
 
@@ -121,6 +137,7 @@ async fn a_lost_delivery_history_does_not_keep_is_reported_to_the_session() {
     publish(&a, "news.live.x", json!(0)).await;
     assert_eq!(next_events(&mut ws, 1).await.0, [json!(0)]);
 
+    let (_, _, unrepaired) = counts(&b);
     proxy.drop_next("sy.out.t.news.live.x", 1);
     publish(&a, "news.live.x", json!(1)).await;
     publish(&a, "news.live.x", json!(2)).await;
@@ -128,5 +145,9 @@ async fn a_lost_delivery_history_does_not_keep_is_reported_to_the_session() {
     assert_eq!(data, [json!(2)], "the lost event cannot come back");
     assert_eq!(errors.len(), 1, "{errors:?}");
     assert_eq!(errors[0]["code"], "events_dropped", "{errors:?}");
+    assert_eq!(errors[0]["count"], 1, "{errors:?}");
+    let message = errors[0]["message"].as_str().unwrap_or_default();
+    assert!(message.contains("lost on the way"), "{errors:?}");
     assert!(b.metric("switchyard_bus_gaps_unrepaired_total").await >= 1);
+    assert_eq!(counts(&b).2, unrepaired + 1, "one subject reported");
 }

@@ -217,6 +217,20 @@ fn a_probe_slower_than_the_call_deadline_is_not_a_refusal() {
         "slow_probe_ms = 40",
     )]);
     assert!(set.is_ok(), "{:?}", set.err());
+    // Past the probe, calls have the call deadline again (10 ms, not the
+    // probe's 2 s): a spinning call is cut off well before the probe's.
+    let set = set.expect("loaded");
+    let p = set.get("hostile").expect("the hostile plugin");
+    let started = std::time::Instant::now();
+    let err = p
+        .authorize(&subject(), &[subscribe("loop")])
+        .expect_err("must not return");
+    assert_eq!(err, CallError::Timeout { timeout_ms: 10 });
+    assert!(
+        started.elapsed() < Duration::from_millis(1500),
+        "cut off after {:?}: the probe's deadline stayed",
+        started.elapsed()
+    );
 }
 
 #[test]

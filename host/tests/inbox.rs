@@ -11,6 +11,12 @@ use std::time::Duration;
 use serde_json::{Value, json};
 use support::nats::NatsServer;
 use support::*;
+use switchyard_host::bus::LANES;
+use switchyard_host::pipeline::router::lane_of;
+use switchyard_host::routing::EventId;
+use switchyard_host::routing::partition::{DEFAULT_PARTITIONS, partition_of_str};
+use switchyard_host::store::inbox::InboxCursor;
+use switchyard_host::store::retention::inbox_stream;
 
 #[derive(Clone, Copy, Debug)]
 enum Backend {
@@ -45,42 +51,34 @@ fn n_of(data: &str) -> u64 {
 /// Waits until no session of `user` is left: an event published before
 /// the server has seen the client leave is delivered to the closing session.
 async fn gone(gw: &TestGateway, user: &str) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while gw.gateway.hub.has_user(user) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{user} still has a session"
-        );
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
+    let what = format!("{user} has no session left");
+    eventually(&what, Duration::from_secs(10), async || {
+        !gw.gateway.hub.has_user(user)
+    })
+    .await;
+}
+
+/// `user`'s inbox cursors as the store has them.
+async fn cursor_of(gw: &TestGateway, user: &str) -> InboxCursor {
+    gw.gateway
+        .store
+        .inbox_cursors(gw.gateway.bus.epoch(), vec![user.to_owned()])
+        .await
+        .expect("cursors")
+        .remove(user)
+        .unwrap_or_default()
 }
 
 /// Waits until the store holds nothing of `user`'s inbox not shown.
 async fn shown_everything(gw: &TestGateway, user: &str) {
-    let store = &gw.gateway.store;
-    let epoch = gw.gateway.bus.epoch();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let cursor = store
-            .inbox_cursors(epoch, vec![user.to_owned()])
-            .await
-            .expect("cursors")
-            .remove(user)
-            .unwrap_or_default();
-        let left = store
-            .undelivered(epoch, user, &cursor)
-            .await
-            .expect("inbox");
-        if left.is_empty() {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{user}'s inbox still holds {} events",
-            left.len()
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let what = format!("{user}'s inbox shown");
+    eventually(&what, Duration::from_secs(10), async || {
+        let cursor = cursor_of(gw, user).await;
+        let epoch = gw.gateway.bus.epoch();
+        let left = gw.gateway.store.undelivered(epoch, user, &cursor).await;
+        left.expect("inbox").is_empty()
+    })
+    .await;
 }
 
 async fn offline_messages_arrive_on_the_next_connect_once(backend: Backend) {
@@ -208,8 +206,7 @@ async fn last_event_id_replays_topics_and_inbox_merged(backend: Backend) {
 /// A user whose `lag.<user>` and `dm.<user>` topics are routed by
 /// different lanes of the local bus (so one can lag behind the other).
 fn user_on_two_lanes() -> String {
-    use switchyard_host::routing::partition::partition_of_str;
-    let lane = |t: &str| partition_of_str(t, 64).0 as usize % switchyard_host::bus::LANES;
+    let lane = |t: &str| lane_of(partition_of_str(t, DEFAULT_PARTITIONS), LANES);
     (0..100)
         .map(|i| format!("lu{i}"))
         .find(|u| lane(&format!("lag.{u}")) != lane(&format!("dm.{u}")))
@@ -217,31 +214,23 @@ fn user_on_two_lanes() -> String {
 }
 
 /// Waits until `user`'s inbox holds the event `id` of `topic`.
-async fn in_inbox(gw: &TestGateway, user: &str, topic: &str, id: &str) {
-    let part = switchyard_host::routing::partition::partition_of_str(topic, 64);
-    let id = switchyard_host::routing::EventId::parse(id).expect("id");
-    let stream = switchyard_host::store::retention::inbox_stream(user);
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
+async fn in_inbox(gw: &TestGateway, user: &str, topic: &str, id: EventId) {
+    let part = partition_of_str(topic, DEFAULT_PARTITIONS);
+    let stream = inbox_stream(user);
+    let what = format!("{id} in {user}'s inbox");
+    eventually(&what, Duration::from_secs(10), async || {
         let heads = gw
             .gateway
             .store
-            .stream_heads(id.epoch, vec![stream.clone()])
+            .stream_heads(id.epoch, vec![stream.clone()]);
+        heads
             .await
-            .expect("heads");
-        if heads
+            .expect("heads")
             .values()
             .flatten()
             .any(|h| h.part == Some(part) && h.seq >= id.seq)
-        {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{id} not in the inbox"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    })
+    .await;
 }
 
 /// An inbox fed by two partitions, one lagging: events the lagging one
@@ -255,51 +244,52 @@ async fn a_lagging_partition_hides_nothing_in_the_inbox(backend: Backend) {
     let hostile = switchyard_fixtures::hostile();
     let gw = TestGateway::start(config(&format!(
         "[store]\n{store}\n[[plugins]]\nname = \"lagging\"\npath = {:?}\ntopics = [\"lag.*\"]\n\
-         timeout_ms = 5000\n[plugins.config]\nlag_route_ms = 250\n",
+         timeout_ms = 5000\n[plugins.config]\nlag_route_ms = 400\n",
         hostile.display().to_string()
     )))
     .await;
     let user = user_on_two_lanes();
+    let lagging = format!("lag.{user}");
     let who = token(json!({"sub": user}));
     let mut ws = gw.ws(&who).await;
-    // Five events into the lagging partition (each routed 250 ms after the
+    // Five events into the lagging partition (each routed 400 ms after the
     // one before), then a direct message routed at once, with a higher id.
-    let mut last_lagging = String::new();
+    let mut ids = Vec::new();
     for n in 0..5u64 {
         let (status, body) = gw
-            .publish(json!({"topic": format!("lag.{user}"), "data": {"n": n}}))
+            .publish(json!({"topic": lagging, "data": {"n": n}}))
             .await;
         assert_eq!(status, 200, "{body}");
-        last_lagging = body["id"].as_str().expect("id").to_owned();
+        ids.push(EventId::parse(body["id"].as_str().expect("id")).expect("id"));
     }
-    dm(&gw, &user, 100).await;
-    let mut seen = Vec::new();
-    loop {
-        let n = ws.next_event().await["data"]["n"].as_u64().expect("n");
-        if n == 100 {
-            break;
-        }
-        seen.push(n);
-    }
+    let dm_id = EventId::parse(&dm(&gw, &user, 100).await).expect("id");
+    while ws.next_event().await["data"]["n"] != 100 {}
     drop(ws);
-    assert!(
-        seen.len() < 5,
-        "{backend:?}: the lagging partition had not caught up when the user left"
-    );
+    gone(&gw, &user).await;
     // The rest is routed while the user is away: into the inbox only.
-    in_inbox(&gw, &user, &format!("lag.{user}"), &last_lagging).await;
-    // Next connect: what the lagging partition routed since, once, in order.
+    in_inbox(&gw, &user, &lagging, ids[4]).await;
+    // What the user was shown of the lagging partition (live, up to the
+    // moment the server saw them leave): the rest waits, below the id of
+    // the direct message they were shown.
+    let shown = cursor_of(&gw, &user)
+        .await
+        .shown(Some(partition_of_str(&lagging, DEFAULT_PARTITIONS)));
+    let expected: Vec<u64> = (0..5u64).filter(|n| ids[*n as usize].seq > shown).collect();
+    assert!(
+        !expected.is_empty() && ids[expected[0] as usize] < dm_id,
+        "{backend:?}: the lagging partition had caught up when the user left"
+    );
+    // Next connect: exactly those, in order, then live events.
     let mut ws = gw.ws(&who).await;
-    let expected: Vec<u64> = (seen.len() as u64..5).collect();
     let mut got = Vec::new();
     for _ in &expected {
         got.push(ws.next_event().await["data"]["n"].as_u64().expect("n"));
     }
-    assert_eq!(got, expected, "{backend:?}: seen live before: {seen:?}");
-    assert!(
-        ws.next_event_within(Duration::from_millis(500))
-            .await
-            .is_none(),
+    assert_eq!(got, expected, "{backend:?}");
+    dm(&gw, &user, 101).await;
+    assert_eq!(
+        ws.next_event().await["data"]["n"],
+        101,
         "{backend:?}: nothing shown before comes again"
     );
 }
@@ -433,7 +423,7 @@ async fn messages_sent_through_one_node_wait_for_a_user_who_connects_to_another(
     // Deliveries go out before history is written, and node b's writer
     // marks the cursor: node a cannot wait for either, so the test waits
     // until the store holds the message and says nothing is left.
-    in_inbox(&a, "kim", "dm.kim", &last).await;
+    in_inbox(&a, "kim", "dm.kim", EventId::parse(&last).expect("id")).await;
     shown_everything(&a, "kim").await;
     let mut ws = a.ws(&kim).await;
     assert!(

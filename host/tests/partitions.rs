@@ -322,22 +322,15 @@ async fn a_node_with_another_partition_count_is_refused() {
     let db = fresh_postgres().await;
     let nats = NatsServer::single();
     let _a = node("a", &nats.url(), &db).await;
-    let dir = tempfile::tempdir().expect("dir");
-    let config = node_config(
+    // The same shared store: the partition count is b's only fault.
+    let err = refused(
         "b",
         &format!(
-            "{}partitions = 32\n[store]\nurl = \"sqlite://{}\"\n",
-            bus_section(&[nats.url()], 1),
-            dir.path().join("b.db").display()
+            "{}partitions = 32\n[store]\nurl = {db:?}\n",
+            bus_section(&[nats.url()], 1)
         ),
-    );
-    let engine = switchyard_host::plugin::PluginEngine::new(Default::default()).expect("engine");
-    let plugins =
-        switchyard_host::plugin::PluginSet::load(&engine, None, &[], 1).expect("no plugins");
-    let err = match switchyard_host::gateway::Gateway::start(config, engine, plugins).await {
-        Ok(_) => panic!("a node with 32 partitions joined a stream of 64"),
-        Err(e) => e.to_string(),
-    };
+    )
+    .await;
     assert!(
         err.contains("bus.partitions is 32") && err.contains("created with 64"),
         "{err}"

@@ -7,6 +7,7 @@ mod support;
 
 use std::sync::Arc;
 
+use support::eventually;
 use switchyard_host::config::{RetentionRule, StoreConfig};
 use switchyard_host::routing::{Event, EventId, Routed, Topic};
 use switchyard_host::store::retention::{Due, Policy};
@@ -445,15 +446,6 @@ async fn trimming_by_count_removes_older_epochs_first() {
     );
 }
 
-/// Waits (up to 10 s) until `f` holds.
-async fn eventually(what: &str, f: impl Fn() -> bool) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !f() {
-        assert!(std::time::Instant::now() < deadline, "never: {what}");
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
-}
-
 /// The history writer counts a stream once, then trims it by what it
 /// wrote since: a stream that goes over its cap after it was counted is
 /// trimmed on the next tick, and again each time it goes over.
@@ -483,24 +475,30 @@ async fn the_writer_trims_a_stream_each_time_it_goes_over_its_cap() {
 
     // 5 of 10: counted on the first tick, nothing to trim.
     record(5).await;
-    eventually("5 written", || {
-        history.stats.written.load(Ordering::Relaxed) == 5
-    })
+    eventually(
+        "5 written",
+        std::time::Duration::from_secs(10),
+        async || history.stats.written.load(Ordering::Relaxed) == 5,
+    )
     .await;
     tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
     assert_eq!(history.stats.trimmed.load(Ordering::Relaxed), 0);
     // 10 more: 5 past the room counted before, trimmed without a recount.
     record(10).await;
-    eventually("trimmed to 10", || {
-        history.stats.trimmed.load(Ordering::Relaxed) == 5
-    })
+    eventually(
+        "trimmed to 10",
+        std::time::Duration::from_secs(10),
+        async || history.stats.trimmed.load(Ordering::Relaxed) == 5,
+    )
     .await;
     assert_eq!(held().await, 10);
     // One more: over again, trimmed again.
     record(1).await;
-    eventually("trimmed again", || {
-        history.stats.trimmed.load(Ordering::Relaxed) == 6
-    })
+    eventually(
+        "trimmed again",
+        std::time::Duration::from_secs(10),
+        async || history.stats.trimmed.load(Ordering::Relaxed) == 6,
+    )
     .await;
     assert_eq!(held().await, 10);
     assert_eq!(

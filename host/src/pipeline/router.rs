@@ -57,6 +57,12 @@ pub struct Router {
     history: Option<Arc<History>>,
 }
 
+/// The lane of `lanes` that routes `partition`: a partition always goes
+/// through one lane, which keeps its order.
+pub fn lane_of(partition: crate::routing::Partition, lanes: usize) -> usize {
+    usize::from(partition.0) % lanes.max(1)
+}
+
 impl Router {
     /// Starts `lanes` lane tasks; they stop taking jobs once `stop` is
     /// cancelled and finish the ones they hold.
@@ -91,7 +97,7 @@ impl Router {
     }
 
     fn lane(&self, job: &Job) -> &mpsc::Sender<Work> {
-        &self.lanes[usize::from(job.origin.partition.0) % self.lanes.len()]
+        &self.lanes[lane_of(job.origin.partition, self.lanes.len())]
     }
 
     /// Queues a job without waiting: a full lane is the caller's to handle.

@@ -15,6 +15,9 @@ use crate::routing::{Event, EventId, Partition};
 pub enum From {
     /// After this event.
     After(EventId),
+    /// After the first event, up to and including the second (same epoch):
+    /// a gap whose end is known; what follows it arrives live.
+    Between(EventId, EventId),
     /// Events of this epoch written at or after this time (ms): after a
     /// link loss, when a subject's position may not be known.
     Since {
@@ -81,23 +84,30 @@ impl Store {
         }
         // Rows, not events: an event in k of the streams is k rows.
         let cap = limit.saturating_mul(4);
-        let (epoch, bound, column) = match from {
-            From::After(id) => (id.epoch, id.seq, "h.seq >"),
-            From::Since { epoch, ms } => (epoch, ms, "h.created_ms >="),
+        let (epoch, bound, column, upto) = match from {
+            From::After(id) => (id.epoch, id.seq, "h.seq >", None),
+            From::Between(a, b) => (a.epoch, a.seq, "h.seq >", Some(b.seq)),
+            From::Since { epoch, ms } => (epoch, ms, "h.created_ms >=", None),
         };
         let list = Params::Numbered.list(2, streams.len());
         let n = streams.len();
         // Placeholders numbered in the order they appear (SQLite binds
         // `$n` by first appearance).
-        let (of_part, limit_at) = match part {
-            Some(_) => (format!(" AND h.part = ${}", n + 3), n + 4),
-            None => (String::new(), n + 3),
-        };
+        let mut next = n + 3;
+        let mut and = String::new();
+        if upto.is_some() {
+            and.push_str(&format!(" AND h.seq <= ${next}"));
+            next += 1;
+        }
+        if part.is_some() {
+            and.push_str(&format!(" AND h.part = ${next}"));
+            next += 1;
+        }
         let sql = format!(
             "SELECT h.topic, e.seq, e.topic, e.name, e.data, e.headers, e.sender \
              FROM sy_history h JOIN sy_events e ON e.epoch = h.epoch AND e.seq = h.seq \
-             WHERE h.epoch = $1 AND h.topic IN ({list}) AND {column} ${}{of_part} \
-             ORDER BY e.seq LIMIT ${limit_at}",
+             WHERE h.epoch = $1 AND h.topic IN ({list}) AND {column} ${}{and} \
+             ORDER BY e.seq LIMIT ${next}",
             n + 2,
         );
         type Row = (String, i64, String, String, Vec<u8>, String, Option<String>);
@@ -107,6 +117,9 @@ impl Store {
                 q = q.bind(s.as_str());
             }
             q = q.bind(bound as i64);
+            if let Some(u) = upto {
+                q = q.bind(u as i64);
+            }
             if let Some(p) = part {
                 q = q.bind(i64::from(p.0));
             }

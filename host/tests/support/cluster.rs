@@ -28,15 +28,6 @@ pub async fn node(name: &str, url: &str, db: &str) -> TestGateway {
     .await
 }
 
-/// Waits until `cond` holds, polling.
-pub async fn eventually(what: &str, limit: Duration, mut cond: impl AsyncFnMut() -> bool) {
-    let deadline = tokio::time::Instant::now() + limit;
-    while !cond().await {
-        assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 /// Every partition's owner and the relay's, as `/admin/partitions` says.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Owners {

@@ -196,11 +196,21 @@ impl Repairer {
                 }
             }
         }
+        // Where every gap's end is known (a delivery or a beacon named it),
+        // the repair stops there: what follows arrives live.
+        let upto = gaps
+            .iter()
+            .all(|g| g.want > g.after)
+            .then(|| gaps.iter().map(|g| g.want).max())
+            .flatten();
         let mut trimmed: HashMap<String, u64> = HashMap::new();
         if let Some(from) = from {
+            let range = match upto {
+                Some(upto) => From::Between(from, upto),
+                None => From::After(from),
+            };
             let found = if covered {
-                self.query(From::After(from), Some(partition), &streams)
-                    .await
+                self.query(range, Some(partition), &streams).await
             } else {
                 None
             };
