@@ -322,12 +322,17 @@ async fn nodes_recover_when_their_nats_server_restarts() {
     // Sessions stayed; subscriptions came back; routing resumes.
     let js = service(&nats.url()).await;
     let mut sent = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     for i in 0..5 {
         loop {
             if let Ok(seq) = publish_nats(&js, "news.r", json!(i), &[]).await {
                 sent.push(seq);
                 break;
             }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "JetStream never took event {i} after the restart"
+            );
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
