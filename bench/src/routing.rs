@@ -41,6 +41,8 @@ pub struct Outcome {
     pub arrived: u64,
     /// Arrivals of an event that had arrived already.
     pub duplicates: u64,
+    /// Events the session was told it missed (a slow session's drops).
+    pub told_dropped: u64,
     /// From the first publish to the last arrival.
     pub seconds: f64,
     /// CPU seconds of the target's processes over the run.
@@ -101,7 +103,16 @@ type Frames = std::pin::Pin<Box<dyn futures_util::Stream<Item = Vec<u8>> + Send>
 struct Arrivals {
     distinct: u64,
     duplicates: u64,
+    /// Events the session was told it missed (`events_dropped`).
+    told_dropped: u64,
     last: Instant,
+}
+
+/// The `count` of an `events_dropped` error frame.
+fn told_dropped(frame: &[u8]) -> Option<u64> {
+    let v: serde_json::Value = serde_json::from_slice(frame).ok()?;
+    (v.get("code")?.as_str()? == "events_dropped")
+        .then(|| v.get("count").and_then(|c| c.as_u64()).unwrap_or(1))
 }
 
 /// Counts payloads with a sequence number from `first` in `frames` until
@@ -109,10 +120,14 @@ struct Arrivals {
 async fn count(frames: &mut Frames, first: u64, n: u64) -> Arrivals {
     let mut seen = std::collections::HashSet::new();
     let mut duplicates = 0;
+    let mut dropped = 0;
     let mut last = Instant::now();
     while (seen.len() as u64) < n {
         match tokio::time::timeout(STALL, frames.next()).await {
             Ok(Some(frame)) => {
+                if frame.starts_with(b"{\"op\":\"error") {
+                    dropped += told_dropped(&frame).unwrap_or(0);
+                }
                 payload::scan(&frame, |seq, _| {
                     if seq >= first && !seen.insert(seq) {
                         duplicates += 1;
@@ -126,6 +141,7 @@ async fn count(frames: &mut Frames, first: u64, n: u64) -> Arrivals {
     Arrivals {
         distinct: seen.len() as u64,
         duplicates,
+        told_dropped: dropped,
         last,
     }
 }
@@ -246,6 +262,7 @@ async fn run(
         published: n,
         arrived: arrivals.distinct,
         duplicates: arrivals.duplicates,
+        told_dropped: arrivals.told_dropped,
         seconds: arrivals.last.duration_since(start).as_secs_f64(),
         cpu_s: server.cpu_seconds() - cpu,
     })
@@ -258,8 +275,8 @@ pub fn table(rows: &[(String, Outcome)], base: &str) -> String {
         .find(|(l, _)| l == base)
         .map_or(0.0, |(_, o)| o.rate());
     let mut t = String::from(
-        "| target | published | arrived | duplicates | seconds | events/s | vs nats-server | target CPU µs/event |\n\
-         | --- | --- | --- | --- | --- | --- | --- | --- |\n",
+        "| target | published | arrived | duplicates | told dropped | seconds | events/s | vs nats-server | target CPU µs/event |\n\
+         | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n",
     );
     for (label, o) in rows {
         let vs = if b > 0.0 {
@@ -273,10 +290,11 @@ pub fn table(rows: &[(String, Outcome)], base: &str) -> String {
             0.0
         };
         t.push_str(&format!(
-            "| {label} | {} | {} | {} | {:.2} | {:.0} | {vs} | {cpu:.1} |\n",
+            "| {label} | {} | {} | {} | {} | {:.2} | {:.0} | {vs} | {cpu:.1} |\n",
             o.published,
             o.arrived,
             o.duplicates,
+            o.told_dropped,
             o.seconds,
             o.rate()
         ));

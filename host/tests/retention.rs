@@ -7,81 +7,10 @@ mod support;
 
 use std::sync::Arc;
 
-use support::eventually;
-use switchyard_host::config::{RetentionRule, StoreConfig};
-use switchyard_host::routing::{Event, EventId, Routed, Topic};
-use switchyard_host::store::retention::{Due, Policy};
-use switchyard_host::store::{Replay, Store};
-
-const EPOCH: u64 = 7;
-
-fn policy() -> Policy {
-    Policy::from_config(&StoreConfig {
-        history_retention: 10,
-        retention: vec![RetentionRule {
-            topics: "keep.>".into(),
-            max_events: Some(1000),
-            max_age_s: None,
-        }],
-        ..StoreConfig::default()
-    })
-}
-
-fn routed(seq: u64, topics: &[&str]) -> Routed {
-    let id = EventId { epoch: EPOCH, seq }.to_string();
-    let topic = Topic::parse(topics[0]).expect("topic");
-    Routed {
-        event: Arc::new(Event::new(
-            id,
-            topic,
-            format!("{{\"n\":{seq}}}").into_bytes(),
-        )),
-        topics: topics.iter().map(|t| (*t).to_owned()).collect(),
-        users: Vec::new(),
-        stamp: 0,
-        origin: Default::default(),
-    }
-}
-
-/// A SQLite store file in `dir`.
-fn sqlite_url(dir: &tempfile::TempDir) -> String {
-    format!("sqlite://{}", dir.path().join("store.db").display())
-}
-
-async fn open(url: String) -> Store {
-    Store::open(&StoreConfig {
-        url,
-        ..StoreConfig::default()
-    })
-    .await
-    .expect("store")
-}
-
-async fn count(store: &Store, sql: &str) -> i64 {
-    let sql = sqlx::AssertSqlSafe(sql.to_owned());
-    match store {
-        Store::Sqlite(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-        Store::Postgres(pool) => sqlx::query_scalar(sql).fetch_one(pool).await,
-    }
-    .expect("count")
-}
-
-async fn seqs_after(store: &Store, seq: u64, stream: &str) -> Option<Vec<u64>> {
-    let since = EventId { epoch: EPOCH, seq };
-    match store
-        .replay(EPOCH, since, &[stream.to_owned()])
-        .await
-        .expect("replay")
-    {
-        Replay::Events(events) => Some(
-            events
-                .iter()
-                .map(|e| EventId::parse(&e.id).expect("id").seq)
-                .collect(),
-        ),
-        Replay::Reset => None,
-    }
-}
+use support::history::{EPOCH, count, open, policy, routed, seqs_after, sqlite_url};
+use switchyard_host::routing::{EventId, Routed};
+use switchyard_host::store::Replay;
+use switchyard_host::store::retention::Due;
 
 fn room(trimmed: &switchyard_host::store::Trimmed, stream: &str) -> Option<u64> {
     trimmed
@@ -110,10 +39,7 @@ async fn trims_by_count_and_reports_room(url: String) {
         .await
         .expect("write");
 
-    let due = Due {
-        count: vec!["news.a".to_owned(), "keep.x".to_owned()],
-        over: Vec::new(),
-    };
+    let due = Due::of(vec!["news.a".to_owned(), "keep.x".to_owned()], Vec::new());
     let t = store.trim(&policy, &due, now).await.expect("trim");
     assert_eq!(t.removed, 20, "news.a keeps its newest 10");
     assert_eq!(room(&t, "news.a"), Some(0), "trimmed to its cap");
@@ -149,10 +75,7 @@ async fn trims_by_count_and_reports_room(url: String) {
         .await
         .expect("write");
     // Known to be over (its room was 0): trimmed without a count.
-    let over = Due {
-        count: Vec::new(),
-        over: vec!["news.a".to_owned()],
-    };
+    let over = Due::of(Vec::new(), vec!["news.a".to_owned()]);
     let t = store.trim(&policy, &over, now).await.expect("trim");
     assert_eq!((t.removed, room(&t, "news.a")), (3, Some(0)));
     assert_eq!(
@@ -167,10 +90,7 @@ async fn trims_by_count_and_reports_room(url: String) {
     assert_eq!(count(&store, "SELECT COUNT(*) FROM sy_events").await, 15);
 
     // A stream under its cap that was never written reports its full room.
-    let empty = Due {
-        count: vec!["news.empty".to_owned()],
-        over: Vec::new(),
-    };
+    let empty = Due::of(vec!["news.empty".to_owned()], Vec::new());
     let t = store.trim(&policy, &empty, now).await.expect("trim");
     assert_eq!(room(&t, "news.empty"), Some(10));
 }
@@ -422,10 +342,7 @@ async fn trimming_by_count_removes_older_epochs_first() {
         .write(&new, EPOCH, 12, now, &policy)
         .await
         .expect("write");
-    let due = Due {
-        count: vec!["news.a".to_owned()],
-        over: Vec::new(),
-    };
+    let due = Due::of(vec!["news.a".to_owned()], Vec::new());
     let t = store.trim(&policy, &due, now).await.expect("trim");
     assert_eq!(t.removed, 6, "4 of the old epoch, 2 of the new");
     assert_eq!(
@@ -444,66 +361,4 @@ async fn trimming_by_count_removes_older_epochs_first() {
         .await,
         0
     );
-}
-
-/// The history writer counts a stream once, then trims it by what it
-/// wrote since: a stream that goes over its cap after it was counted is
-/// trimmed on the next tick, and again each time it goes over.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_writer_trims_a_stream_each_time_it_goes_over_its_cap() {
-    use std::sync::atomic::Ordering;
-    use switchyard_host::store::history::{History, Record};
-
-    let dir = tempfile::tempdir().expect("tempdir");
-    let store = open(sqlite_url(&dir)).await;
-    let history = History::start(store.for_writer().await.expect("writer"), policy());
-    let held = || {
-        count(
-            &store,
-            "SELECT COUNT(*) FROM sy_history WHERE topic = 'news.a'",
-        )
-    };
-    let mut seq = 0;
-    let mut record = async |n: u64| {
-        for _ in 0..n {
-            seq += 1;
-            history
-                .record(Record::Routed(routed(seq, &["news.a"])))
-                .await;
-        }
-    };
-
-    // 5 of 10: counted on the first tick, nothing to trim.
-    record(5).await;
-    eventually(
-        "5 written",
-        std::time::Duration::from_secs(10),
-        async || history.stats.written.load(Ordering::Relaxed) == 5,
-    )
-    .await;
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
-    assert_eq!(history.stats.trimmed.load(Ordering::Relaxed), 0);
-    // 10 more: 5 past the room counted before, trimmed without a recount.
-    record(10).await;
-    eventually(
-        "trimmed to 10",
-        std::time::Duration::from_secs(10),
-        async || history.stats.trimmed.load(Ordering::Relaxed) == 5,
-    )
-    .await;
-    assert_eq!(held().await, 10);
-    // One more: over again, trimmed again.
-    record(1).await;
-    eventually(
-        "trimmed again",
-        std::time::Duration::from_secs(10),
-        async || history.stats.trimmed.load(Ordering::Relaxed) == 6,
-    )
-    .await;
-    assert_eq!(held().await, 10);
-    assert_eq!(
-        seqs_after(&store, 6, "news.a").await,
-        Some((7..=16).collect())
-    );
-    history.flush_and_stop().await;
 }

@@ -8,8 +8,8 @@
 //! replay waits for, and what an ingest acknowledgement waits for.
 
 use std::collections::HashMap;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use tokio::sync::mpsc;
@@ -85,9 +85,18 @@ impl History {
         let stats = Arc::new(HistoryStats::default());
         let task = TaskTracker::new();
         let stop = tokio_util::sync::CancellationToken::new();
+        let headroom = Arc::new(Mutex::new(Headroom::default()));
+        task.spawn(trim_loop(
+            store.clone(),
+            retention.clone(),
+            headroom.clone(),
+            stats.clone(),
+            stop.clone(),
+        ));
         task.spawn(write_loop(
             store,
             retention,
+            headroom,
             rx,
             stats.clone(),
             stop.clone(),
@@ -159,9 +168,46 @@ impl HighMark {
     }
 }
 
+/// Applies retention every [`TRIM_EVERY`], beside the writer: a barrier
+/// (what acknowledgements and replays wait for) never waits for a trim.
+async fn trim_loop(
+    store: Store,
+    retention: Policy,
+    headroom: Arc<Mutex<Headroom>>,
+    stats: Arc<HistoryStats>,
+    stop: tokio_util::sync::CancellationToken,
+) {
+    let lock = || headroom.lock().unwrap_or_else(PoisonError::into_inner);
+    let mut every = tokio::time::interval(TRIM_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut last_recount = Instant::now();
+    loop {
+        tokio::select! {
+            _ = every.tick() => {}
+            () = stop.cancelled() => return,
+        }
+        let due = lock().due();
+        match store.trim(&retention, &due, now_ms()).await {
+            Ok(trimmed) => {
+                stats.trimmed.fetch_add(trimmed.removed, Ordering::Relaxed);
+                let mut headroom = lock();
+                for (stream, left) in &trimmed.room {
+                    headroom.counted(stream, *left, &due);
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "history retention failed"),
+        }
+        if last_recount.elapsed() >= RECOUNT_EVERY {
+            last_recount = Instant::now();
+            lock().forget();
+        }
+    }
+}
+
 async fn write_loop(
     store: Store,
     retention: Policy,
+    headroom: Arc<Mutex<Headroom>>,
     mut rx: mpsc::Receiver<Record>,
     stats: Arc<HistoryStats>,
     stop: tokio_util::sync::CancellationToken,
@@ -169,15 +215,11 @@ async fn write_loop(
     let mut closing = false;
     let mut batch = Vec::with_capacity(BATCH);
     let mut mark: Option<HighMark> = None;
-    let mut headroom = Headroom::default();
-    let mut last_trim = Instant::now();
-    let mut last_recount = Instant::now();
     let mut written_upto: Option<(u64, u64)> = None;
     loop {
         batch.clear();
         let n = tokio::select! {
             n = rx.recv_many(&mut batch, BATCH) => n,
-            () = tokio::time::sleep(TRIM_EVERY) => 0,
             // Take no more, but write what was sent.
             () = stop.cancelled(), if !closing => {
                 rx.close();
@@ -185,7 +227,8 @@ async fn write_loop(
                 continue;
             }
         };
-        if n == 0 && closing {
+        if n == 0 {
+            // Closed, and everything sent is written.
             break;
         }
         let barrier = |b: &Vec<Record>| b.iter().any(|r| matches!(r, Record::Barrier(_)));
@@ -238,9 +281,11 @@ async fn write_loop(
                     .await
                 {
                     Ok(streams) => {
+                        let mut headroom = headroom.lock().unwrap_or_else(PoisonError::into_inner);
                         for stream in &streams {
                             headroom.wrote(stream, 1);
                         }
+                        drop(headroom);
                         stats
                             .written
                             .fetch_add(routed.len() as u64, Ordering::Relaxed);
@@ -267,22 +312,6 @@ async fn write_loop(
         }
         for done in barriers {
             let _ = done.send(());
-        }
-        if last_trim.elapsed() >= TRIM_EVERY {
-            last_trim = Instant::now();
-            match store.trim(&retention, &headroom.due(), now_ms()).await {
-                Ok(trimmed) => {
-                    stats.trimmed.fetch_add(trimmed.removed, Ordering::Relaxed);
-                    for (stream, left) in &trimmed.room {
-                        headroom.counted(stream, *left);
-                    }
-                }
-                Err(e) => tracing::warn!(error = %e, "history retention failed"),
-            }
-            if last_recount.elapsed() >= RECOUNT_EVERY {
-                last_recount = Instant::now();
-                headroom.forget();
-            }
         }
     }
 }

@@ -135,7 +135,7 @@ impl Policy {
 /// stream can stay over its cap, and the memory held.
 #[derive(Debug, Default)]
 pub struct Headroom {
-    streams: HashMap<String, Room>,
+    streams: HashMap<String, Entry>,
 }
 
 /// What [`Headroom::due`] asks the store to look at.
@@ -145,6 +145,9 @@ pub struct Due {
     pub count: Vec<String>,
     /// Streams written past their room: over their cap.
     pub over: Vec<String>,
+    /// Rows written to each stream due, up to then: a count that comes
+    /// back takes off what was written while it ran.
+    written: HashMap<String, u64>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -157,19 +160,44 @@ enum Room {
     Over,
 }
 
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    room: Room,
+    /// Rows written since it was tracked.
+    written: u64,
+}
+
+impl Due {
+    /// Streams to count and streams over their cap, none written since.
+    pub fn of(count: Vec<String>, over: Vec<String>) -> Due {
+        Due {
+            count,
+            over,
+            written: HashMap::new(),
+        }
+    }
+}
+
 impl Headroom {
     /// `rows` more rows were written to `stream`.
     pub fn wrote(&mut self, stream: &str, rows: u64) {
         match self.streams.get_mut(stream) {
-            Some(room) => {
-                *room = match *room {
+            Some(entry) => {
+                entry.written += rows;
+                entry.room = match entry.room {
                     Room::Left(left) if rows <= left => Room::Left(left - rows),
                     Room::Left(_) | Room::Over => Room::Over,
                     Room::Unknown => Room::Unknown,
                 }
             }
             None => {
-                self.streams.insert(stream.to_owned(), Room::Unknown);
+                self.streams.insert(
+                    stream.to_owned(),
+                    Entry {
+                        room: Room::Unknown,
+                        written: rows,
+                    },
+                );
             }
         }
     }
@@ -178,21 +206,28 @@ impl Headroom {
     /// trim without counting first).
     pub fn due(&self) -> Due {
         let mut due = Due::default();
-        for (stream, room) in &self.streams {
-            match room {
+        for (stream, entry) in &self.streams {
+            match entry.room {
                 Room::Unknown => due.count.push(stream.clone()),
                 Room::Over => due.over.push(stream.clone()),
-                Room::Left(_) => {}
+                Room::Left(_) => continue,
             }
+            due.written.insert(stream.clone(), entry.written);
         }
         due
     }
 
-    /// `stream` was counted: it takes `left` more rows (0 once trimmed to
-    /// its cap).
-    pub fn counted(&mut self, stream: &str, left: u64) {
-        if let Some(room) = self.streams.get_mut(stream) {
-            *room = Room::Left(left);
+    /// `stream`, due in `due`, was counted: it took `left` more rows then
+    /// (0 once trimmed to its cap), less what was written since.
+    pub fn counted(&mut self, stream: &str, left: u64, due: &Due) {
+        if let Some(entry) = self.streams.get_mut(stream) {
+            let then = due.written.get(stream).copied().unwrap_or(entry.written);
+            let since = entry.written.saturating_sub(then);
+            entry.room = if since <= left {
+                Room::Left(left - since)
+            } else {
+                Room::Over
+            };
         }
     }
 
@@ -212,7 +247,7 @@ impl Headroom {
     /// written after this is counted afresh.
     pub fn forget(&mut self) {
         self.streams
-            .retain(|_, room| !matches!(room, Room::Left(_)));
+            .retain(|_, entry| !matches!(entry.room, Room::Left(_)));
         self.streams.shrink_to_fit();
     }
 }
@@ -239,8 +274,9 @@ mod tests {
         h.wrote("a", 3);
         h.wrote("b", 1);
         assert_eq!(sorted(h.due().count), ["a", "b"], "never counted");
-        h.counted("a", 5);
-        h.counted("b", 0);
+        let d = h.due();
+        h.counted("a", 5, &d);
+        h.counted("b", 0, &d);
         assert_eq!(h.due(), Due::default());
         h.wrote("a", 5);
         assert_eq!(
@@ -255,21 +291,47 @@ mod tests {
             ["a", "b"],
             "over: trimmed without a count"
         );
-        h.counted("a", 0);
+        let d = h.due();
+        h.counted("a", 0, &d);
         assert_eq!(due(&h), ["b"]);
         h.wrote("b", 7);
         assert_eq!(h.due().over, ["b"], "over stays over until counted");
     }
 
     #[test]
+    fn rows_written_while_a_count_ran_come_off_its_room() {
+        let mut h = Headroom::default();
+        h.wrote("a", 4);
+        let d = h.due();
+        h.wrote("a", 3);
+        h.counted("a", 5, &d);
+        h.wrote("a", 2);
+        assert_eq!(
+            h.due(),
+            Due::default(),
+            "5 left then, 3 written since: 2 left"
+        );
+        h.wrote("a", 1);
+        assert_eq!(h.due().over, ["a"]);
+        let d = h.due();
+        h.wrote("a", 9);
+        h.counted("a", 0, &d);
+        assert_eq!(
+            h.due().over,
+            ["a"],
+            "written past its cap while it was trimmed"
+        );
+    }
+
+    #[test]
     fn counting_a_stream_not_written_lately_tracks_nothing_and_forget_keeps_only_what_is_due() {
         let mut h = Headroom::default();
-        h.counted("ghost", 3);
+        h.counted("ghost", 3, &Due::default());
         assert!(h.is_empty());
         h.wrote("a", 1);
-        h.counted("a", 10);
+        h.counted("a", 10, &h.due());
         h.wrote("b", 1);
-        h.counted("b", 0);
+        h.counted("b", 0, &h.due());
         h.wrote("b", 1);
         h.wrote("c", 1);
         h.forget();

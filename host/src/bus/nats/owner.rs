@@ -218,16 +218,29 @@ async fn route(
     }
 }
 
-/// Whether events wait in the partition for its owner (not counting those
-/// this node took and is still routing).
+/// Whether events wait in the partition for its owner while the server
+/// could deliver them: not when as many as the consumer allows are taken
+/// and not yet acknowledged (history is behind, and pulling afresh would
+/// only route them again).
 async fn waiting(ctx: &OwnerContext, consumer: &str) -> bool {
     let Ok(stream) = ctx.js.get_stream(&ctx.ingest_stream).await else {
         return false;
     };
     match stream.consumer_info(consumer).await {
-        Ok(info) => info.num_pending > 0,
+        Ok(info) => deliverable(
+            info.num_pending,
+            info.num_ack_pending,
+            info.config.max_ack_pending,
+        ),
         Err(_) => false,
     }
+}
+
+/// Whether a consumer with `pending` events not yet delivered and
+/// `unacked` delivered and not acknowledged would deliver more, given its
+/// limit `max_unacked` (0 or less: none).
+fn deliverable(pending: u64, unacked: usize, max_unacked: i64) -> bool {
+    pending > 0 && (max_unacked <= 0 || (unacked as u64) < max_unacked as u64)
 }
 
 /// Replaces the partition's durable consumer (any earlier owner's, or this
@@ -323,5 +336,19 @@ async fn take(
             settle.done(true);
             Some(None)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_consumer_at_its_limit_of_unacknowledged_events_is_waiting_on_us_not_stalled() {
+        assert!(deliverable(5, 0, 20_000));
+        assert!(deliverable(5, 19_999, 20_000));
+        assert!(!deliverable(5, 20_000, 20_000), "history is behind");
+        assert!(!deliverable(0, 0, 20_000), "nothing waits");
+        assert!(deliverable(5, 1_000_000, -1), "no limit");
     }
 }
