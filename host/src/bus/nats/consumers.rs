@@ -8,8 +8,13 @@ use std::time::Duration;
 use async_nats::jetstream::consumer::{AckPolicy, DeliverPolicy, pull};
 use futures_util::StreamExt;
 
+use super::puller::Puller;
+
 /// Messages per pull request.
 const PULL_BATCH: usize = 512;
+/// How long a pull request waits at the server: short, so that one lost
+/// with a restarted server is replaced within seconds.
+const PULL_EXPIRES: Duration = Duration::from_secs(5);
 
 /// Replaces the consumers of the slot `prefix` with the durable `name`
 /// filtered on `filter`, delivering from the oldest unacknowledged message,
@@ -17,11 +22,12 @@ const PULL_BATCH: usize = 512;
 /// else: nats-server refuses `AckPolicy::All` on one, error 10098); returns
 /// its messages and how many waited then.
 pub async fn replace(
+    js: &async_nats::jetstream::Context,
     stream: &async_nats::jetstream::stream::Stream,
     prefix: &str,
     name: String,
     filter: String,
-) -> Result<(pull::Stream, u64), String> {
+) -> Result<(Puller, u64), String> {
     remove_all(stream, prefix).await?;
     let consumer = stream
         .create_consumer(pull::Config {
@@ -35,18 +41,11 @@ pub async fn replace(
         })
         .await
         .map_err(|e| e.to_string())?;
-    let waiting = consumer.cached_info().num_pending;
-    // Short pulls with heartbeats: a pull lost with a restarted server is
-    // noticed in seconds.
-    let messages = consumer
-        .stream()
-        .max_messages_per_batch(PULL_BATCH)
-        .expires(Duration::from_secs(5))
-        .heartbeat(Duration::from_secs(2))
-        .messages()
+    let info = consumer.cached_info();
+    let messages = Puller::start(js, &info.stream_name, &info.name, PULL_BATCH, PULL_EXPIRES)
         .await
         .map_err(|e| e.to_string())?;
-    Ok((messages, waiting))
+    Ok((messages, info.num_pending))
 }
 
 /// Deletes the consumers of `stream` named `prefix` or `prefix-…`.

@@ -15,6 +15,8 @@ mod owner;
 mod ownership;
 mod presence;
 mod provision;
+mod pull_requests;
+mod puller;
 mod relay;
 mod repair;
 mod scatter;
@@ -72,6 +74,10 @@ pub struct NatsBus {
 const ROUTER_LANES: usize = 16;
 /// How long a publisher waits for JetStream to confirm an event.
 const ACK_TIMEOUT: Duration = Duration::from_secs(3);
+/// JetStream publishes awaiting their acknowledgement, node-wide: a
+/// publish beyond it waits for a permit, which only an acknowledgement
+/// (its future polled) gives back.
+pub(crate) const ACKS_IN_FLIGHT: usize = 5_000;
 
 impl NatsBus {
     /// Connects, creates the streams and the lease bucket if missing, and
@@ -85,6 +91,7 @@ impl NatsBus {
         let client = connect(&bus.urls, &node_id, stats.clone(), link_tx).await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
+            .max_ack_inflight(ACKS_IN_FLIGHT)
             .build(client.clone());
 
         let ingest_stream = subjects.stream_name("IN");

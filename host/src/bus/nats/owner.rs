@@ -10,12 +10,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use async_nats::jetstream::consumer::pull;
-use futures_util::StreamExt;
 use tokio_util::sync::CancellationToken;
 
 use super::leases::Lease;
 use super::owned::{Owned, Owning};
+use super::puller::Puller;
 use super::settle::{Acks, InFlight};
 use crate::bus::BusStats;
 use crate::bus::delivery_order::DeliveryOrder;
@@ -251,7 +250,7 @@ async fn fresh_consumer(
     ctx: &OwnerContext,
     partition: Partition,
     name: &str,
-) -> Result<(pull::Stream, u64, u64), String> {
+) -> Result<(Puller, u64, u64), String> {
     // `get_stream` fetched the stream's info: one round trip.
     let stream = ctx
         .js
@@ -263,6 +262,7 @@ async fn fresh_consumer(
     let last_seq = info.state.last_sequence;
     ctx.epoch.store(created as u64, Ordering::Relaxed);
     let (messages, waiting) = super::consumers::replace(
+        &ctx.js,
         &stream,
         &partition_prefix(partition),
         name.to_owned(),

@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use async_nats::HeaderMap;
-use async_nats::jetstream::consumer::pull;
 use async_nats::jetstream::message::Acker;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -27,6 +26,7 @@ use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
 use super::leases::Lease;
+use super::puller::Puller;
 use crate::bus::BusStats;
 use crate::bus::delivery_order::DeliveryOrder;
 use crate::bus::wire::{self, Subjects};
@@ -36,6 +36,10 @@ use crate::routing::{Partition, partition_of};
 const CONSUMER: &str = "relay";
 /// How long a handover waits for copies in flight and queued.
 const HANDOVER_BUDGET: Duration = Duration::from_secs(5);
+/// Copies in flight at most: fewer than the node's publish permits, since
+/// the relay's own unpolled acknowledgements would otherwise hold every
+/// permit while it waits for one (it stalled there, for good).
+const COPIES_IN_FLIGHT: usize = super::ACKS_IN_FLIGHT * 4 / 5;
 
 /// What the relay needs.
 #[allow(missing_docs)]
@@ -87,7 +91,7 @@ pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: Cancellat
                     if lease.renew().await.is_err() { break Some(true) }
                     if !link.unbroken() { break None }
                 }
-                m = messages.next() => match m {
+                m = messages.next(), if chains.in_flight.len() < COPIES_IN_FLIGHT => match m {
                     Some(Ok(msg)) => {
                         let Ok((delivery, seq)) = msg.info().map(|i| (i.consumer_sequence, i.stream_sequence)) else {
                             continue;
@@ -176,13 +180,14 @@ impl Link {
 /// Replaces the relay's consumer with one of this lease's term (a deposed
 /// relay's acknowledgements then go nowhere), delivering from the oldest
 /// unacknowledged raw message.
-async fn fresh_consumer(ctx: &RelayContext, term: u64) -> Result<pull::Stream, String> {
+async fn fresh_consumer(ctx: &RelayContext, term: u64) -> Result<Puller, String> {
     let stream = ctx
         .js
         .get_stream(&ctx.ingest_stream)
         .await
         .map_err(|e| e.to_string())?;
     super::consumers::replace(
+        &ctx.js,
         &stream,
         CONSUMER,
         format!("{CONSUMER}-t{term}"),
