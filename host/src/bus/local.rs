@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use super::{BusParts, LANES};
 use crate::hub::Hub;
-use crate::pipeline::{Edge, EventStats, Job, Outlet, PublishError, Router};
+use crate::pipeline::{Edge, EventStats, Job, PublishError, Router};
 use crate::routing::{Event, Origin, partition_of};
 
 /// The local bus.
@@ -36,7 +36,7 @@ impl LocalBus {
         let router = Router::start(
             LANES,
             parts.executor,
-            Outlet::Edge(edge.clone()),
+            edge.clone(),
             parts.stats.clone(),
             parts.history.clone(),
             parts.draining.clone(),

@@ -1,10 +1,11 @@
 //! The router stage: asks the matching routers where each event goes, once
-//! per event, and hands the result to the outlet: this node's edge (local
-//! bus) or NATS (the delivery subjects of the recipients).
+//! per event, and hands the result to its [`Outlet`]: this node's edge
+//! (local bus), or a transport to the nodes of the recipients (a cluster).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use futures_util::future::BoxFuture;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -41,13 +42,26 @@ enum Work {
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
-/// Where routed events go.
-#[derive(Clone)]
-pub enum Outlet {
-    /// Straight to this node's sessions.
-    Edge(Arc<Edge>),
-    /// To the delivery subjects on NATS.
-    Nats(Arc<crate::bus::nats::Outlet>),
+/// Where routed events go once routed, in the order of their lane.
+pub trait Outlet: Send + Sync + 'static {
+    /// Sends `routed` on (`None`: a router dropped the event), then settles
+    /// its ingest message with `settle`: delivered, or not (it is routed
+    /// again).
+    fn send(&self, routed: Option<Routed>, settle: Option<Settle>) -> BoxFuture<'_, ()>;
+}
+
+/// The local bus: routed events go straight to this node's sessions.
+impl Outlet for Edge {
+    fn send(&self, routed: Option<Routed>, settle: Option<Settle>) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            if let Some(r) = routed {
+                self.submit(r).await;
+            }
+            if let Some(settle) = settle {
+                settle.done(true);
+            }
+        })
+    }
 }
 
 /// The router stage.
@@ -69,7 +83,7 @@ impl Router {
     pub fn start(
         lanes: usize,
         executor: Arc<PluginExecutor>,
-        outlet: Outlet,
+        outlet: Arc<dyn Outlet>,
         stats: Arc<EventStats>,
         history: Option<Arc<History>>,
         stop: CancellationToken,
@@ -161,7 +175,7 @@ impl Router {
 
 struct Lane {
     executor: Arc<PluginExecutor>,
-    outlet: Outlet,
+    outlet: Arc<dyn Outlet>,
     stats: Arc<EventStats>,
     history: Option<Arc<History>>,
 }
@@ -231,17 +245,7 @@ impl Lane {
                 h.record(record).await;
             }
         }
-        match &self.outlet {
-            Outlet::Edge(edge) => {
-                if let Some(r) = routed {
-                    edge.submit(r).await;
-                }
-                if let Some(settle) = job.settle {
-                    settle.done(true);
-                }
-            }
-            Outlet::Nats(out) => out.send(routed, job.settle).await,
-        }
+        self.outlet.send(routed, job.settle).await;
     }
 
     async fn route(&self, set: &PluginSet, event: &Arc<Event>) -> RouteOutcome {

@@ -23,7 +23,7 @@ mod scatter;
 mod settle;
 mod status;
 
-pub use outlet::Outlet;
+pub use outlet::NatsOutlet;
 pub use owned::OwnedStatus;
 
 use std::sync::Arc;
@@ -112,12 +112,12 @@ impl NatsBus {
         let epoch = Arc::new(AtomicU64::new(epoch));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let outlet = Outlet::new(client.clone(), subjects.clone(), stats.clone());
+        let outlet = NatsOutlet::new(client.clone(), subjects.clone(), stats.clone());
         tasks.spawn(outlet.clone().beacons(stop.clone()));
         let router = Arc::new(Router::start(
             ROUTER_LANES,
             parts.executor.clone(),
-            crate::pipeline::Outlet::Nats(outlet),
+            outlet,
             parts.stats.clone(),
             parts.history.clone(),
             parts.draining.clone(),

@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use tokio_util::sync::CancellationToken;
 
 use crate::bus::BusStats;
@@ -20,8 +21,8 @@ use crate::bus::wire::{self, Beacon, Subjects};
 use crate::pipeline::settle::Settle;
 use crate::routing::{EventId, Routed};
 
-/// The NATS side of the router stage.
-pub struct Outlet {
+/// The router stage's outlet in a cluster: core NATS.
+pub struct NatsOutlet {
     client: async_nats::Client,
     subjects: Subjects,
     stats: Arc<BusStats>,
@@ -39,10 +40,16 @@ const FORGET_AFTER: Duration = Duration::from_secs(30);
 /// Subjects named in one beacon message.
 const BEACON_CHUNK: usize = 512;
 
-impl Outlet {
+impl crate::pipeline::Outlet for NatsOutlet {
+    fn send(&self, routed: Option<Routed>, settle: Option<Settle>) -> BoxFuture<'_, ()> {
+        Box::pin(self.deliver(routed, settle))
+    }
+}
+
+impl NatsOutlet {
     /// An outlet publishing through `client`.
     pub fn new(client: async_nats::Client, subjects: Subjects, stats: Arc<BusStats>) -> Arc<Self> {
-        Arc::new(Outlet {
+        Arc::new(NatsOutlet {
             client,
             subjects,
             stats,
@@ -52,7 +59,7 @@ impl Outlet {
 
     /// Publishes `routed` (nothing for a dropped event), then settles the
     /// ingest message: delivered unless the connection refused a publish.
-    pub async fn send(&self, routed: Option<Routed>, settle: Option<Settle>) {
+    async fn deliver(&self, routed: Option<Routed>, settle: Option<Settle>) {
         let mut delivered = true;
         if let Some(r) = routed {
             let headers = wire::encode_routed(&r);
