@@ -45,12 +45,32 @@ struct Node {
     _store: tempfile::TempDir,
 }
 
-async fn start_node(name: &str, bus: &str) -> Node {
+/// A fresh database on the machine's PostgreSQL: the nodes of a cluster
+/// share one (SQLite is refused there).
+async fn fresh_postgres() -> String {
+    use sqlx::Connection;
+    let base = "postgres://postgres@127.0.0.1:5432";
+    let name = format!("sy_bench_{}", now_ns());
+    let mut conn = sqlx::PgConnection::connect(&format!("{base}/postgres"))
+        .await
+        .expect("the PostgreSQL server on 127.0.0.1:5432 answers");
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    format!("{base}/{name}")
+}
+
+/// Starts node `name` on `bus` with its store at `url` (a SQLite file in
+/// a directory of its own when `None`).
+async fn start_node(name: &str, bus: &str, url: Option<&str>) -> Node {
     let store = tempfile::tempdir().unwrap();
-    let db = store.path().join("sy.db");
+    let url = url.map_or_else(
+        || format!("sqlite://{}", store.path().join("sy.db").display()),
+        str::to_owned,
+    );
     let text = format!(
-        "{bus}\n[server]\nnode_id = \"{name}\"\n[auth]\njwt_hs256_secret = \"{SECRET}\"\n[limits]\nqueue_depth = 4096\nmax_sessions = 100000\naccept_rate = 100000\n[store]\nurl = \"sqlite://{}\"\n",
-        db.display()
+        "{bus}\n[server]\nnode_id = \"{name}\"\n[auth]\njwt_hs256_secret = \"{SECRET}\"\n[limits]\nqueue_depth = 4096\nmax_sessions = 100000\naccept_rate = 100000\n[store]\nurl = {url:?}\n"
     );
     let config = Config::from_toml_str(&text).unwrap();
     let engine = PluginEngine::new(EngineSettings::default()).unwrap();
@@ -223,7 +243,7 @@ fn main() {
         println!("| --- | --- | --- | --- | --- |");
 
         let (tx, mut rx) = mpsc::unbounded_channel();
-        let local = start_node("local", "").await;
+        let local = start_node("local", "", None).await;
         for i in 0..SESSIONS {
             session(local.addr, i, tx.clone()).await;
         }
@@ -252,8 +272,9 @@ fn main() {
             std::thread::sleep(Duration::from_millis(20));
         }
         let bus = format!("[bus]\nkind = \"nats\"\nurls = [\"nats://127.0.0.1:{port}\"]\n");
-        let a = start_node("a", &bus).await;
-        let b = start_node("b", &bus).await;
+        let db = fresh_postgres().await;
+        let a = start_node("a", &bus, Some(&db)).await;
+        let b = start_node("b", &bus, Some(&db)).await;
         let (tx, mut rx) = mpsc::unbounded_channel();
         for i in 0..SESSIONS {
             let node = if i % 2 == 0 { &a } else { &b };
