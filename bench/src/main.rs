@@ -1,4 +1,4 @@
-//! `switchyard-bench [SCENARIO…] [--targets switchyard,nats-server,bare] [--quick]`
+//! `switchyard-bench [SCENARIO…] [--targets switchyard,nats-server,bare] [--quick] [--mapped]`
 //!
 //! Runs each scenario against each target, one after the other on this
 //! machine, and prints Markdown tables with every figure beside the bare
@@ -67,10 +67,12 @@ async fn main() -> anyhow::Result<()> {
     let mut scenarios: Vec<String> = Vec::new();
     let mut targets = vec![Kind::Switchyard, Kind::Nats, Kind::Bare];
     let mut quick = false;
+    let mut mapped = false;
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         match a.as_str() {
             "--quick" => quick = true,
+            "--mapped" => mapped = true,
             "--targets" => {
                 let list = args.next().unwrap_or_default();
                 targets = list
@@ -122,7 +124,7 @@ async fn main() -> anyhow::Result<()> {
             continue;
         }
         if name == "hot" {
-            hot(&targets, scale, duration).await?;
+            hot(&targets, scale, duration, mapped).await?;
             continue;
         }
         if name == "failover" {
@@ -198,6 +200,7 @@ async fn main() -> anyhow::Result<()> {
         }
         let options = Options {
             two_nodes: l.direct,
+            mapped,
             ..Options::default()
         };
         let rows = each(&targets, &options, &spec).await?;
@@ -217,9 +220,15 @@ async fn main() -> anyhow::Result<()> {
 /// clustered nats-servers; the bare broadcaster stays one process), events
 /// published into NATS (Switchyard: raw `sy.in.<topic>`, relayed to the
 /// topic's partition), at each load of [`HOT`].
-async fn hot(targets: &[Kind], scale: usize, duration: Duration) -> anyhow::Result<()> {
+async fn hot(
+    targets: &[Kind],
+    scale: usize,
+    duration: Duration,
+    mapped: bool,
+) -> anyhow::Result<()> {
     let options = Options {
         two_nodes: true,
+        mapped,
         ..Options::default()
     };
     for (sessions, rate) in HOT {

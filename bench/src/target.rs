@@ -57,6 +57,10 @@ pub struct Options {
     pub backplane: bool,
     /// nats-server: with JetStream (files in the run's directory).
     pub jetstream: bool,
+    /// Switchyard on NATS: its nats-server partitions raw `sy.in.<topic>`
+    /// publishes itself (the documented mapping), so nothing goes through
+    /// the relay.
+    pub mapped: bool,
     /// Switchyard: keep no history and no inboxes (`store.history_retention
     /// = 0`, `store.inbox_max_events = 0`), to price writing them.
     pub no_history: bool,
@@ -181,6 +185,11 @@ impl Server {
                     let mut c = tokio::process::Command::new("nats-server");
                     c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                         .arg(dir.join("jetstream"));
+                    if options.mapped {
+                        let file = dir.join("mapped.conf");
+                        std::fs::write(&file, partition_mappings(64, 3))?;
+                        c.arg("-c").arg(file);
+                    }
                     server.add(spawn(c, &dir)?)?;
                     listening(([127, 0, 0, 1], port).into(), "nats-server").await?;
                     let url = format!("nats://127.0.0.1:{port}");
@@ -308,6 +317,25 @@ impl Server {
             .filter_map(|p| crate::procfs::peak_rss_kib(*p))
             .sum()
     }
+}
+
+/// nats-server's mapping of raw `sy.in.<topic>` publishes to their
+/// partition's subject, one rule per topic depth up to `depth` (2.9 hashes
+/// only `*` tokens).
+fn partition_mappings(count: u32, depth: usize) -> String {
+    let mut out = String::from("mappings = {\n");
+    for d in 1..=depth {
+        let stars = vec!["*"; d].join(".");
+        let tokens: Vec<String> = (1..=d).map(|i| i.to_string()).collect();
+        let wildcards: Vec<String> = (1..=d).map(|i| format!("{{{{wildcard({i})}}}}")).collect();
+        out.push_str(&format!(
+            "  \"sy.in.{stars}\": \"sy.ip.{{{{partition({count},{})}}}}.{}\"\n",
+            tokens.join(","),
+            wildcards.join(".")
+        ));
+    }
+    out.push_str("}\n");
+    out
 }
 
 fn switchyard_command(
@@ -639,6 +667,16 @@ impl Publisher {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_mapping_has_a_rule_per_depth_as_the_readme_documents() {
+        let m = partition_mappings(64, 2);
+        assert_eq!(
+            m,
+            "mappings = {\n  \"sy.in.*\": \"sy.ip.{{partition(64,1)}}.{{wildcard(1)}}\"\n  \
+             \"sy.in.*.*\": \"sy.ip.{{partition(64,1,2)}}.{{wildcard(1)}}.{{wildcard(2)}}\"\n}\n"
+        );
+    }
 
     #[test]
     fn no_history_turns_off_topic_history_and_inboxes() {
