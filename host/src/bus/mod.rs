@@ -87,6 +87,9 @@ pub struct BusStats {
     pub duplicates: AtomicU64,
     /// Messages the NATS client dropped because this node fell behind.
     pub slow_consumer: AtomicU64,
+    /// Pull requests that expired with no word from the server (nats-server
+    /// 2.9 can drop one without its 408; an overlapping request covers it).
+    pub pulls_dropped: AtomicU64,
     /// Gaps detected in the deliveries.
     pub gaps: AtomicU64,
     /// Deliveries repaired from history.

@@ -34,7 +34,7 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
     for (name, help, value) in gauges {
         x.sample(name, help, Kind::Gauge, &[], value);
     }
-    let counters: [(&'static str, &'static str, u64); 20] = [
+    let counters: [(&'static str, &'static str, u64); 21] = [
         (
             "switchyard_bus_leases_acquired_total",
             "Partition and relay leases this node took.",
@@ -114,6 +114,11 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
             "switchyard_bus_slow_consumer_total",
             "Times the NATS client dropped deliveries because this node fell behind.",
             b.slow_consumer.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_pull_requests_dropped_total",
+            "Pull requests that expired with no word from the server (covered by the next one).",
+            b.pulls_dropped.load(Ordering::Relaxed),
         ),
         (
             "switchyard_bus_gaps_total",

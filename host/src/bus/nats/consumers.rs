@@ -27,6 +27,7 @@ pub async fn replace(
     prefix: &str,
     name: String,
     filter: String,
+    stats: std::sync::Arc<crate::bus::BusStats>,
 ) -> Result<(Puller, u64), String> {
     remove_all(stream, prefix).await?;
     let consumer = stream
@@ -42,9 +43,16 @@ pub async fn replace(
         .await
         .map_err(|e| e.to_string())?;
     let info = consumer.cached_info();
-    let messages = Puller::start(js, &info.stream_name, &info.name, PULL_BATCH, PULL_EXPIRES)
-        .await
-        .map_err(|e| e.to_string())?;
+    let messages = Puller::start(
+        js,
+        &info.stream_name,
+        &info.name,
+        PULL_BATCH,
+        PULL_EXPIRES,
+        stats,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     Ok((messages, info.num_pending))
 }
 

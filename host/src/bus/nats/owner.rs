@@ -267,6 +267,7 @@ async fn fresh_consumer(
         &partition_prefix(partition),
         name.to_owned(),
         ctx.subjects.partition_filter(partition),
+        ctx.stats.clone(),
     )
     .await?;
     Ok((messages, waiting, last_seq))

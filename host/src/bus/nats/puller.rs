@@ -2,6 +2,8 @@
 //! inbox, kept open by [`PullRequests`] (see there why async-nats's own
 //! `messages()` is not used).
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use async_nats::jetstream;
@@ -10,6 +12,7 @@ use bytes::Bytes;
 use futures_util::StreamExt;
 
 use super::pull_requests::{PullRequests, request_of};
+use crate::bus::BusStats;
 
 /// Why a read failed.
 #[derive(Debug, thiserror::Error)]
@@ -33,6 +36,7 @@ pub struct Puller {
     inbox: String,
     subscriber: Subscriber,
     requests: PullRequests,
+    stats: Arc<BusStats>,
     done: bool,
 }
 
@@ -45,6 +49,7 @@ impl Puller {
         consumer: &str,
         batch: usize,
         expires: Duration,
+        stats: Arc<BusStats>,
     ) -> Result<Puller, PullError> {
         let client = context.client();
         let inbox = client.new_inbox();
@@ -59,6 +64,7 @@ impl Puller {
             inbox,
             subscriber,
             requests: PullRequests::new(batch, expires),
+            stats,
             done: false,
         })
     }
@@ -74,6 +80,9 @@ impl Puller {
             let now = Instant::now();
             let dropped = self.requests.expire(now);
             if dropped > 0 {
+                self.stats
+                    .pulls_dropped
+                    .fetch_add(dropped as u64, Ordering::Relaxed);
                 tracing::debug!(subject = %self.subject, dropped, "pull requests expired without a word from the server");
             }
             while let Some(id) = self.requests.due(now) {

@@ -192,6 +192,7 @@ async fn fresh_consumer(ctx: &RelayContext, term: u64) -> Result<Puller, String>
         CONSUMER,
         format!("{CONSUMER}-t{term}"),
         ctx.subjects.ingest_all(),
+        ctx.stats.clone(),
     )
     .await
     .map(|(messages, _)| messages)
