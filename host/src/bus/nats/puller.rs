@@ -87,6 +87,9 @@ impl Puller {
             }
             while let Some(id) = self.requests.due(now) {
                 if let Err(e) = self.request(id).await {
+                    // The client is closed (a disconnected one buffers):
+                    // nothing more will come.
+                    self.done = true;
                     return Some(Err(e));
                 }
                 self.requests.sent(id, now);
