@@ -31,7 +31,6 @@ pub enum PullError {
 /// The messages of one consumer, in order.
 pub struct Puller {
     context: jetstream::Context,
-    client: async_nats::Client,
     subject: String,
     inbox: String,
     subscriber: Subscriber,
@@ -59,7 +58,6 @@ impl Puller {
             .map_err(|e| PullError::Send(e.to_string()))?;
         Ok(Puller {
             context: context.clone(),
-            client,
             subject: format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"),
             inbox,
             subscriber,
@@ -144,7 +142,8 @@ impl Puller {
             self.requests.batch(),
             self.requests.expires().as_nanos()
         );
-        self.client
+        self.context
+            .client()
             .publish_with_reply(
                 self.subject.clone(),
                 format!("{}.{id}", self.inbox),
