@@ -9,12 +9,14 @@
 //! - [`scenario`]: one run;
 //! - [`routing`]: how fast one topic is routed, beside JetStream alone;
 //! - [`failover`]: how long a topic waits when its routing node is killed;
+//! - [`profile`]: Go CPU profiles of the backplane nats-server;
 //! - [`report`]: the tables.
 
 pub mod clients;
 pub mod failover;
 pub mod payload;
 pub mod procfs;
+pub mod profile;
 pub mod report;
 pub mod routing;
 pub mod scenario;

@@ -135,6 +135,12 @@ pub async fn run(kind: Kind, options: &Options, spec: &Spec) -> anyhow::Result<O
             per_topic[i % topics] += 1;
         }
         let mut publisher = Publisher::connect(&server).await?;
+        let profile = server
+            .profile_port
+            .map(|port| crate::profile::capture(port, spec.duration.as_secs().max(1)));
+        let perf = server
+            .profile_port
+            .and_then(|_| crate::profile::perf(&server.pids[1..], spec.duration.as_secs().max(1)));
         let cpu0 = server.cpu_seconds();
         let me0 = procfs::cpu_seconds(std::process::id()).unwrap_or(0.0);
         let t0 = Instant::now();
@@ -180,6 +186,9 @@ pub async fn run(kind: Kind, options: &Options, spec: &Spec) -> anyhow::Result<O
             }
         }
         out.server_cpu_s = server.cpu_seconds() - cpu0;
+        for task in profile.into_iter().chain(perf) {
+            let _ = task.await;
+        }
         out.loadgen_cpu_s = procfs::cpu_seconds(std::process::id()).unwrap_or(0.0) - me0;
         out.window_s = t0.elapsed().as_secs_f64();
         out.received = tally.received.load(Ordering::Relaxed);

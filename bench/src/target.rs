@@ -79,6 +79,8 @@ pub struct Server {
     pub ws_addrs: Vec<SocketAddr>,
     /// nats-server, or Switchyard on NATS: where the publisher connects.
     pub nats_url: Option<String>,
+    /// Switchyard on NATS, profiled: the backplane's pprof port.
+    pub profile_port: Option<u16>,
     children: Vec<tokio::process::Child>,
     /// Switchyard: each node's config file and its index in `children`.
     nodes: Vec<(PathBuf, usize)>,
@@ -168,6 +170,7 @@ impl Server {
             pids: Vec::new(),
             ws_addrs: Vec::new(),
             nats_url: None,
+            profile_port: None,
             children: Vec::new(),
             nodes: Vec::new(),
             bin_dir: options.bin_dir.clone(),
@@ -185,6 +188,11 @@ impl Server {
                     let mut c = tokio::process::Command::new("nats-server");
                     c.args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
                         .arg(dir.join("jetstream"));
+                    if crate::profile::directory().is_some() {
+                        let port = free_port()?;
+                        c.args(["--profile", &port.to_string()]);
+                        server.profile_port = Some(port);
+                    }
                     if options.mapped {
                         let file = dir.join("mapped.conf");
                         std::fs::write(&file, partition_mappings(64, 3))?;

@@ -233,10 +233,21 @@ async fn in_inbox(gw: &TestGateway, user: &str, topic: &str, id: EventId) {
     .await;
 }
 
+/// How the user comes back.
+#[derive(Clone, Copy, Debug)]
+enum Return {
+    /// A WebSocket session: what waits in the inbox.
+    Connect,
+    /// SSE with `Last-Event-ID` (the newest event the client was shown):
+    /// the replay after it, and what waits below it.
+    LastEventId,
+}
+
 /// An inbox fed by two partitions, one lagging: events the lagging one
 /// routes after the other's newer ones were shown live still wait for
-/// the user's next connect (a single "shown up to" id would hide them).
-async fn a_lagging_partition_hides_nothing_in_the_inbox(backend: Backend) {
+/// the user's next connect (a single "shown up to" id would hide them),
+/// and for a replay from the client's own cursor, the newer id.
+async fn a_lagging_partition_hides_nothing_in_the_inbox(backend: Backend, back: Return) {
     let store = match backend {
         Backend::Sqlite => String::new(),
         Backend::Postgres => format!("url = {:?}\n", fresh_postgres().await),
@@ -280,17 +291,38 @@ async fn a_lagging_partition_hides_nothing_in_the_inbox(backend: Backend) {
         "{backend:?}: the lagging partition had caught up when the user left"
     );
     // Next connect: exactly those, in order, then live events.
-    let mut ws = gw.ws(&who).await;
     let mut got = Vec::new();
-    for _ in &expected {
-        got.push(ws.next_event().await["data"]["n"].as_u64().expect("n"));
+    match back {
+        Return::Connect => {
+            let mut ws = gw.ws(&who).await;
+            for _ in &expected {
+                got.push(ws.next_event().await["data"]["n"].as_u64().expect("n"));
+            }
+            dm(&gw, &user, 101).await;
+            got.push(ws.next_event().await["data"]["n"].as_u64().expect("n"));
+        }
+        Return::LastEventId => {
+            let last = dm_id.to_string();
+            let mut sse = gw
+                .sse_with_header(
+                    "topic=news.quiet",
+                    Some(&who),
+                    ("last-event-id", last.as_str()),
+                )
+                .await;
+            assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+            for _ in &expected {
+                got.push(n_of(&sse.next_event().await.data));
+            }
+            dm(&gw, &user, 101).await;
+            got.push(n_of(&sse.next_event().await.data));
+        }
     }
-    assert_eq!(got, expected, "{backend:?}");
-    dm(&gw, &user, 101).await;
+    let mut want = expected;
+    want.push(101);
     assert_eq!(
-        ws.next_event().await["data"]["n"],
-        101,
-        "{backend:?}: nothing shown before comes again"
+        got, want,
+        "{backend:?} {back:?}: nothing shown before comes again"
     );
 }
 
@@ -385,12 +417,22 @@ async fn merged_replay_on_postgres() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_partition_on_sqlite() {
-    a_lagging_partition_hides_nothing_in_the_inbox(Backend::Sqlite).await;
+    a_lagging_partition_hides_nothing_in_the_inbox(Backend::Sqlite, Return::Connect).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lagging_partition_on_postgres() {
-    a_lagging_partition_hides_nothing_in_the_inbox(Backend::Postgres).await;
+    a_lagging_partition_hides_nothing_in_the_inbox(Backend::Postgres, Return::Connect).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_partition_below_last_event_id_on_sqlite() {
+    a_lagging_partition_hides_nothing_in_the_inbox(Backend::Sqlite, Return::LastEventId).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lagging_partition_below_last_event_id_on_postgres() {
+    a_lagging_partition_hides_nothing_in_the_inbox(Backend::Postgres, Return::LastEventId).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

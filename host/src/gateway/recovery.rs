@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 use super::Gateway;
 use crate::routing::Event;
 use crate::session::SessionHandle;
+use crate::store::inbox::InboxCursor;
 use crate::subject::Subject;
 
 /// What a reconnecting client's cursor yields.
@@ -30,21 +31,23 @@ pub enum Recovery {
 }
 
 impl Gateway {
-    /// Replays what a client missed on `topics` (and, `with_inbox`, in its
-    /// user's inbox) since the event id `since`. Call with the session
-    /// held ([`SessionHandle::hold`]) and subscribed, then queue the frames
-    /// and release it with the replayed ids.
+    /// Replays what a client missed on `topics` (and, given the user's
+    /// inbox cursor as read when the session was opened, in their inbox)
+    /// since the event id `since`. Call with the session held
+    /// ([`SessionHandle::hold`]) and subscribed, then queue the frames and
+    /// release it with the replayed ids.
     pub async fn recover(
         &self,
         subject: &Subject,
         since: &str,
         topics: &[String],
-        with_inbox: bool,
+        inbox: Option<&InboxCursor>,
     ) -> Recovery {
         let Some(since) = crate::routing::EventId::parse(since) else {
             return Recovery::Reset;
         };
-        let with_inbox = with_inbox && self.retention.keeps_inbox();
+        let inbox = inbox.filter(|_| self.retention.keeps_inbox());
+        let with_inbox = inbox.is_some();
         // A topic that keeps no history cannot be replayed.
         if topics.iter().any(|t| self.retention.of(t).max_events == 0) {
             return Recovery::Reset;
@@ -61,7 +64,17 @@ impl Gateway {
         if with_inbox {
             streams.push(crate::store::retention::inbox_stream(&subject.user));
         }
-        match self.store.replay(epoch, since, &streams).await {
+        let replay = match self.store.replay(epoch, since, &streams).await {
+            Ok(crate::store::Replay::Events(events)) => match inbox {
+                Some(cursor) => self
+                    .lagged_inbox(epoch, &subject.user, since, cursor)
+                    .await
+                    .map(|below| crate::store::Replay::Events(merged(events, below))),
+                None => Ok(crate::store::Replay::Events(events)),
+            },
+            other => other,
+        };
+        match replay {
             Ok(crate::store::Replay::Events(events)) => {
                 if with_inbox {
                     self.inbox_delivered(&subject.user, &events).await;
@@ -78,6 +91,26 @@ impl Gateway {
                 Recovery::Reset
             }
         }
+    }
+
+    /// The inbox events below `since` that no session of `user` was shown:
+    /// a partition that lagged behind the one `since` came from routed
+    /// them while the client was away.
+    async fn lagged_inbox(
+        &self,
+        epoch: u64,
+        user: &str,
+        since: crate::routing::EventId,
+        cursor: &InboxCursor,
+    ) -> Result<Vec<Event>, crate::store::StoreError> {
+        let events = self
+            .store
+            .undelivered(epoch, user, &cursor.capped(since.seq))
+            .await?;
+        Ok(events
+            .into_iter()
+            .filter(|e| crate::routing::EventId::parse(&e.id).is_some_and(|id| id < since))
+            .collect())
     }
 
     /// The events waiting in `subject`'s user inbox (addressed to them
@@ -167,6 +200,19 @@ impl Gateway {
     }
 }
 
+/// `after` (events after a cursor, in order) and `below` (older ones,
+/// in order) as one replay in order, each event once.
+fn merged(after: Vec<Event>, below: Vec<Event>) -> Vec<Event> {
+    let mut all: Vec<(Option<crate::routing::EventId>, Event)> = below
+        .into_iter()
+        .chain(after)
+        .map(|e| (crate::routing::EventId::parse(&e.id), e))
+        .collect();
+    all.sort_by_key(|(id, _)| *id);
+    all.dedup_by_key(|(id, _)| *id);
+    all.into_iter().map(|(_, e)| e).collect()
+}
+
 /// Per topic replayed from, its newest replayed event: a live copy at or
 /// below it is a duplicate. Not `since` for a topic with none: a topic's
 /// partition may lag behind the one `since` came from, so its next live
@@ -189,6 +235,26 @@ fn floors(topics: &[String], events: &[Event]) -> Vec<(String, crate::routing::E
 mod tests {
     use super::*;
     use crate::routing::{EventId, Topic};
+
+    #[test]
+    fn lagged_events_come_first_in_id_order_and_once() {
+        let event = |seq| {
+            Event::new(
+                format!("10-{seq}"),
+                Topic::parse("t").expect("t"),
+                Vec::new(),
+            )
+        };
+        let ids = |events: Vec<Event>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        assert_eq!(
+            ids(merged(
+                vec![event(101), event(103)],
+                vec![event(95), event(103)]
+            )),
+            ["10-95", "10-101", "10-103"]
+        );
+        assert_eq!(ids(merged(vec![event(7)], Vec::new())), ["10-7"]);
+    }
 
     #[test]
     fn only_a_topic_with_replayed_events_gets_a_floor() {

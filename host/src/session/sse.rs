@@ -153,7 +153,10 @@ async fn feed(
     // inbox, merged in order; without one (or after a reset): what waits
     // in the inbox.
     let mut recovery = match &since {
-        Some(since) => gw.recover(&session.subject, since, &topics, true).await,
+        Some(since) => {
+            gw.recover(&session.subject, since, &topics, session.inbox_cursor.get())
+                .await
+        }
         None => gw.undelivered(&session).await,
     };
     if matches!(recovery, Recovery::Reset) {

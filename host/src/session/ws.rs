@@ -406,7 +406,7 @@ async fn handle_frame(
             session.hold();
             match subscribe(gw, session, &topic).await {
                 Ok(()) => {
-                    let recovery = gw.recover(&session.subject, &since, &[topic], false).await;
+                    let recovery = gw.recover(&session.subject, &since, &[topic], None).await;
                     match recovery {
                         Recovery::Replayed {
                             frames,

@@ -39,6 +39,21 @@ impl InboxCursor {
         self.parts.get(&key).copied().unwrap_or(self.base)
     }
 
+    /// This cursor with no partition past `seq`: with `seq` a client's own
+    /// cursor, what it has not seen of the inbox lies after it (on the
+    /// client's side) or after what no session was shown (on a partition
+    /// that lagged while the client was away).
+    pub fn capped(&self, seq: u64) -> InboxCursor {
+        InboxCursor {
+            base: self.base.min(seq),
+            parts: self
+                .parts
+                .iter()
+                .map(|(p, s)| (*p, (*s).min(seq)))
+                .collect(),
+        }
+    }
+
     /// Whether any of `heads` (the newest row of each partition in an
     /// inbox) is newer than what was shown.
     pub fn behind(&self, heads: &[InboxHead]) -> bool {
@@ -269,6 +284,15 @@ mod tests {
         assert_eq!(c.shown(Some(Partition(3))), 40);
         assert_eq!(c.shown(Some(Partition(9))), 5, "no cursor: the base");
         assert_eq!(c.shown(None), 7);
+    }
+
+    #[test]
+    fn a_capped_cursor_shows_nothing_past_the_cap() {
+        let c = cursor(50, &[(3, 40), (9, 120)]).capped(100);
+        assert_eq!(c.shown(Some(Partition(3))), 40, "below the cap: kept");
+        assert_eq!(c.shown(Some(Partition(9))), 100, "past it: the cap");
+        assert_eq!(c.shown(Some(Partition(5))), 50, "the base, below the cap");
+        assert_eq!(cursor(150, &[]).capped(100).shown(None), 100);
     }
 
     #[test]

@@ -400,7 +400,7 @@ impl Reader<'_> {
                     let topics = [topic.to_owned()];
                     match self
                         .gw
-                        .recover(&self.session.subject, &since, &topics, false)
+                        .recover(&self.session.subject, &since, &topics, None)
                         .await
                     {
                         Recovery::Replayed {
