@@ -38,6 +38,11 @@ pub async fn replace(
             ack_policy: AckPolicy::Explicit,
             ack_wait: Duration::from_secs(60),
             max_ack_pending: 20_000,
+            // The stream keeps what is not acknowledged (work queue), so a
+            // consumer's own state is not needed across a server restart
+            // (the owner replaces it after any reconnect), and writing it
+            // to a file after each ack cost the server more than storing.
+            memory_storage: true,
             ..Default::default()
         })
         .await
