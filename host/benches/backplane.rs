@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use switchyard_host::config::Config;
 use switchyard_host::gateway::Gateway;
 use switchyard_host::plugin::{EngineSettings, PluginEngine, PluginSet};
-use switchyard_host::routing::{Event, Topic};
+use switchyard_host::routing::{Event, EventId, Topic};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
@@ -136,7 +136,7 @@ async fn session(addr: std::net::SocketAddr, i: usize, lat: mpsc::UnboundedSende
 
 fn event(pad: &str) -> Event {
     let data = json!({"t": now_ns(), "pad": pad}).to_string().into_bytes();
-    Event::new("", Topic::parse("bench.t").unwrap(), data)
+    Event::new(EventId::UNASSIGNED, Topic::parse("bench.t").unwrap(), data)
 }
 
 struct Figures {

@@ -17,7 +17,7 @@ use sqlx::Connection;
 use switchyard_host::config::Config;
 use switchyard_host::gateway::Gateway;
 use switchyard_host::plugin::{EngineSettings, PluginEngine, PluginSet};
-use switchyard_host::routing::{Event, Topic};
+use switchyard_host::routing::{Event, EventId, Topic};
 
 const EVENTS: u64 = 20_000;
 const TOPICS: u64 = 100;
@@ -37,7 +37,7 @@ async fn run(gw: Arc<Gateway>, history: bool) -> f64 {
     let start = Instant::now();
     for i in 0..EVENTS {
         let topic = Topic::parse(&format!("bench.t{}", i % TOPICS)).unwrap();
-        let mut event = Event::new("", topic, payload.clone());
+        let mut event = Event::new(EventId::UNASSIGNED, topic, payload.clone());
         loop {
             match gw.publish(event.clone()).await {
                 Ok(_) => break,

@@ -17,7 +17,7 @@ use switchyard_host::config::{OnError, PluginSpec};
 use switchyard_host::plugin::set::{wit_event, wit_subject};
 use switchyard_host::plugin::wit::{authorizer, types};
 use switchyard_host::plugin::{EngineSettings, LoadOptions, LoadedPlugin, PluginEngine, PluginSet};
-use switchyard_host::routing::{Event, Topic};
+use switchyard_host::routing::{Event, EventId, Topic};
 use switchyard_host::subject::Subject;
 use switchyard_sdk::Plugin as _;
 
@@ -131,7 +131,11 @@ fn main() {
     );
     let data = chat_payload().to_string().into_bytes();
     let payload_len = data.len();
-    let event = Event::new("e1", Topic::parse("chat.room.42").unwrap(), data.clone());
+    let event = Event::new(
+        EventId { epoch: 0xe, seq: 1 },
+        Topic::parse("chat.room.42").unwrap(),
+        data.clone(),
+    );
     let wit_events = [wit_event(&event)];
     let wasm = measure(samples, 20_000, || {
         black_box(router.route(black_box(&wit_events)).unwrap());
@@ -162,7 +166,7 @@ fn main() {
     );
     let contact = json!({"name": "Ann", "email": "ann@example.com", "phone": "+1 555 0100", "notes": "x".repeat(150)});
     let cevent = Event::new(
-        "e2",
+        EventId { epoch: 0xe, seq: 2 },
         Topic::parse("crm.contact").unwrap(),
         contact.to_string().into_bytes(),
     );

@@ -127,7 +127,16 @@ fn read_event(path: &Path) -> Result<Event, CliError> {
         Value::String(s) => s.into_bytes(),
         other => other.to_string().into_bytes(),
     };
-    let mut event = Event::new(f.id.unwrap_or_else(|| "test-1".to_owned()), topic, data);
+    let id = match f.id {
+        Some(id) => crate::routing::EventId::parse(&id).ok_or_else(|| {
+            input_error(
+                path,
+                format!("id {id:?} is not an event id (<hex epoch>-<sequence>)"),
+            )
+        })?,
+        None => crate::routing::EventId { epoch: 0, seq: 1 },
+    };
+    let mut event = Event::new(id, topic, data);
     if let Some(name) = f.event {
         event.name = name;
     }

@@ -371,7 +371,7 @@ impl Gateway {
     }
 
     /// Publishes an event; the bus assigns its id.
-    pub async fn publish(&self, event: Event) -> Result<String, PublishError> {
+    pub async fn publish(&self, event: Event) -> Result<crate::routing::EventId, PublishError> {
         if self.draining.is_cancelled() {
             return Err(PublishError::Stopped);
         }

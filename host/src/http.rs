@@ -103,7 +103,7 @@ async fn publish(
     };
     // The payload is carried as the JSON value it was: a string stays a string.
     let data = body.data.to_string().into_bytes();
-    let mut event = Event::new(String::new(), topic, data);
+    let mut event = Event::new(crate::routing::EventId::UNASSIGNED, topic, data);
     if let Some(name) = body.event {
         event.name = name;
     }
@@ -113,7 +113,7 @@ async fn publish(
         event = event.with_header("idempotency-key", key);
     }
     let id = gw.publish(event).await?;
-    Ok(Json(json!({ "id": id })))
+    Ok(Json(json!({ "id": id.to_string() })))
 }
 
 async fn presence(

@@ -124,7 +124,11 @@ async fn drain_delivers_accepted_events_hints_every_client_and_finishes_in_time(
     );
     assert!(gw.gateway.admit().is_err());
     let topic = switchyard_host::routing::Topic::parse("news.drain").expect("topic");
-    let late = switchyard_host::routing::Event::new("", topic, b"1".to_vec());
+    let late = switchyard_host::routing::Event::new(
+        switchyard_host::routing::EventId::UNASSIGNED,
+        topic,
+        b"1".to_vec(),
+    );
     assert_eq!(
         gw.gateway.publish(late).await,
         Err(switchyard_host::pipeline::PublishError::Stopped)

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use common::*;
 use serde_json::{Value, json};
 use switchyard_host::plugin::{AuthAction, AuthDecision, Delivery, RouteOutcome};
-use switchyard_host::routing::{Event, Topic};
+use switchyard_host::routing::{Event, EventId, Topic};
 use switchyard_host::subject::Subject;
 
 fn topic(s: &str) -> Topic {
@@ -22,7 +22,11 @@ fn subject(claims: Value) -> Subject {
 }
 
 fn event(t: &str, data: Value) -> Event {
-    Event::new("e1", topic(t), data.to_string().into_bytes())
+    Event::new(
+        EventId { epoch: 0xe, seq: 1 },
+        topic(t),
+        data.to_string().into_bytes(),
+    )
 }
 
 #[test]

@@ -14,7 +14,7 @@ use switchyard_host::plugin::{
     AuthAction, AuthDecision, CallError, Delivery, LoadError, LoadOptions, LoadedPlugin,
     RouteOutcome,
 };
-use switchyard_host::routing::{Event, Topic};
+use switchyard_host::routing::{Event, EventId, Topic};
 use switchyard_host::subject::Subject;
 
 fn hostile(memory_mb: u32) -> LoadedPlugin {
@@ -165,7 +165,7 @@ fn authorization_fails_closed_when_the_authorizer_breaks() {
 }
 
 fn event(t: &str) -> Event {
-    Event::new("e", topic(t), b"{}".to_vec())
+    Event::new(EventId { epoch: 0xe, seq: 1 }, topic(t), b"{}".to_vec())
 }
 
 #[test]

@@ -159,16 +159,11 @@ async fn a_delivery_from_an_earlier_term_of_its_partition_is_dropped() {
     let client = async_nats::connect(nats.url()).await.expect("nats");
     let forged = |n: u64, term: u64| {
         let mut event = switchyard_host::routing::Event::new(
-            format!(
-                "{}-{}",
-                live["id"]
-                    .as_str()
-                    .expect("id")
-                    .split('-')
-                    .next()
-                    .expect("epoch"),
-                100_000 + n
-            ),
+            switchyard_host::routing::EventId {
+                seq: 100_000 + n,
+                ..switchyard_host::routing::EventId::parse(live["id"].as_str().expect("id"))
+                    .expect("an event id")
+            },
             switchyard_host::routing::Topic::parse(topic).expect("topic"),
             json!({"t": topic, "n": n}).to_string().into_bytes(),
         );

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use serde_json::{Value, json};
 use support::*;
 use switchyard_host::config::Config;
-use switchyard_host::routing::{Event, Topic};
+use switchyard_host::routing::{Event, EventId, Topic};
 
 /// A config file in `dir` with one plugin `p` (the file `p.wasm`) on
 /// `news.>`, configured for `redact` (the hostile fixture ignores it).
@@ -118,9 +118,10 @@ async fn replacing_a_plugin_file_switches_behaviour_under_load_without_loss() {
                 let data = json!({"i": i, "email": "ann@example.com"}).to_string();
                 let topic = Topic::parse("news.s").expect("topic");
                 let id = gateway
-                    .publish(Event::new("", topic, data.into_bytes()))
+                    .publish(Event::new(EventId::UNASSIGNED, topic, data.into_bytes()))
                     .await
-                    .expect("published");
+                    .expect("published")
+                    .to_string();
                 sent.push((id, Instant::now()));
             }
             sent

@@ -8,6 +8,7 @@ use std::time::Duration;
 use super::{BusParts, LANES};
 use crate::hub::Hub;
 use crate::pipeline::{Edge, EventStats, Job, PublishError, Router};
+use crate::routing::EventId;
 use crate::routing::{Event, Origin, partition_of};
 
 /// The local bus.
@@ -64,10 +65,13 @@ impl LocalBus {
     }
 
     /// Assigns the id and queues the event for routing.
-    pub fn publish(&self, mut event: Event) -> Result<String, PublishError> {
+    pub fn publish(&self, mut event: Event) -> Result<EventId, PublishError> {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        event.id = format!("{:x}-{seq}", self.epoch);
-        let id = event.id.clone();
+        let id = EventId {
+            epoch: self.epoch,
+            seq,
+        };
+        event.id = id;
         let origin = Origin {
             partition: partition_of(&event.topic, self.partitions),
             term: 0,
@@ -80,12 +84,7 @@ impl LocalBus {
         }) {
             // The sequence is spent: tell history, so replays need not wait for it.
             if let Some(h) = &self.history {
-                h.try_record(crate::store::history::Record::Skipped(
-                    crate::routing::EventId {
-                        epoch: self.epoch,
-                        seq,
-                    },
-                ));
+                h.try_record(crate::store::history::Record::Skipped(id));
             }
             return Err(e);
         }

@@ -202,7 +202,7 @@ impl Bus {
     }
 
     /// Accepts an event and returns its id.
-    pub async fn publish(&self, event: Event) -> Result<String, PublishError> {
+    pub async fn publish(&self, event: Event) -> Result<crate::routing::EventId, PublishError> {
         match self {
             Bus::Local(b) => b.publish(event),
             Bus::Nats(b) => b.publish(event).await,

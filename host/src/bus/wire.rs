@@ -142,7 +142,7 @@ pub fn decode_ingest(
     subject: &str,
     headers: Option<&HeaderMap>,
     payload: &[u8],
-    id: String,
+    id: crate::routing::EventId,
 ) -> Result<Event, WireError> {
     let topic = subjects
         .ingest_topic(subject)
@@ -223,7 +223,7 @@ struct RoutedMeta {
 pub fn encode_routed(routed: &Routed) -> HeaderMap {
     let e = &routed.event;
     let meta = RoutedMeta {
-        id: e.id.clone(),
+        id: e.id.to_string(),
         topic: e.topic.as_str().to_owned(),
         event: e.name.clone(),
         sender: e.sender.clone(),
@@ -251,7 +251,9 @@ pub fn decode_routed(headers: Option<&HeaderMap>, payload: &[u8]) -> Result<Rout
     let json = header(headers, H_ROUTED).ok_or_else(|| bad("missing".into()))?;
     let m: RoutedMeta = serde_json::from_str(json).map_err(|e| bad(e.to_string()))?;
     let topic = Topic::parse(&m.topic).map_err(|e| bad(e.to_string()))?;
-    let mut event = Event::new(m.id, topic, payload.to_vec());
+    let id =
+        crate::routing::EventId::parse(&m.id).ok_or_else(|| bad(format!("bad id {:?}", m.id)))?;
+    let mut event = Event::new(id, topic, payload.to_vec());
     event.name = m.event;
     event.sender = m.sender;
     event.to_users = m.to_users;
@@ -288,11 +290,11 @@ mod tests {
             "sy.in.chat.room.1",
             Some(&h),
             b"{}",
-            "x-1".into(),
+            crate::routing::EventId { epoch: 0xa, seq: 1 },
         )
         .expect("decodes");
         assert_eq!(e.topic.as_str(), "chat.room.1");
-        assert_eq!(e.id, "x-1");
+        assert_eq!(e.id.to_string(), "a-1");
         assert_eq!(e.name, "typing");
         assert_eq!(e.to_users, ["alice", "bob"]);
         assert!(e.headers.contains(&("trace-id".into(), "abc".into())));
@@ -300,53 +302,78 @@ mod tests {
             e.headers
                 .contains(&(IDEMPOTENCY_HEADER.into(), "k1".into()))
         );
-        let bare = decode_ingest(&subjects(), "sy.in.news", None, b"hi", "x-2".into())
-            .expect("no headers is fine");
+        let bare = decode_ingest(
+            &subjects(),
+            "sy.in.news",
+            None,
+            b"hi",
+            crate::routing::EventId { epoch: 0xa, seq: 2 },
+        )
+        .expect("no headers is fine");
         assert_eq!(bare.name, "message");
     }
 
     #[test]
     fn malformed_ingest_messages_are_refused_with_a_reason() {
+        let decode = |subject: &str, h: Option<&HeaderMap>| {
+            decode_ingest(
+                &subjects(),
+                subject,
+                h,
+                b"",
+                crate::routing::EventId::UNASSIGNED,
+            )
+        };
         let long = format!("sy.in.{}", "a".repeat(300));
+        assert!(matches!(decode(&long, None), Err(WireError::Topic { .. })));
         assert!(matches!(
-            decode_ingest(&subjects(), &long, None, b"", String::new()),
-            Err(WireError::Topic { .. })
-        ));
-        assert!(matches!(
-            decode_ingest(&subjects(), "other.in.x", None, b"", String::new()),
+            decode("other.in.x", None),
             Err(WireError::Subject(_))
         ));
         let mut h = HeaderMap::new();
         h.insert("Sy-Meta", "{not json");
         assert!(matches!(
-            decode_ingest(&subjects(), "sy.in.x", Some(&h), b"", String::new()),
+            decode("sy.in.x", Some(&h)),
             Err(WireError::Header { header: H_META, .. })
         ));
         let mut h = HeaderMap::new();
         h.insert("Sy-Event", " ");
-        assert!(decode_ingest(&subjects(), "sy.in.x", Some(&h), b"", String::new()).is_err());
+        assert!(decode("sy.in.x", Some(&h)).is_err());
     }
 
     #[test]
     fn node_ingest_round_trips_odd_users_and_headers() {
-        let mut e = Event::new("", Topic::parse("dm.x").expect("topic"), b"1".to_vec());
+        let mut e = Event::new(
+            crate::routing::EventId::UNASSIGNED,
+            Topic::parse("dm.x").expect("topic"),
+            b"1".to_vec(),
+        );
         e.sender = Some("line\nbreak".into());
         e.to_users = vec!["a b".into(), "ü".into()];
         e = e.with_header(IDEMPOTENCY_HEADER, "key-1");
         let h = encode_ingest(&e);
         assert_eq!(header(Some(&h), H_MSG_ID), Some("key-1"));
-        let back = decode_ingest(&subjects(), "sy.in.dm.x", Some(&h), b"1", "e-9".into())
-            .expect("decodes");
+        let back = decode_ingest(
+            &subjects(),
+            "sy.in.dm.x",
+            Some(&h),
+            b"1",
+            crate::routing::EventId { epoch: 0xe, seq: 9 },
+        )
+        .expect("decodes");
         assert_eq!(back.sender, e.sender);
         assert_eq!(back.to_users, e.to_users);
         assert_eq!(back.headers, e.headers);
-        assert_eq!(back.id, "e-9");
+        assert_eq!(back.id.to_string(), "e-9");
     }
 
     #[test]
     fn routed_deliveries_round_trip() {
         let mut e = Event::new(
-            "1a-7",
+            crate::routing::EventId {
+                epoch: 0x1a,
+                seq: 7,
+            },
             Topic::parse("chat.1").expect("topic"),
             b"{}".to_vec(),
         );

@@ -107,10 +107,7 @@ impl Gateway {
             .store
             .undelivered(epoch, user, &cursor.capped(since.seq))
             .await?;
-        Ok(events
-            .into_iter()
-            .filter(|e| crate::routing::EventId::parse(&e.id).is_some_and(|id| id < since))
-            .collect())
+        Ok(events.into_iter().filter(|e| e.id < since).collect())
     }
 
     /// The events waiting in `subject`'s user inbox (addressed to them
@@ -170,10 +167,7 @@ impl Gateway {
     /// Moves `user`'s inbox cursors past `events`, before they are sent:
     /// a reconnect right after must not get them again.
     async fn inbox_delivered(&self, user: &str, events: &[Event]) {
-        let newest = events
-            .iter()
-            .filter_map(|e| crate::routing::EventId::parse(&e.id))
-            .max();
+        let newest = events.iter().map(|e| e.id).max();
         if let Some(id) = newest
             && let Err(e) = self.store.mark_shown_upto(user, id).await
         {
@@ -187,10 +181,7 @@ impl Gateway {
         events: Vec<Event>,
         floors: Vec<(String, crate::routing::EventId)>,
     ) -> Recovery {
-        let ids = events
-            .iter()
-            .filter_map(|e| crate::routing::EventId::parse(&e.id))
-            .collect();
+        let ids = events.iter().map(|e| e.id).collect();
         let frames = crate::pipeline::edge::replay_frames(&self.executor, subject, events).await;
         Recovery::Replayed {
             frames,
@@ -203,14 +194,10 @@ impl Gateway {
 /// `after` (events after a cursor, in order) and `below` (older ones,
 /// in order) as one replay in order, each event once.
 fn merged(after: Vec<Event>, below: Vec<Event>) -> Vec<Event> {
-    let mut all: Vec<(Option<crate::routing::EventId>, Event)> = below
-        .into_iter()
-        .chain(after)
-        .map(|e| (crate::routing::EventId::parse(&e.id), e))
-        .collect();
-    all.sort_by_key(|(id, _)| *id);
-    all.dedup_by_key(|(id, _)| *id);
-    all.into_iter().map(|(_, e)| e).collect()
+    let mut all: Vec<Event> = below.into_iter().chain(after).collect();
+    all.sort_by_key(|e| e.id);
+    all.dedup_by_key(|e| e.id);
+    all
 }
 
 /// Per topic replayed from, its newest replayed event: a live copy at or
@@ -224,7 +211,7 @@ fn floors(topics: &[String], events: &[Event]) -> Vec<(String, crate::routing::E
             let newest = events
                 .iter()
                 .filter(|e| e.topic.as_str() == t)
-                .filter_map(|e| crate::routing::EventId::parse(&e.id))
+                .map(|e| e.id)
                 .max()?;
             Some((t.clone(), newest))
         })
@@ -240,12 +227,17 @@ mod tests {
     fn lagged_events_come_first_in_id_order_and_once() {
         let event = |seq| {
             Event::new(
-                format!("10-{seq}"),
+                EventId { epoch: 0x10, seq },
                 Topic::parse("t").expect("t"),
                 Vec::new(),
             )
         };
-        let ids = |events: Vec<Event>| events.into_iter().map(|e| e.id).collect::<Vec<_>>();
+        let ids = |events: Vec<Event>| {
+            events
+                .into_iter()
+                .map(|e| e.id.to_string())
+                .collect::<Vec<_>>()
+        };
         assert_eq!(
             ids(merged(
                 vec![event(101), event(103)],
@@ -260,7 +252,7 @@ mod tests {
     fn only_a_topic_with_replayed_events_gets_a_floor() {
         let event = |topic: &str, seq| {
             Event::new(
-                format!("a-{seq}"),
+                EventId { epoch: 0xa, seq },
                 Topic::parse(topic).expect("topic"),
                 Vec::new(),
             )

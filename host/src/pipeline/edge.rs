@@ -123,7 +123,7 @@ impl Lane {
             if recipients.is_empty() {
                 continue;
             }
-            self.mark_delivered(&event.id, routed.origin.partition, &routed.users);
+            self.mark_delivered(event.id, routed.origin.partition, &routed.users);
             if set.transforms(&event.topic) {
                 transformed.push((event, recipients));
                 continue;
@@ -197,11 +197,11 @@ impl Lane {
 
     /// Users with a session here have seen the event: it is not waiting
     /// in their inbox (whatever other nodes say; cursors only move forward).
-    fn mark_delivered(&self, id: &str, part: crate::routing::Partition, users: &[String]) {
+    fn mark_delivered(&self, id: EventId, part: crate::routing::Partition, users: &[String]) {
         if users.is_empty() {
             return;
         }
-        let (Some(history), Some(id)) = (&self.history, EventId::parse(id)) else {
+        let Some(history) = &self.history else {
             return;
         };
         for user in users {

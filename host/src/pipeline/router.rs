@@ -207,7 +207,7 @@ impl Lane {
     }
 
     async fn handle(&self, job: Job) {
-        let event_id = job.event.id.clone();
+        let event_id = job.event.id;
         let event = Arc::new(job.event);
         let set = self.executor.plugins();
         let outcome = self.route(&set, &event).await;
@@ -239,7 +239,7 @@ impl Lane {
         if let Some(h) = &self.history {
             let record = match &routed {
                 Some(r) => Some(Record::Routed(r.clone())),
-                None => EventId::parse(&event_id).map(Record::Skipped),
+                None => Some(Record::Skipped(event_id)),
             };
             if let Some(record) = record {
                 h.record(record).await;

@@ -35,7 +35,7 @@ pub(super) fn subject(s: &Subject) -> types::Subject {
 
 pub(super) fn event(e: &Event) -> types::Event {
     types::Event {
-        id: e.id.clone(),
+        id: e.id.to_string(),
         topic: topic(&e.topic),
         name: e.name.clone(),
         data: e.data.clone(),

@@ -1,12 +1,12 @@
 //! The event envelope as the gateway carries it.
 
-use super::Topic;
+use super::{EventId, Topic};
 
 /// An event: `{ id, topic, event, data, headers, sender, to_users }`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Event {
-    /// Assigned once at ingest.
-    pub id: String,
+    /// Assigned once at ingest; formatted only at the wire and the store.
+    pub id: EventId,
     /// Where it was published.
     pub topic: Topic,
     /// The event name (`message` by default).
@@ -26,9 +26,9 @@ pub const DEFAULT_EVENT_NAME: &str = "message";
 
 impl Event {
     /// An event named `message` with no headers, sender or target users.
-    pub fn new(id: impl Into<String>, topic: Topic, data: Vec<u8>) -> Self {
+    pub fn new(id: EventId, topic: Topic, data: Vec<u8>) -> Self {
         Event {
-            id: id.into(),
+            id,
             topic,
             name: DEFAULT_EVENT_NAME.to_owned(),
             data,

@@ -14,6 +14,9 @@ pub struct EventId {
 }
 
 impl EventId {
+    /// The id of an event not yet ingested (no ingest gives out sequence 0).
+    pub const UNASSIGNED: EventId = EventId { epoch: 0, seq: 0 };
+
     /// Reads `<hex epoch>-<decimal seq>`; `None` for anything else.
     pub fn parse(s: &str) -> Option<EventId> {
         let (epoch, seq) = s.trim().split_once('-')?;

@@ -2,6 +2,7 @@
 //! Each protocol's encoding is built the first time a session of that
 //! protocol needs it.
 
+use std::fmt::Write as _;
 use std::sync::{Arc, OnceLock};
 
 use axum::extract::ws::Utf8Bytes;
@@ -77,8 +78,9 @@ impl EventFrame {
             let mut out = String::with_capacity(64 + e.data.len() + e.topic.as_str().len());
             out.push_str(r#"{"op":"event","topic":"#);
             push_json_string(&mut out, e.topic.as_str());
-            out.push_str(r#","id":"#);
-            push_json_string(&mut out, &e.id);
+            out.push_str(r#","id":""#);
+            let _ = write!(out, "{}", e.id);
+            out.push('"');
             out.push_str(r#","event":"#);
             push_json_string(&mut out, &e.name);
             out.push_str(r#","data":"#);
@@ -94,7 +96,7 @@ impl EventFrame {
             let e = &self.event;
             let mut out = String::with_capacity(32 + e.data.len());
             out.push_str("id: ");
-            out.push_str(&single_line(&e.id));
+            let _ = write!(out, "{}", e.id);
             out.push_str("\nevent: ");
             out.push_str(&single_line(&e.name));
             out.push('\n');
@@ -153,7 +155,11 @@ mod tests {
 
     fn frame(data: &[u8]) -> Arc<EventFrame> {
         let topic = Topic::parse("chat.room.1").expect("topic");
-        EventFrame::new(Arc::new(Event::new("7-1", topic, data.to_vec())))
+        EventFrame::new(Arc::new(Event::new(
+            crate::routing::EventId { epoch: 7, seq: 1 },
+            topic,
+            data.to_vec(),
+        )))
     }
 
     #[test]

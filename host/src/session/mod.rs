@@ -120,10 +120,8 @@ impl Flow {
             return true;
         }
         let event = frame.event();
-        let (Some(floor), Some(id)) = (
-            self.floors.get_mut(event.topic.as_str()),
-            EventId::parse(&event.id),
-        ) else {
+        let id = event.id;
+        let Some(floor) = self.floors.get_mut(event.topic.as_str()) else {
             return true;
         };
         if floor.epoch == id.epoch && id.seq <= floor.seq {
@@ -255,8 +253,7 @@ impl SessionHandle {
             }
         }
         for frame in flow.held.take().unwrap_or_default() {
-            let already = !replayed.is_empty()
-                && EventId::parse(&frame.event().id).is_some_and(|id| replayed.contains(&id));
+            let already = !replayed.is_empty() && replayed.contains(&frame.event().id);
             if !already && flow.admit(&frame) {
                 self.queue.push(Outbound::Event(frame));
             }
@@ -323,7 +320,7 @@ mod tests {
     fn frame(topic: &str, seq: u64) -> Arc<EventFrame> {
         let topic = Topic::parse(topic).expect("topic");
         EventFrame::new(Arc::new(Event::new(
-            EventId { epoch: 7, seq }.to_string(),
+            EventId { epoch: 7, seq },
             topic,
             b"{}".to_vec(),
         )))

@@ -538,18 +538,21 @@ async fn publish_decided(
     if let AuthDecision::Deny(why) = decision {
         return Err((ErrorCode::Forbidden, why));
     }
-    let mut event = Event::new(String::new(), topic, data);
+    let mut event = Event::new(crate::routing::EventId::UNASSIGNED, topic, data);
     if let Some(name) = name {
         event.name = name;
     }
     event.sender = Some(session.subject.user.clone());
-    gw.publish(event).await.map_err(|e| {
-        let code = match e {
-            crate::pipeline::PublishError::Overloaded => ErrorCode::RateLimited,
-            _ => ErrorCode::Unavailable,
-        };
-        (code, e.to_string())
-    })
+    gw.publish(event)
+        .await
+        .map(|id| id.to_string())
+        .map_err(|e| {
+            let code = match e {
+                crate::pipeline::PublishError::Overloaded => ErrorCode::RateLimited,
+                _ => ErrorCode::Unavailable,
+            };
+            (code, e.to_string())
+        })
 }
 
 async fn write_loop(gw: Arc<Gateway>, session: Arc<SessionHandle>, mut sink: Sink) {

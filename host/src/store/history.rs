@@ -251,7 +251,7 @@ async fn write_loop(
         for record in batch.drain(..) {
             let id = match record {
                 Record::Routed(r) => {
-                    let id = EventId::parse(&r.event.id);
+                    let id = Some(r.event.id);
                     routed.push(r);
                     id
                 }

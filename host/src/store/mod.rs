@@ -172,7 +172,7 @@ pub(crate) fn event_from_row(
     sender: Option<String>,
 ) -> Option<Event> {
     let topic = Topic::parse(topic).ok()?;
-    let mut e = Event::new(id.to_string(), topic, data);
+    let mut e = Event::new(id, topic, data);
     e.name = name;
     e.headers = serde_json::from_str(headers).unwrap_or_default();
     e.sender = sender;

@@ -349,7 +349,7 @@ mod tests {
     fn an_event_joins_its_topics_that_keep_history_and_the_inboxes_of_its_users() {
         let mut p = policy();
         let event = crate::routing::Event::new(
-            "1-1",
+            crate::routing::EventId { epoch: 1, seq: 1 },
             crate::routing::Topic::parse("news.x").expect("topic"),
             Vec::new(),
         );

@@ -211,9 +211,7 @@ impl Store {
         let mut bodies: Vec<Body> = Vec::with_capacity(events.len());
         let mut routes: Vec<(Arc<str>, EventId, u16)> = Vec::with_capacity(events.len());
         for r in events {
-            let Some(id) = EventId::parse(&r.event.id) else {
-                continue;
-            };
+            let id = r.event.id;
             let joined = routes.len();
             for stream in policy.streams_of(r) {
                 let stream = match stream {

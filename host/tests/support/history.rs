@@ -22,7 +22,7 @@ pub fn policy() -> Policy {
 }
 
 pub fn routed(seq: u64, topics: &[&str]) -> Routed {
-    let id = EventId { epoch: EPOCH, seq }.to_string();
+    let id = EventId { epoch: EPOCH, seq };
     let topic = Topic::parse(topics[0]).expect("topic");
     Routed {
         event: Arc::new(Event::new(
@@ -67,12 +67,7 @@ pub async fn seqs_after(store: &Store, seq: u64, stream: &str) -> Option<Vec<u64
         .await
         .expect("replay")
     {
-        Replay::Events(events) => Some(
-            events
-                .iter()
-                .map(|e| EventId::parse(&e.id).expect("id").seq)
-                .collect(),
-        ),
+        Replay::Events(events) => Some(events.iter().map(|e| e.id.seq).collect()),
         Replay::Reset => None,
     }
 }

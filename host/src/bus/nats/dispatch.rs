@@ -138,10 +138,7 @@ impl Dispatcher {
                 return;
             }
         };
-        let Some(id) = EventId::parse(&routed.event.id) else {
-            self.stats.malformed.fetch_add(1, Ordering::Relaxed);
-            return;
-        };
+        let id = routed.event.id;
         let prev = wire::prev_of(m.headers.as_ref());
         let partition = routed.origin.partition;
         tracing::trace!(%id, %subject, "delivery received");
@@ -294,10 +291,7 @@ impl Dispatcher {
     async fn hand_on(&self, routed: Routed, st: &mut State) {
         // The id and the bus's storage time: a sequence reused after NATS
         // lost data is a new event, not a repeat.
-        if st
-            .recent
-            .first_time((routed.event.id.as_str(), routed.stamp))
-        {
+        if st.recent.first_time((routed.event.id, routed.stamp)) {
             self.edge.submit(routed).await;
         } else {
             self.stats.duplicates.fetch_add(1, Ordering::Relaxed);

@@ -326,7 +326,7 @@ impl NatsBus {
 
     /// Publishes an event to its ingest subject; its id is the stream
     /// sequence JetStream assigns.
-    pub async fn publish(&self, event: Event) -> Result<String, PublishError> {
+    pub async fn publish(&self, event: Event) -> Result<crate::routing::EventId, PublishError> {
         // Refuse at once while disconnected: a publish buffered in the client
         // would go out on reconnect, after the caller was told it failed.
         if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -368,11 +368,10 @@ impl NatsBus {
             )));
         }
         self.events.ingested.fetch_add(1, Ordering::Relaxed);
-        Ok(format!(
-            "{:x}-{}",
-            self.epoch.load(Ordering::Relaxed),
-            ack.sequence
-        ))
+        Ok(crate::routing::EventId {
+            epoch: self.epoch.load(Ordering::Relaxed),
+            seq: ack.sequence,
+        })
     }
 
     /// Waits (up to two seconds) until interest change number `upto` is

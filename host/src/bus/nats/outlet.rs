@@ -70,16 +70,13 @@ impl NatsOutlet {
                 .map(|t| self.subjects.topic(t))
                 .chain(r.users.iter().map(|u| self.subjects.user(u)))
                 .collect();
-            let prevs: Vec<Option<EventId>> = match EventId::parse(&r.event.id) {
-                Some(id) => {
-                    let now = Instant::now();
-                    let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
-                    targets
-                        .iter()
-                        .map(|s| sent.record(r.origin, s, id, now))
-                        .collect()
-                }
-                None => vec![None; targets.len()],
+            let prevs: Vec<Option<EventId>> = {
+                let now = Instant::now();
+                let mut sent = self.sent.lock().unwrap_or_else(PoisonError::into_inner);
+                targets
+                    .iter()
+                    .map(|s| sent.record(r.origin, s, r.event.id, now))
+                    .collect()
             };
             tracing::trace!(id = %r.event.id, subjects = targets.len(), "publishing deliveries");
             for (subject, prev) in targets.into_iter().zip(prevs) {

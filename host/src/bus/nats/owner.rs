@@ -322,7 +322,7 @@ async fn take(
         msg.subject.as_str(),
         msg.headers.as_ref(),
         &msg.payload,
-        id.to_string(),
+        id,
     ) {
         Ok(event) => Some(Some(Job {
             event,

@@ -315,7 +315,7 @@ async fn prepare(
         msg.subject.as_str(),
         msg.headers.as_ref(),
         &msg.payload,
-        String::new(),
+        crate::routing::EventId::UNASSIGNED,
     ) {
         Ok(e) => e,
         Err(e) => {

@@ -515,7 +515,7 @@ fn message(frame: &EventFrame, subscription: &str) -> Frame {
     };
     Frame::new("MESSAGE")
         .header("subscription", subscription)
-        .header("message-id", e.id.clone())
+        .header("message-id", e.id.to_string())
         .header("destination", format!("/topic/{}", e.topic))
         .header("content-type", content_type)
         .header("event", e.name.clone())
