@@ -7,13 +7,13 @@ use std::time::Duration;
 
 use super::{BusParts, LANES};
 use crate::hub::Hub;
-use crate::pipeline::{Edge, EventStats, Job, PublishError, Router};
+use crate::pipeline::{Edge, EventStats, Job, PublishError, Router, Stages};
 use crate::routing::EventId;
 use crate::routing::{Event, Origin, partition_of};
 
 /// The local bus.
 pub struct LocalBus {
-    router: Router,
+    router: Arc<Router>,
     history: Option<Arc<crate::store::history::History>>,
     edge: Arc<Edge>,
     hub: Arc<Hub>,
@@ -27,21 +27,8 @@ pub struct LocalBus {
 impl LocalBus {
     /// Starts both stages on the current runtime.
     pub fn start(parts: BusParts) -> Self {
-        let edge = Edge::start(
-            LANES,
-            parts.hub.clone(),
-            parts.executor.clone(),
-            parts.stats.clone(),
-            parts.history.clone(),
-        );
-        let router = Router::start(
-            LANES,
-            parts.executor,
-            edge.clone(),
-            parts.stats.clone(),
-            parts.history.clone(),
-            parts.draining.clone(),
-        );
+        let Stages { router, edge } =
+            Stages::assemble(&parts.stage_parts(), LANES, LANES, |edge| edge.clone());
         // Ids continue the store's sequence across restarts; without one, a
         // new epoch per start tells clients that nothing can be replayed.
         let (epoch, resume_seq) = parts.resume.unwrap_or_else(|| {

@@ -176,6 +176,19 @@ pub struct BusParts {
     pub retention: crate::store::retention::Policy,
 }
 
+impl BusParts {
+    /// What the pipeline's stages are built from.
+    pub fn stage_parts(&self) -> crate::pipeline::StageParts {
+        crate::pipeline::StageParts {
+            hub: self.hub.clone(),
+            executor: self.executor.clone(),
+            stats: self.stats.clone(),
+            history: self.history.clone(),
+            draining: self.draining.clone(),
+        }
+    }
+}
+
 /// The bus of this node.
 pub enum Bus {
     /// In-process.

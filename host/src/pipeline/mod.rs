@@ -9,12 +9,14 @@
 pub mod edge;
 pub mod router;
 pub mod settle;
+pub mod stages;
 
 use std::hash::{Hash, Hasher};
 use std::sync::atomic::AtomicU64;
 
 pub use edge::Edge;
 pub use router::{Job, Outlet, Router};
+pub use stages::{StageParts, Stages};
 
 /// Counters of the event path.
 #[derive(Debug, Default)]

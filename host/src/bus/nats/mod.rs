@@ -41,7 +41,7 @@ use tokio_util::task::TaskTracker;
 use super::wire::{self, Subjects};
 use super::{BusError, BusParts, BusStats, LANES};
 use crate::config::Config;
-use crate::pipeline::{Edge, EventStats, PublishError, Router};
+use crate::pipeline::{Edge, EventStats, PublishError, Router, Stages};
 use crate::routing::Event;
 
 /// The NATS bus of one node.
@@ -114,21 +114,8 @@ impl NatsBus {
         let tasks = TaskTracker::new();
         let outlet = NatsOutlet::new(client.clone(), subjects.clone(), stats.clone());
         tasks.spawn(outlet.clone().beacons(stop.clone()));
-        let router = Arc::new(Router::start(
-            ROUTER_LANES,
-            parts.executor.clone(),
-            outlet,
-            parts.stats.clone(),
-            parts.history.clone(),
-            parts.draining.clone(),
-        ));
-        let edge = Edge::start(
-            LANES,
-            parts.hub.clone(),
-            parts.executor.clone(),
-            parts.stats.clone(),
-            parts.history.clone(),
-        );
+        let Stages { router, edge } =
+            Stages::assemble(&parts.stage_parts(), LANES, ROUTER_LANES, |_| outlet);
 
         let node_timeout = Duration::from_millis(bus.node_timeout_ms);
         let lease_ttl = Duration::from_millis(bus.lease_ttl_ms);
