@@ -26,6 +26,11 @@ fn bus(gw: &TestGateway) -> &BusStats {
 }
 
 /// Partitions `gw` routes now.
+/// Deliveries that reached a node: from NATS, or routed by itself.
+fn arrived(gw: &TestGateway) -> u64 {
+    bus(gw).received.load(Ordering::Relaxed) + bus(gw).local.load(Ordering::Relaxed)
+}
+
 fn owned(gw: &TestGateway) -> u64 {
     bus(gw).partitions_owned.load(Ordering::Relaxed).max(0) as u64
 }
@@ -189,12 +194,8 @@ async fn a_node_receives_only_what_its_sessions_need() {
         assert_eq!(carol.next_event().await["data"], i);
     }
     assert_eq!(dave.next_event().await["data"], "b");
-    assert_eq!(bus(&a).received.load(Ordering::Relaxed), 30);
-    assert_eq!(
-        bus(&b).received.load(Ordering::Relaxed),
-        1,
-        "b got nothing of news.a"
-    );
+    assert_eq!(arrived(&a), 30);
+    assert_eq!(arrived(&b), 1, "b got nothing of news.a");
 
     // The last session leaving a topic unsubscribes the node from it.
     let ack = carol
@@ -223,7 +224,7 @@ async fn a_node_receives_only_what_its_sessions_need() {
     .await
     .expect("accepted");
     assert_eq!(carol.next_event().await["data"], "to carol");
-    assert_eq!(bus(&a).received.load(Ordering::Relaxed), 31);
+    assert_eq!(arrived(&a), 31);
 
     // A malformed ingest message is counted and skipped; the stream goes on.
     let long_topic = format!("news.{}", "x".repeat(300));
@@ -240,13 +241,61 @@ async fn a_node_receives_only_what_its_sessions_need() {
 
     // Metrics say the same.
     let (_, text) = a.get_text("/metrics").await;
+    let (received, local) = (
+        bus(&a).received.load(Ordering::Relaxed),
+        bus(&a).local.load(Ordering::Relaxed),
+    );
     assert!(
-        text.contains("switchyard_bus_deliveries_received_total 31"),
+        text.contains(&format!(
+            "switchyard_bus_deliveries_received_total {received}"
+        )) && text.contains(&format!("switchyard_bus_deliveries_local_total {local}")),
         "{text}"
     );
     assert!(
         text.contains("switchyard_bus_interest_subjects 1"),
         "{text}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_hands_what_it_routes_to_its_own_sessions_without_nats() {
+    let db = fresh_postgres().await;
+    let nats = NatsServer::single();
+    let a = node("a", &[nats.url()], 1, &db).await;
+    let mut erin = subscribed(&a, json!({"sub": "erin"}), "news.own").await;
+    for i in 0..5 {
+        let (status, body) = a
+            .publish(json!({"topic": "news.own", "data": i, "to_users": ["erin"]}))
+            .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    for i in 0..5 {
+        assert_eq!(erin.next_event().await["data"], i, "once each, in order");
+    }
+    // The only node routes every partition: each event went to erin's
+    // topic and user subjects in process, and nothing came back from NATS.
+    assert_eq!(bus(&a).local.load(Ordering::Relaxed), 10);
+    assert_eq!(bus(&a).received.load(Ordering::Relaxed), 0);
+    assert_eq!(
+        bus(&a).duplicates.load(Ordering::Relaxed),
+        5,
+        "the user copies"
+    );
+
+    // A second node's session gets them through NATS, the first node's
+    // still in process.
+    let b = node("b", &[nats.url()], 1, &db).await;
+    let mut frank = subscribed(&b, json!({"sub": "frank"}), "news.own").await;
+    let (status, body) = b
+        .publish(json!({"topic": "news.own", "data": "both"}))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(erin.next_event().await["data"], "both");
+    assert_eq!(frank.next_event().await["data"], "both");
+    assert_eq!(arrived(&a) + arrived(&b), 12);
+    assert_eq!(
+        bus(&a).received.load(Ordering::Relaxed) + bus(&b).received.load(Ordering::Relaxed),
+        1
     );
 }
 

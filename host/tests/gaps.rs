@@ -18,8 +18,14 @@ fn bus(gw: &TestGateway) -> &BusStats {
     gw.gateway.bus.stats().expect("a NATS bus")
 }
 
-/// Node `a` on the server, node `b` through a lossy proxy, one store.
-async fn two_nodes(nats: &NatsServer, extra: &str) -> (TestGateway, TestGateway, LossyProxy) {
+/// Node `a` on the server, node `b` through a lossy proxy, one store;
+/// and a topic under `prefix` that `a` routes, so that its deliveries to
+/// `b` cross the proxy (a node hands its own to itself in process).
+async fn two_nodes(
+    nats: &NatsServer,
+    extra: &str,
+    prefix: &str,
+) -> (TestGateway, TestGateway, LossyProxy, String) {
     let pg = fresh_postgres().await;
     let proxy = LossyProxy::start(format!("127.0.0.1:{}", nats.port)).await;
     let cfg = |node: &str, url: String| {
@@ -34,8 +40,9 @@ async fn two_nodes(nats: &NatsServer, extra: &str) -> (TestGateway, TestGateway,
     let a = TestGateway::start(cfg("a", nats.url())).await;
     let b = TestGateway::start(cfg("b", proxy.url())).await;
     // Partitions that move mid-test would be repaired as takeovers.
-    support::cluster::balanced(&a, &["a", "b"]).await;
-    (a, b, proxy)
+    let owners = support::cluster::balanced(&a, &["a", "b"]).await;
+    let topic = owners.topic_routed_by(prefix, "a");
+    (a, b, proxy, topic)
 }
 
 async fn subscribed(gw: &TestGateway, topic: &str) -> Ws {
@@ -76,11 +83,12 @@ async fn next_events(ws: &mut Ws, n: usize) -> (Vec<Value>, Vec<Value>) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_delivery_is_repaired_from_history_before_what_follows() {
     let nats = NatsServer::single();
-    let (a, b, proxy) = two_nodes(&nats, "").await;
-    let mut ws = subscribed(&b, "news.gap").await;
+    let (a, b, proxy, topic) = two_nodes(&nats, "", "news.gap.").await;
+    let subject = format!("sy.out.t.{topic}");
+    let mut ws = subscribed(&b, &topic).await;
     let mut sent = Vec::new();
     for i in 0..3 {
-        sent.push(publish(&a, "news.gap", json!(i)).await);
+        sent.push(publish(&a, &topic, json!(i)).await);
     }
     assert_eq!(
         next_events(&mut ws, 3).await.0,
@@ -89,14 +97,14 @@ async fn a_lost_delivery_is_repaired_from_history_before_what_follows() {
 
     // One delivery lost in the middle: the next one names it.
     let (gaps, recovered, unrepaired) = counts(&b);
-    proxy.drop_next("sy.out.t.news.gap", 1);
+    proxy.drop_next(&subject, 1);
     for i in 3..6 {
-        sent.push(publish(&a, "news.gap", json!(i)).await);
+        sent.push(publish(&a, &topic, json!(i)).await);
     }
     let (data, errors) = next_events(&mut ws, 3).await;
     assert_eq!(data, [json!(3), json!(4), json!(5)], "sent {sent:?}");
     assert!(errors.is_empty(), "{errors:?}");
-    assert_eq!(proxy.dropped(), ["sy.out.t.news.gap"]);
+    assert_eq!(proxy.dropped(), std::slice::from_ref(&subject));
     assert_eq!(
         counts(&b),
         (gaps + 1, recovered + 1, unrepaired),
@@ -105,8 +113,8 @@ async fn a_lost_delivery_is_repaired_from_history_before_what_follows() {
 
     // The last delivery lost: only the partition's beacon names it.
     let (gaps, recovered, unrepaired) = counts(&b);
-    proxy.drop_next("sy.out.t.news.gap", 1);
-    sent.push(publish(&a, "news.gap", json!(6)).await);
+    proxy.drop_next(&subject, 1);
+    sent.push(publish(&a, &topic, json!(6)).await);
     let (data, errors) = next_events(&mut ws, 1).await;
     assert_eq!(data, [json!(6)]);
     assert!(errors.is_empty(), "{errors:?}");
@@ -118,7 +126,7 @@ async fn a_lost_delivery_is_repaired_from_history_before_what_follows() {
     );
 
     // Nothing more comes: each event once, the next one next.
-    publish(&a, "news.gap", json!(7)).await;
+    publish(&a, &topic, json!(7)).await;
     let (data, errors) = next_events(&mut ws, 1).await;
     assert_eq!(data, [json!(7)]);
     assert!(errors.is_empty(), "{errors:?}");
@@ -128,19 +136,20 @@ async fn a_lost_delivery_is_repaired_from_history_before_what_follows() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_lost_delivery_history_does_not_keep_is_reported_to_the_session() {
     let nats = NatsServer::single();
-    let (a, b, proxy) = two_nodes(
+    let (a, b, proxy, topic) = two_nodes(
         &nats,
         "[[store.retention]]\ntopics = \"news.live.>\"\nmax_events = 0\n",
+        "news.live.x",
     )
     .await;
-    let mut ws = subscribed(&b, "news.live.x").await;
-    publish(&a, "news.live.x", json!(0)).await;
+    let mut ws = subscribed(&b, &topic).await;
+    publish(&a, &topic, json!(0)).await;
     assert_eq!(next_events(&mut ws, 1).await.0, [json!(0)]);
 
     let (_, _, unrepaired) = counts(&b);
-    proxy.drop_next("sy.out.t.news.live.x", 1);
-    publish(&a, "news.live.x", json!(1)).await;
-    publish(&a, "news.live.x", json!(2)).await;
+    proxy.drop_next(&format!("sy.out.t.{topic}"), 1);
+    publish(&a, &topic, json!(1)).await;
+    publish(&a, &topic, json!(2)).await;
     let (data, errors) = next_events(&mut ws, 1).await;
     assert_eq!(data, [json!(2)], "the lost event cannot come back");
     assert_eq!(errors.len(), 1, "{errors:?}");

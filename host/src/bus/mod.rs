@@ -48,8 +48,10 @@ use crate::routing::Event;
 /// Counters of the NATS bus.
 #[derive(Debug, Default)]
 pub struct BusStats {
-    /// Whether the connection is up.
+    /// Whether the control connection is up.
     pub connected: AtomicBool,
+    /// Whether the delivery connection is up.
+    pub delivery_connected: AtomicBool,
     /// Partitions this node routes now.
     pub partitions_owned: AtomicI64,
     /// Whether this node relays raw publishes.
@@ -71,8 +73,10 @@ pub struct BusStats {
     pub fenced: AtomicU64,
     /// Cover rounds that failed.
     pub cover_failures: AtomicU64,
-    /// Connections lost.
+    /// Control connections lost.
     pub disconnects: AtomicU64,
+    /// Delivery connections lost.
+    pub delivery_disconnects: AtomicU64,
     /// Ingest messages that could not be read (counted, acknowledged, dropped).
     pub malformed: AtomicU64,
     /// Publishes NATS did not confirm (the caller got an error).
@@ -83,6 +87,11 @@ pub struct BusStats {
     pub delivery_errors: AtomicU64,
     /// Deliveries received from NATS.
     pub received: AtomicU64,
+    /// Deliveries this node routed to its own sessions, in process.
+    pub local: AtomicU64,
+    /// Of those, dropped because the dispatcher was behind (repaired from
+    /// history like a slow-consumer drop).
+    pub local_dropped: AtomicU64,
     /// Deliveries received twice and fanned out once.
     pub duplicates: AtomicU64,
     /// Messages the NATS client dropped because this node fell behind.

@@ -9,11 +9,16 @@ use crate::bus::nats::OwnedStatus;
 
 /// Counters and gauges of the bus.
 pub fn series(x: &mut Exposition, b: &BusStats) {
-    let gauges: [(&'static str, &'static str, f64); 4] = [
+    let gauges: [(&'static str, &'static str, f64); 5] = [
         (
             "switchyard_bus_connected",
-            "1 while the NATS connection is up.",
+            "1 while the NATS control connection (JetStream, leases, requests) is up.",
             f64::from(u8::from(b.connected.load(Ordering::Relaxed))),
+        ),
+        (
+            "switchyard_bus_delivery_connected",
+            "1 while the NATS delivery connection (deliveries and beacons) is up.",
+            f64::from(u8::from(b.delivery_connected.load(Ordering::Relaxed))),
         ),
         (
             "switchyard_bus_partitions_owned",
@@ -34,7 +39,7 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
     for (name, help, value) in gauges {
         x.sample(name, help, Kind::Gauge, &[], value);
     }
-    let counters: [(&'static str, &'static str, u64); 21] = [
+    let counters: [(&'static str, &'static str, u64); 24] = [
         (
             "switchyard_bus_leases_acquired_total",
             "Partition and relay leases this node took.",
@@ -77,8 +82,13 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
         ),
         (
             "switchyard_bus_disconnects_total",
-            "NATS connections lost.",
+            "NATS control connections lost.",
             b.disconnects.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_delivery_disconnects_total",
+            "NATS delivery connections lost (what was missed is repaired from history).",
+            b.delivery_disconnects.load(Ordering::Relaxed),
         ),
         (
             "switchyard_bus_malformed_total",
@@ -104,6 +114,16 @@ pub fn series(x: &mut Exposition, b: &BusStats) {
             "switchyard_bus_deliveries_received_total",
             "Deliveries received from NATS.",
             b.received.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_deliveries_local_total",
+            "Deliveries this node routed to its own sessions in process (not through NATS).",
+            b.local.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_bus_deliveries_local_dropped_total",
+            "Local deliveries dropped because the dispatcher was behind (repaired from history).",
+            b.local_dropped.load(Ordering::Relaxed),
         ),
         (
             "switchyard_bus_duplicates_total",

@@ -73,6 +73,17 @@ impl Owners {
             && slots.values().all(|n| *n <= cap)
     }
 
+    /// The first of `{prefix}0`, `{prefix}1`, … whose partition `node` owns.
+    pub fn topic_routed_by(&self, prefix: &str, node: &str) -> String {
+        (0..)
+            .map(|i| format!("{prefix}{i}"))
+            .find(|t| {
+                let p = partition_of_str(t, PARTITIONS as u16).0 as usize;
+                self.partitions[p].as_deref() == Some(node)
+            })
+            .expect("a node that owns a partition owns some topic's")
+    }
+
     /// The partitions whose owner differs from `before`'s.
     pub fn moved_since(&self, before: &Owners) -> Vec<(usize, Option<String>, Option<String>)> {
         (0..PARTITIONS)

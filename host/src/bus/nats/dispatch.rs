@@ -1,7 +1,8 @@
-//! The dispatcher: decodes deliveries and beacons, checks each against the
-//! position of its (subject, partition), drops repeats and deposed
-//! owners' deliveries, repairs gaps from history before handing on what
-//! follows them, and hands deliveries to the edge.
+//! The dispatcher: decodes deliveries and beacons from NATS, takes this
+//! node's own deliveries in process, checks each against the position of
+//! its (subject, partition), drops repeats and deposed owners'
+//! deliveries, repairs gaps from history before handing on what follows
+//! them, and hands deliveries to the edge.
 
 use std::collections::HashSet;
 use std::sync::atomic::Ordering;
@@ -114,6 +115,7 @@ impl Dispatcher {
                         let behind = inbound.len() > TRUST_BEACONS_UNDER;
                         self.handle(m, behind, &mut st).await
                     }
+                    Some(Inbound::Local(l)) => self.check(&l.subject, l.routed, l.prev, &mut st).await,
                     Some(Inbound::Forget(subject)) => st.positions.forget(&subject),
                     None => return,
                 },
@@ -138,8 +140,14 @@ impl Dispatcher {
                 return;
             }
         };
-        let id = routed.event.id;
         let prev = wire::prev_of(m.headers.as_ref());
+        self.check(subject, routed, prev, st).await;
+    }
+
+    /// Checks a delivery on `subject` against its position, repairing a
+    /// gap before it, and hands it on unless it is a repeat or fenced.
+    async fn check(&self, subject: &str, routed: Routed, prev: Option<EventId>, st: &mut State) {
+        let id = routed.event.id;
         let partition = routed.origin.partition;
         tracing::trace!(%id, %subject, "delivery received");
         self.takeover(routed.origin, st).await;

@@ -21,11 +21,25 @@ const INBOUND: usize = 16_384;
 
 /// What the dispatcher takes, in order.
 pub enum Inbound {
-    /// A delivery or a beacon.
+    /// A delivery or a beacon from NATS.
     Message(async_nats::Message),
+    /// A delivery this node routed to a subject it subscribes to, handed
+    /// over in process (the delivery connection has no echo).
+    Local(Local),
     /// A subject is no longer subscribed: its positions go (a later
     /// subscription starts afresh, not from a gap).
     Forget(String),
+}
+
+/// A delivery handed over in process: what a NATS delivery's subject and
+/// headers would say.
+pub struct Local {
+    /// The delivery subject.
+    pub subject: String,
+    /// The routed event.
+    pub routed: crate::routing::Routed,
+    /// The id its partition sent before it on the subject.
+    pub prev: Option<crate::routing::EventId>,
 }
 
 /// Subscribes and unsubscribes as the hub's interest changes. After each

@@ -3,6 +3,7 @@
 //! subjects per topic and user for fan-out, repaired from history.
 
 mod backpressure;
+mod connect;
 mod consumers;
 mod cover;
 mod dispatch;
@@ -43,10 +44,12 @@ use super::{BusError, BusParts, BusStats, LANES};
 use crate::config::Config;
 use crate::pipeline::{Edge, EventStats, PublishError, Router, Stages};
 use crate::routing::Event;
+use connect::{Role, connect};
 
 /// The NATS bus of one node.
 pub struct NatsBus {
     client: async_nats::Client,
+    deliveries: async_nats::Client,
     js: jetstream::Context,
     subjects: Subjects,
     ingest_stream: String,
@@ -88,7 +91,14 @@ impl NatsBus {
         let stats = Arc::new(BusStats::default());
         let subjects = Subjects::new(&bus.subject_prefix);
         let (link_tx, link_rx) = tokio::sync::mpsc::unbounded_channel();
-        let client = connect(&bus.urls, &node_id, stats.clone(), link_tx).await?;
+        let client = connect(&bus.urls, &node_id, stats.clone(), Role::Control).await?;
+        let deliveries = connect(
+            &bus.urls,
+            &node_id,
+            stats.clone(),
+            Role::Deliveries(link_tx.clone()),
+        )
+        .await?;
         let js = jetstream::ContextBuilder::new()
             .timeout(ACK_TIMEOUT)
             .max_ack_inflight(ACKS_IN_FLIGHT)
@@ -112,7 +122,18 @@ impl NatsBus {
         let epoch = Arc::new(AtomicU64::new(epoch));
         let stop = CancellationToken::new();
         let tasks = TaskTracker::new();
-        let outlet = NatsOutlet::new(client.clone(), subjects.clone(), stats.clone());
+        let (inbound_tx, inbound_rx) = interest::inbound();
+        let subscribed = Arc::new(std::sync::RwLock::new(std::collections::HashSet::new()));
+        let outlet = NatsOutlet::new(
+            deliveries.clone(),
+            subjects.clone(),
+            stats.clone(),
+            outlet::Local {
+                subscribed: subscribed.clone(),
+                inbound: inbound_tx.clone(),
+                link: link_tx,
+            },
+        );
         tasks.spawn(outlet.clone().beacons(stop.clone()));
         let Stages { router, edge } =
             Stages::assemble(&parts.stage_parts(), LANES, ROUTER_LANES, |_| outlet);
@@ -230,14 +251,12 @@ impl NatsBus {
             });
         }
 
-        let (inbound_tx, inbound_rx) = interest::inbound();
         let inbound_tx_beacons = inbound_tx.clone();
         let (applied_tx, applied) = watch::channel(0);
-        let subscribed = Arc::new(std::sync::RwLock::new(std::collections::HashSet::new()));
         if let Some(changes) = parts.interest {
             tasks.spawn(
                 interest::InterestManager {
-                    client: client.clone(),
+                    client: deliveries.clone(),
                     subjects: subjects.clone(),
                     inbound: inbound_tx,
                     applied: applied_tx,
@@ -247,7 +266,7 @@ impl NatsBus {
                 .run(changes, stop.clone()),
             );
         }
-        match client.subscribe(subjects.beacons_all()).await {
+        match deliveries.subscribe(subjects.beacons_all()).await {
             Ok(sub) => {
                 tasks.spawn(interest::forward(sub, inbound_tx_beacons));
             }
@@ -289,6 +308,7 @@ impl NatsBus {
         tasks.close();
         Ok(NatsBus {
             client,
+            deliveries,
             js,
             subjects,
             ingest_stream,
@@ -417,12 +437,15 @@ impl NatsBus {
         &self.stats
     }
 
-    /// Ready when connected.
+    /// Ready when both connections are up.
     pub fn ready(&self) -> Result<(), String> {
-        match self.client.connection_state() {
-            async_nats::connection::State::Connected => Ok(()),
-            state => Err(format!("NATS connection is {state}")),
+        for (what, client) in [("control", &self.client), ("delivery", &self.deliveries)] {
+            match client.connection_state() {
+                async_nats::connection::State::Connected => {}
+                state => return Err(format!("NATS {what} connection is {state}")),
+            }
         }
+        Ok(())
     }
 
     /// Routes what this node accepted for routing, delivers what arrived,
@@ -435,6 +458,7 @@ impl NatsBus {
             let _ = routing.wait_for(|n| *n == 0).await;
             self.router.drained().await;
             let _ = self.client.flush().await;
+            let _ = self.deliveries.flush().await;
             self.stop.cancel();
             self.edge.close();
             self.edge.drained().await;
@@ -443,72 +467,4 @@ impl NatsBus {
         .await;
         self.stop.cancel();
     }
-}
-
-async fn connect(
-    servers: &[String],
-    node_id: &str,
-    stats: Arc<BusStats>,
-    link: tokio::sync::mpsc::UnboundedSender<dispatch::Link>,
-) -> Result<async_nats::Client, BusError> {
-    let urls = servers.join(",");
-    let events = stats.clone();
-    let options = async_nats::ConnectOptions::new()
-        .name(format!("switchyard {node_id}"))
-        .connection_timeout(Duration::from_secs(5))
-        .retry_on_initial_connect()
-        .max_reconnects(None)
-        .reconnect_delay_callback(|attempt| {
-            // Quick at first, then at most every two seconds.
-            Duration::from_millis((50u64 << attempt.min(6)).min(2000))
-        })
-        .event_callback(move |event| {
-            let stats = events.clone();
-            let link = link.clone();
-            async move {
-                match event {
-                    async_nats::Event::Connected => {
-                        stats.connected.store(true, Ordering::Relaxed);
-                        let _ = link.send(dispatch::Link::Up);
-                        tracing::info!("NATS connected");
-                    }
-                    async_nats::Event::Disconnected => {
-                        stats.connected.store(false, Ordering::Relaxed);
-                        stats.disconnects.fetch_add(1, Ordering::Relaxed);
-                        let _ = link.send(dispatch::Link::Down(std::time::SystemTime::now()));
-                        tracing::warn!("NATS disconnected; reconnecting");
-                    }
-                    async_nats::Event::SlowConsumer(sid) => {
-                        stats.slow_consumer.fetch_add(1, Ordering::Relaxed);
-                        let _ = link.send(dispatch::Link::Dropped(std::time::SystemTime::now()));
-                        tracing::warn!(
-                            sid,
-                            "NATS dropped deliveries: this node is behind; repairing from history"
-                        );
-                    }
-                    other => tracing::info!(event = %other, "NATS"),
-                }
-            }
-        });
-    let client = options
-        .connect(servers.to_vec())
-        .await
-        .map_err(|e| BusError::Connect {
-            urls: urls.clone(),
-            reason: e.to_string(),
-        })?;
-    // retry_on_initial_connect returns at once: wait for the first
-    // connection so that a wrong URL fails the start clearly.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    while client.connection_state() != async_nats::connection::State::Connected {
-        if tokio::time::Instant::now() >= deadline {
-            return Err(BusError::Connect {
-                urls,
-                reason: "no server answered within 10 s".into(),
-            });
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    stats.connected.store(true, Ordering::Relaxed);
-    Ok(client)
 }

@@ -1,20 +1,25 @@
 //! Publishes routed events on core NATS, to the delivery subjects of their
-//! topics and users, and settles the ingest message at once: nothing waits
-//! per event. Each delivery names the id its partition sent before it on
+//! topics and users (and hands this node's own subscribers' copies to its
+//! dispatcher in process), and settles the ingest message at once: nothing
+//! waits per event. Each delivery names the id its partition sent before it on
 //! the same subject, and a beacon per partition names each subject's
 //! newest id, so an edge that missed one (a slow-consumer drop, a link
 //! loss) sees the gap and repairs it from history. The acknowledgement of
 //! the ingest message still waits for history (off the lane), so an owner
 //! that dies routes nothing its successor cannot route again.
 
+use std::collections::HashSet;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use futures_util::future::BoxFuture;
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
+use super::dispatch::Link;
+use super::interest::{self, Inbound};
 use crate::bus::BusStats;
 use crate::bus::sent::SentLog;
 use crate::bus::wire::{self, Beacon, Subjects};
@@ -27,6 +32,18 @@ pub struct NatsOutlet {
     subjects: Subjects,
     stats: Arc<BusStats>,
     sent: Mutex<SentLog>,
+    local: Local,
+}
+
+/// Where this node's own subscribers' deliveries go: straight to its
+/// dispatcher, which checks them like any other.
+pub struct Local {
+    /// The delivery subjects this node subscribes to.
+    pub subscribed: Arc<RwLock<HashSet<String>>>,
+    /// The dispatcher's channel.
+    pub inbound: mpsc::Sender<Inbound>,
+    /// A full channel is reported as a drop, repaired from history.
+    pub link: mpsc::UnboundedSender<Link>,
 }
 
 /// How often each partition with recent deliveries sends a beacon.
@@ -48,12 +65,18 @@ impl crate::pipeline::Outlet for NatsOutlet {
 
 impl NatsOutlet {
     /// An outlet publishing through `client`.
-    pub fn new(client: async_nats::Client, subjects: Subjects, stats: Arc<BusStats>) -> Arc<Self> {
+    pub fn new(
+        client: async_nats::Client,
+        subjects: Subjects,
+        stats: Arc<BusStats>,
+        local: Local,
+    ) -> Arc<Self> {
         Arc::new(NatsOutlet {
             client,
             subjects,
             stats,
             sent: Mutex::new(SentLog::default()),
+            local,
         })
     }
 
@@ -78,8 +101,19 @@ impl NatsOutlet {
                     .map(|s| sent.record(r.origin, s, r.event.id, now))
                     .collect()
             };
+            let here: Vec<bool> = {
+                let subscribed = self
+                    .local
+                    .subscribed
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                targets.iter().map(|s| subscribed.contains(s)).collect()
+            };
             tracing::trace!(id = %r.event.id, subjects = targets.len(), "publishing deliveries");
-            for (subject, prev) in targets.into_iter().zip(prevs) {
+            for ((subject, prev), here) in targets.into_iter().zip(prevs).zip(here) {
+                if here {
+                    self.hand_over(&subject, &r, prev);
+                }
                 let mut h = headers.clone();
                 if let Some(prev) = prev {
                     h.insert(wire::H_PREV, prev.to_string().as_str());
@@ -99,6 +133,28 @@ impl NatsOutlet {
         }
         if let Some(settle) = settle {
             settle.done(delivered);
+        }
+    }
+
+    /// Gives this node's dispatcher its copy of a delivery. A full channel
+    /// drops it, as NATS drops a slow consumer's messages, and says so: the
+    /// dispatcher repairs from history, never blocking the routing lane.
+    fn hand_over(&self, subject: &str, routed: &Routed, prev: Option<EventId>) {
+        let local = Inbound::Local(interest::Local {
+            subject: subject.to_owned(),
+            routed: routed.clone(),
+            prev,
+        });
+        match self.local.inbound.try_send(local) {
+            Ok(()) => {
+                self.stats.local.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                self.stats.local_dropped.fetch_add(1, Ordering::Relaxed);
+                let _ = self.local.link.send(Link::Dropped(SystemTime::now()));
+            }
+            // The dispatcher has stopped with the bus.
+            Err(mpsc::error::TrySendError::Closed(_)) => {}
         }
     }
 
