@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::nats::{NatsServer, bus_section};
+use support::nats::{NatsServer, bus_section, publish_nats, service};
 use support::*;
 use switchyard_host::bus::BusStats;
 
@@ -25,12 +25,12 @@ fn bus(gw: &TestGateway) -> &BusStats {
     gw.gateway.bus.stats().expect("a NATS bus")
 }
 
-/// Partitions `gw` routes now.
 /// Deliveries that reached a node: from NATS, or routed by itself.
 fn arrived(gw: &TestGateway) -> u64 {
     bus(gw).received.load(Ordering::Relaxed) + bus(gw).local.load(Ordering::Relaxed)
 }
 
+/// Partitions `gw` routes now.
 fn owned(gw: &TestGateway) -> u64 {
     bus(gw).partitions_owned.load(Ordering::Relaxed).max(0) as u64
 }
@@ -42,32 +42,6 @@ fn router_calls(gw: &TestGateway) -> u64 {
         .filter(|(p, _)| p.name() == "chat-router")
         .map(|(p, _)| p.metrics().calls.load(Ordering::Relaxed))
         .sum()
-}
-
-async fn service(url: &str) -> async_nats::jetstream::Context {
-    let client = async_nats::connect(url).await.expect("service connects");
-    async_nats::jetstream::new(client)
-}
-
-/// Publishes like a service: to `sy.in.<topic>`, metadata in headers;
-/// returns the stream sequence once JetStream has it.
-async fn publish_nats(
-    js: &async_nats::jetstream::Context,
-    topic: &str,
-    data: Value,
-    headers: &[(&str, &str)],
-) -> Result<u64, String> {
-    let mut h = async_nats::HeaderMap::new();
-    for (k, v) in headers {
-        h.insert(*k, *v);
-    }
-    let ack = js
-        .publish_with_headers(format!("sy.in.{topic}"), h, data.to_string().into())
-        .await
-        .map_err(|e| e.to_string())?
-        .await
-        .map_err(|e| e.to_string())?;
-    Ok(ack.sequence)
 }
 
 async fn subscribed(gw: &TestGateway, user: Value, topic: &str) -> Ws {

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
+
 /// A free TCP port on 127.0.0.1 (released for the server to take).
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -177,4 +179,31 @@ pub fn bus_section(urls: &[String], replicas: usize) -> String {
         .collect::<Vec<_>>()
         .join(", ");
     format!("[bus]\nkind = \"nats\"\nurls = [{urls}]\nreplicas = {replicas}\n")
+}
+
+/// A service's JetStream context on `url`.
+pub async fn service(url: &str) -> async_nats::jetstream::Context {
+    let client = async_nats::connect(url).await.expect("service connects");
+    async_nats::jetstream::new(client)
+}
+
+/// Publishes like a service: to `sy.in.<topic>`, metadata in headers;
+/// returns the stream sequence once JetStream has it.
+pub async fn publish_nats(
+    js: &async_nats::jetstream::Context,
+    topic: &str,
+    data: Value,
+    headers: &[(&str, &str)],
+) -> Result<u64, String> {
+    let mut h = async_nats::HeaderMap::new();
+    for (k, v) in headers {
+        h.insert(*k, *v);
+    }
+    let ack = js
+        .publish_with_headers(format!("sy.in.{topic}"), h, data.to_string().into())
+        .await
+        .map_err(|e| e.to_string())?
+        .await
+        .map_err(|e| e.to_string())?;
+    Ok(ack.sequence)
 }
