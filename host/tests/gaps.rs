@@ -1,7 +1,8 @@
 //! Gaps in the core-NATS fan-out: a node whose NATS link loses a delivery
 //! (a proxy drops the message whole) repairs it from history before what
 //! follows, finds a lost last delivery through the partition's beacon,
-//! and tells its sessions when history keeps nothing to repair from.
+//! and tells its sessions when history keeps nothing to repair from; a
+//! partition handed over cleanly reports nothing lost.
 //! Real nats-server, the machine's PostgreSQL shared by both nodes.
 
 mod support;
@@ -159,4 +160,60 @@ async fn a_lost_delivery_history_does_not_keep_is_reported_to_the_session() {
     assert!(message.contains("lost on the way"), "{errors:?}");
     assert!(b.metric("switchyard_bus_gaps_unrepaired_total").await >= 1);
     assert_eq!(counts(&b).2, unrepaired + 1, "one subject reported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_partition_handed_over_cleanly_reports_nothing_lost() {
+    let nats = NatsServer::single();
+    let pg = fresh_postgres().await;
+    let cfg = |node: &str| {
+        node_config(
+            node,
+            &format!(
+                "{}\n[store]\nurl = {pg:?}\n[[store.retention]]\ntopics = \"news.quiet.>\"\nmax_events = 0\n",
+                support::nats::bus_section(&[nats.url()], 1)
+            ),
+        )
+    };
+    // One topic in each partition; history keeps none of them, so a
+    // takeover that doubted what the previous owner sent last could only
+    // tell the session events were lost.
+    let mut topics: Vec<Option<String>> = vec![None; support::cluster::PARTITIONS];
+    for i in 0.. {
+        let t = format!("news.quiet.{i}");
+        let p = switchyard_host::routing::partition::partition_of_str(&t, 64).0 as usize;
+        topics[p].get_or_insert(t);
+        if topics.iter().all(Option::is_some) {
+            break;
+        }
+    }
+    let topics: Vec<String> = topics.into_iter().flatten().collect();
+    let a = TestGateway::start(cfg("a")).await;
+    support::cluster::balanced(&a, &["a"]).await;
+    let mut ws = support::cluster::subscribed_to(&a, &topics).await;
+    let round = async |ws: &mut Ws, n: u64| {
+        for t in &topics {
+            publish(&a, t, json!(n)).await;
+        }
+        let (data, errors) = next_events(ws, topics.len()).await;
+        assert!(errors.is_empty(), "round {n}: {errors:?}");
+        assert!(data.iter().all(|d| *d == json!(n)), "round {n}: {data:?}");
+    };
+    round(&mut ws, 1).await;
+
+    // b joins: a hands half the partitions over, vouching (in process, to
+    // its own dispatcher) for what it delivered here.
+    let b = TestGateway::start(cfg("b")).await;
+    support::cluster::balanced(&a, &["a", "b"]).await;
+    round(&mut ws, 2).await;
+    // b drains: it hands them back, vouching over NATS.
+    switchyard_host::server::drain(&b.gateway).await;
+    support::cluster::balanced(&a, &["a"]).await;
+    round(&mut ws, 3).await;
+    assert_eq!(a.metric("switchyard_bus_gaps_unrepaired_total").await, 0);
+    assert_eq!(
+        bus(&a).gaps.load(Ordering::Relaxed),
+        0,
+        "no takeover doubted a handover"
+    );
 }

@@ -47,6 +47,9 @@ pub struct Positions {
     /// By partition, then subject: a beacon reads one partition's.
     at: HashMap<Partition, HashMap<String, Position>>,
     terms: HashMap<Partition, u64>,
+    /// Per partition, what its owner under a term said it had sent last
+    /// when it handed the partition over (its closing beacon).
+    closed: HashMap<Partition, (u64, HashMap<String, EventId>)>,
 }
 
 impl Positions {
@@ -78,11 +81,46 @@ impl Positions {
             .is_some_and(|t| *t > 0 && origin.term > *t)
     }
 
-    /// Every subject of `partition` with its position.
-    pub fn of_partition(&self, partition: Partition) -> Vec<(String, EventId)> {
+    /// Takes (one part of) the closing beacon of `origin`'s owner, sent
+    /// when it handed the partition over: the newest id it sent on each
+    /// subject.
+    pub fn closing(&mut self, origin: Origin, last: &[(String, EventId)]) {
+        if !self.admit_term(origin) {
+            return;
+        }
+        let closed = self
+            .closed
+            .entry(origin.partition)
+            .or_insert_with(|| (origin.term, HashMap::new()));
+        if closed.0 != origin.term {
+            *closed = (origin.term, HashMap::new());
+        }
+        closed.1.extend(last.iter().cloned());
+    }
+
+    /// Every subject of `partition` with its position, but those the owner
+    /// heard last vouched for when it handed over (this node has all it
+    /// said it sent): what a takeover checks against history.
+    pub fn unvouched(&mut self, partition: Partition) -> Vec<(String, EventId)> {
+        let heard = self.terms.get(&partition).copied().unwrap_or(0);
+        let closed = self
+            .closed
+            .remove(&partition)
+            .filter(|(term, _)| *term == heard)
+            .map(|(_, last)| last)
+            .unwrap_or_default();
         self.at
             .get(&partition)
-            .map(|part| part.iter().map(|(s, p)| (s.clone(), p.last)).collect())
+            .map(|part| {
+                part.iter()
+                    .filter(|(s, p)| {
+                        !closed
+                            .get(*s)
+                            .is_some_and(|sent| sent.epoch == p.last.epoch && *sent <= p.last)
+                    })
+                    .map(|(s, p)| (s.clone(), p.last))
+                    .collect()
+            })
             .unwrap_or_default()
     }
 
@@ -367,9 +405,34 @@ mod tests {
         assert!(!pos.is_takeover(o(1, 4)));
         assert!(pos.is_takeover(o(1, 5)));
         assert_eq!(
-            pos.of_partition(Partition(1)),
+            pos.unvouched(Partition(1)),
             vec![("t.a".to_owned(), id(10))]
         );
+    }
+
+    #[test]
+    fn a_clean_handover_vouches_for_what_arrived() {
+        let mut pos = Positions::default();
+        pos.offer("t.a", o(1, 4), id(10), STAMP, None);
+        pos.offer("t.b", o(1, 4), id(11), STAMP, None);
+        pos.offer("t.c", o(1, 4), id(12), STAMP, None);
+        // The owner of term 4 hands over: it sent 10 on t.a (here), 13 on
+        // t.b (not here), and t.c too long ago to name.
+        pos.closing(
+            o(1, 4),
+            &[("t.a".to_owned(), id(10)), ("t.b".to_owned(), id(13))],
+        );
+        let mut unsure = pos.unvouched(Partition(1));
+        unsure.sort();
+        assert_eq!(
+            unsure,
+            vec![("t.b".to_owned(), id(11)), ("t.c".to_owned(), id(12))]
+        );
+        // Read once, at the takeover; a closing of an owner before the one
+        // heard last vouches for nothing.
+        assert_eq!(pos.unvouched(Partition(1)).len(), 3);
+        pos.closing(o(1, 3), &[("t.a".to_owned(), id(10))]);
+        assert_eq!(pos.unvouched(Partition(1)).len(), 3);
     }
 
     #[test]

@@ -54,6 +54,21 @@ impl SentLog {
         }
     }
 
+    /// Every subject `origin` sent on that is not yet forgotten, with its
+    /// newest id: what its closing beacon names when it hands over.
+    pub fn sent_under(&self, origin: Origin) -> Vec<(String, EventId)> {
+        self.parts
+            .get(&origin.partition)
+            .filter(|part| part.term == origin.term)
+            .map(|part| {
+                part.last
+                    .iter()
+                    .map(|(s, (id, _))| (s.clone(), *id))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     /// The beacons to send now: per partition, the subjects sent on within
     /// `window`, with their newest id; forgets subjects silent for
     /// `forget`.
@@ -111,6 +126,11 @@ mod tests {
         assert_eq!(log.record(o(1, 5), "a", id(3), t), Some(id(1)));
         assert_eq!(log.record(o(2, 5), "a", id(4), t), None, "per partition");
         assert_eq!(log.record(o(1, 6), "a", id(5), t), None, "a new term");
+        assert_eq!(log.sent_under(o(1, 6)), vec![("a".to_owned(), id(5))]);
+        assert!(
+            log.sent_under(o(1, 5)).is_empty(),
+            "not the term's to vouch for"
+        );
     }
 
     #[test]

@@ -73,6 +73,10 @@ pub struct Beacon {
     pub round: u64,
     /// (subject, id).
     pub last: Vec<(String, String)>,
+    /// Sent by an owner handing the partition over, after its last
+    /// delivery: it names every subject it still remembers sending on.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub closing: bool,
 }
 
 impl Beacon {

@@ -116,6 +116,7 @@ impl Dispatcher {
                         self.handle(m, behind, &mut st).await
                     }
                     Some(Inbound::Local(l)) => self.check(&l.subject, l.routed, l.prev, &mut st).await,
+                    Some(Inbound::Closing(origin, last)) => st.positions.closing(origin, &last),
                     Some(Inbound::Forget(subject)) => st.positions.forget(&subject),
                     None => return,
                 },
@@ -126,10 +127,7 @@ impl Dispatcher {
     async fn handle(&self, m: async_nats::Message, behind: bool, st: &mut State) {
         let subject = m.subject.as_str();
         if self.subjects.is_beacon(subject) {
-            if behind {
-                return;
-            }
-            return self.beacon(&m.payload, st).await;
+            return self.beacon(&m.payload, behind, st).await;
         }
         self.stats.received.fetch_add(1, Ordering::Relaxed);
         let routed = match wire::decode_routed(m.headers.as_ref(), &m.payload) {
@@ -191,17 +189,26 @@ impl Dispatcher {
         }
     }
 
-    async fn beacon(&self, payload: &[u8], st: &mut State) {
+    async fn beacon(&self, payload: &[u8], behind: bool, st: &mut State) {
         let Ok(b) = serde_json::from_slice::<Beacon>(payload) else {
             self.stats.malformed.fetch_add(1, Ordering::Relaxed);
             return;
         };
+        // Behind, a beacon may name deliveries still queued here; a closing
+        // one is only ever compared at the next takeover.
+        if behind && !b.closing {
+            return;
+        }
         let origin = b.origin();
         let newest: Vec<(String, EventId)> = b
             .last
             .into_iter()
             .filter_map(|(s, id)| Some((s, EventId::parse(&id)?)))
             .collect();
+        if b.closing {
+            st.positions.closing(origin, &newest);
+            return;
+        }
         self.takeover(origin, st).await;
         let lost = st.positions.beacon(origin, b.round, &newest);
         if lost.is_empty() {
@@ -225,14 +232,15 @@ impl Dispatcher {
 
     /// On the first word from a partition's new owner: the previous owner's
     /// last deliveries may have been lost with no successor to name them,
-    /// so every subject it fed here is checked against history.
+    /// so every subject it fed here is checked against history, but those
+    /// it vouched for as it handed over.
     async fn takeover(&self, origin: crate::routing::Origin, st: &mut State) {
         if !st.positions.is_takeover(origin) {
             return;
         }
         let gaps: Vec<Gap> = st
             .positions
-            .of_partition(origin.partition)
+            .unvouched(origin.partition)
             .into_iter()
             .map(|(subject, last)| Gap {
                 subject,

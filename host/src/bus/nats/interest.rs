@@ -26,6 +26,12 @@ pub enum Inbound {
     /// A delivery this node routed to a subject it subscribes to, handed
     /// over in process (the delivery connection has no echo).
     Local(Local),
+    /// This node, handing a partition over, vouches for what it sent last
+    /// on these subscribed subjects (its closing beacon, in process).
+    Closing(
+        crate::routing::Origin,
+        Vec<(String, crate::routing::EventId)>,
+    ),
     /// A subject is no longer subscribed: its positions go (a later
     /// subscription starts afresh, not from a gap).
     Forget(String),

@@ -136,7 +136,9 @@ impl NatsBus {
         );
         tasks.spawn(outlet.clone().beacons(stop.clone()));
         let Stages { router, edge } =
-            Stages::assemble(&parts.stage_parts(), LANES, ROUTER_LANES, |_| outlet);
+            Stages::assemble(&parts.stage_parts(), LANES, ROUTER_LANES, |_| {
+                outlet.clone()
+            });
 
         let node_timeout = Duration::from_millis(bus.node_timeout_ms);
         let lease_ttl = Duration::from_millis(bus.lease_ttl_ms);
@@ -170,6 +172,7 @@ impl NatsBus {
             stats: stats.clone(),
             acks: settle::Acks::start(parts.history.clone(), &tasks),
             owned: owned.clone(),
+            outlet,
         });
         let relay = Arc::new(relay::RelayContext {
             js: js.clone(),

@@ -9,7 +9,7 @@
 //! that dies routes nothing its successor cannot route again.
 
 use std::collections::HashSet;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -24,7 +24,7 @@ use crate::bus::BusStats;
 use crate::bus::sent::SentLog;
 use crate::bus::wire::{self, Beacon, Subjects};
 use crate::pipeline::settle::Settle;
-use crate::routing::{EventId, Routed};
+use crate::routing::{EventId, Origin, Routed};
 
 /// The router stage's outlet in a cluster: core NATS.
 pub struct NatsOutlet {
@@ -32,6 +32,8 @@ pub struct NatsOutlet {
     subjects: Subjects,
     stats: Arc<BusStats>,
     sent: Mutex<SentLog>,
+    /// The beacon round last sent.
+    round: AtomicU64,
     local: Local,
 }
 
@@ -76,6 +78,7 @@ impl NatsOutlet {
             subjects,
             stats,
             sent: Mutex::new(SentLog::default()),
+            round: AtomicU64::new(0),
             local,
         })
     }
@@ -163,40 +166,87 @@ impl NatsOutlet {
     pub async fn beacons(self: Arc<Self>, stop: CancellationToken) {
         let mut tick = tokio::time::interval(BEACON_EVERY);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut round = 0u64;
         loop {
             tokio::select! {
                 _ = tick.tick() => {}
                 () = stop.cancelled() => return,
             }
-            round += 1;
+            let round = self.round.fetch_add(1, Ordering::Relaxed) + 1;
             let due = self
                 .sent
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .beacons(Instant::now(), BEACON_WINDOW, FORGET_AFTER);
             for (origin, entries) in due {
-                for chunk in entries.chunks(BEACON_CHUNK) {
-                    let beacon = Beacon {
-                        p: origin.partition.0,
-                        term: origin.term,
-                        round,
-                        last: chunk
-                            .iter()
-                            .map(|(s, id)| (s.clone(), id.to_string()))
-                            .collect(),
-                    };
-                    let Ok(json) = serde_json::to_vec(&beacon) else {
-                        continue;
-                    };
-                    if let Err(e) = self
-                        .client
-                        .publish(self.subjects.beacon(origin.partition), json.into())
-                        .await
-                    {
-                        tracing::debug!(error = %e, "beacon not sent");
-                    }
-                }
+                self.beacon(origin, round, &entries, false).await;
+            }
+        }
+    }
+
+    /// After the last delivery of `origin`'s term, as its owner hands the
+    /// partition over: names the newest id of every subject it remembers
+    /// sending on, so that an edge holding all of it needs no repair when
+    /// the next owner takes over. Returns once the server has it.
+    pub async fn closing(&self, origin: Origin) {
+        let entries = self
+            .sent
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .sent_under(origin);
+        if entries.is_empty() {
+            return;
+        }
+        let here: Vec<(String, EventId)> = {
+            let subscribed = self
+                .local
+                .subscribed
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            entries
+                .iter()
+                .filter(|(s, _)| subscribed.contains(s))
+                .cloned()
+                .collect()
+        };
+        // A full channel loses only the vouching: the takeover checks
+        // these subjects as it would without it.
+        if !here.is_empty() {
+            let _ = self.local.inbound.try_send(Inbound::Closing(origin, here));
+        }
+        let round = self.round.load(Ordering::Relaxed);
+        self.beacon(origin, round, &entries, true).await;
+        if let Err(e) = self.client.flush().await {
+            tracing::debug!(error = %e, "closing beacon not flushed");
+        }
+    }
+
+    async fn beacon(
+        &self,
+        origin: Origin,
+        round: u64,
+        entries: &[(String, EventId)],
+        closing: bool,
+    ) {
+        for chunk in entries.chunks(BEACON_CHUNK) {
+            let beacon = Beacon {
+                p: origin.partition.0,
+                term: origin.term,
+                round,
+                last: chunk
+                    .iter()
+                    .map(|(s, id)| (s.clone(), id.to_string()))
+                    .collect(),
+                closing,
+            };
+            let Ok(json) = serde_json::to_vec(&beacon) else {
+                continue;
+            };
+            if let Err(e) = self
+                .client
+                .publish(self.subjects.beacon(origin.partition), json.into())
+                .await
+            {
+                tracing::debug!(error = %e, "beacon not sent");
             }
         }
     }

@@ -51,6 +51,7 @@ pub struct OwnerContext {
     pub stats: Arc<BusStats>,
     pub acks: Acks,
     pub owned: Arc<Owned>,
+    pub outlet: Arc<super::NatsOutlet>,
 }
 
 enum Ended {
@@ -107,6 +108,14 @@ pub async fn own(
     ctx.owned.remove(partition);
     match ended {
         Ended::HandedOver => {
+            // Everything of this term is out: say so before the next owner
+            // can start.
+            ctx.outlet
+                .closing(Origin {
+                    partition,
+                    term: lease.term,
+                })
+                .await;
             lease.release().await;
             ctx.stats.leases_released.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%partition, "partition handed over");
