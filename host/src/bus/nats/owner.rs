@@ -87,12 +87,15 @@ pub async fn own(
     renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     renew.tick().await;
     let mut ended = route(&ctx, &mut lease, &mut renew, partition, &owning, &handover).await;
+    // Whether every event taken under this term was delivered and settled.
+    let mut settled = false;
     if let Ended::HandedOver = ended {
         let drained = owning.inflight.drained(HANDOVER_BUDGET);
         tokio::pin!(drained);
         loop {
             tokio::select! {
                 all = &mut drained => {
+                    settled = all;
                     if !all {
                         tracing::warn!(%partition, left = owning.inflight.count(), "handing over with events not yet acknowledged; the next owner routes them again");
                     }
@@ -109,13 +112,16 @@ pub async fn own(
     match ended {
         Ended::HandedOver => {
             // Everything of this term is out: say so before the next owner
-            // can start.
-            ctx.outlet
-                .closing(Origin {
-                    partition,
-                    term: lease.term,
-                })
-                .await;
+            // can start. With events still in the lanes, later deliveries
+            // could follow the closing beacon: it would vouch for too little.
+            if settled {
+                ctx.outlet
+                    .closing(Origin {
+                        partition,
+                        term: lease.term,
+                    })
+                    .await;
+            }
             lease.release().await;
             ctx.stats.leases_released.fetch_add(1, Ordering::Relaxed);
             tracing::info!(%partition, "partition handed over");
