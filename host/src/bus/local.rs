@@ -5,6 +5,9 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
+use tokio_util::sync::CancellationToken;
+
+use super::settled::{self, Settled};
 use super::{BusParts, LANES};
 use crate::hub::Hub;
 use crate::pipeline::{Edge, EventStats, Job, PublishError, Router, Stages};
@@ -19,7 +22,8 @@ pub struct LocalBus {
     hub: Arc<Hub>,
     stats: Arc<EventStats>,
     epoch: u64,
-    seq: AtomicU64,
+    seq: Arc<AtomicU64>,
+    settled: Arc<Settled>,
     node_id: String,
     partitions: u16,
 }
@@ -38,6 +42,20 @@ impl LocalBus {
                 .unwrap_or(0);
             (now, 0)
         });
+        let seq = Arc::new(AtomicU64::new(resume_seq));
+        let settled = Arc::new(Settled::default());
+        // Nothing of the epoch past where it resumes has been given out yet.
+        settled.set(EventId {
+            epoch,
+            seq: resume_seq,
+        });
+        tokio::spawn(follow_settled(
+            Arc::downgrade(&router),
+            seq.clone(),
+            epoch,
+            settled.clone(),
+            parts.draining.clone(),
+        ));
         LocalBus {
             router,
             history: parts.history.clone(),
@@ -45,7 +63,8 @@ impl LocalBus {
             hub: parts.hub,
             stats: parts.stats,
             epoch,
-            seq: AtomicU64::new(resume_seq),
+            seq,
+            settled,
             node_id: parts.node_id,
             partitions: parts.partitions,
         }
@@ -100,6 +119,11 @@ impl LocalBus {
         }
     }
 
+    /// An id up to which everything was routed.
+    pub fn settled(&self) -> Option<EventId> {
+        self.settled.get()
+    }
+
     /// One node routes every partition.
     pub fn partitions(&self) -> serde_json::Value {
         let epoch = self.epoch;
@@ -126,5 +150,36 @@ impl LocalBus {
             self.edge.drained().await;
         })
         .await;
+    }
+}
+
+/// Learns the settled floor every [`settled::EVERY`]: once a barrier is
+/// through the router's lanes, the last id given out a round before it (an
+/// id is given out just before its event joins a lane: one read now could
+/// name an event not yet queued). Ends with the router, or when the node
+/// drains.
+async fn follow_settled(
+    router: std::sync::Weak<Router>,
+    seq: Arc<AtomicU64>,
+    epoch: u64,
+    settled: Arc<Settled>,
+    draining: CancellationToken,
+) {
+    let mut tick = tokio::time::interval(settled::EVERY);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut before = None;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            () = draining.cancelled() => return,
+        }
+        let Some(router) = router.upgrade() else {
+            return;
+        };
+        let head = seq.load(Ordering::SeqCst);
+        router.barrier().await;
+        if let Some(seq) = before.replace(head) {
+            settled.set(EventId { epoch, seq });
+        }
     }
 }

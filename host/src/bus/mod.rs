@@ -29,6 +29,7 @@ pub mod nats;
 pub mod positions;
 pub mod recent;
 pub mod sent;
+pub mod settled;
 pub mod subjects;
 pub mod wire;
 
@@ -278,6 +279,16 @@ impl Bus {
                 true
             }
             Bus::Nats(b) => b.cover().await,
+        }
+    }
+
+    /// An id up to which everything was routed, as last learnt (none yet
+    /// after a start): read before a session goes live, it bounds what the
+    /// session can still be owed below the newest id it is shown.
+    pub fn settled(&self) -> Option<crate::routing::EventId> {
+        match self {
+            Bus::Local(b) => b.settled(),
+            Bus::Nats(b) => b.settled(),
         }
     }
 

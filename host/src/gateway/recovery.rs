@@ -6,8 +6,9 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use super::Gateway;
-use crate::routing::Event;
+use crate::routing::{Cursor, Event, Partition, partition_of_str};
 use crate::session::SessionHandle;
+use crate::store::ReplayStream;
 use crate::store::inbox::InboxCursor;
 use crate::subject::Subject;
 
@@ -43,9 +44,10 @@ impl Gateway {
         topics: &[String],
         inbox: Option<&InboxCursor>,
     ) -> Recovery {
-        let Some(since) = crate::routing::EventId::parse(since) else {
+        let Some(cursor) = Cursor::parse(since) else {
             return Recovery::Reset;
         };
+        let since = cursor.at;
         let inbox = inbox.filter(|_| self.retention.keeps_inbox());
         let with_inbox = inbox.is_some();
         // A topic that keeps no history cannot be replayed.
@@ -60,11 +62,16 @@ impl Gateway {
             tracing::warn!("history not confirmed complete; cannot replay");
             return Recovery::Reset;
         }
-        let mut streams = topics.to_vec();
+        let mut streams = replay_streams(&cursor, topics, self.config.bus.partitions);
         if with_inbox {
-            streams.push(crate::store::retention::inbox_stream(&subject.user));
+            // The inbox is best kept: below the newest id, what was not
+            // shown comes from its own cursors (`lagged_inbox`).
+            streams.push(ReplayStream {
+                name: crate::store::retention::inbox_stream(&subject.user),
+                floor: since.seq,
+            });
         }
-        let replay = match self.store.replay(epoch, since, &streams).await {
+        let replay = match self.store.replay_from(epoch, &cursor, &streams).await {
             Ok(crate::store::Replay::Events(events)) => match inbox {
                 Some(cursor) => self
                     .lagged_inbox(epoch, &subject.user, since, cursor)
@@ -200,6 +207,31 @@ fn merged(after: Vec<Event>, below: Vec<Event>) -> Vec<Event> {
     all
 }
 
+/// The topics to replay from `cursor`, each with the lowest floor owed of
+/// it: that of its own partition, and that of any partition the cursor
+/// names that is no topic's own (a router may feed a topic from it).
+fn replay_streams(cursor: &Cursor, topics: &[String], partitions: u16) -> Vec<ReplayStream> {
+    let own: Vec<Partition> = topics
+        .iter()
+        .map(|t| partition_of_str(t, partitions))
+        .collect();
+    let routed = cursor
+        .floors()
+        .iter()
+        .filter(|(p, _)| !own.contains(p))
+        .map(|(_, f)| *f)
+        .min()
+        .unwrap_or(cursor.at.seq);
+    topics
+        .iter()
+        .zip(&own)
+        .map(|(t, p)| ReplayStream {
+            name: t.clone(),
+            floor: cursor.floor(*p).min(routed),
+        })
+        .collect()
+}
+
 /// Per topic replayed from, its newest replayed event: a live copy at or
 /// below it is a duplicate. Not `since` for a topic with none: a topic's
 /// partition may lag behind the one `since` came from, so its next live
@@ -246,6 +278,34 @@ mod tests {
             ["10-95", "10-101", "10-103"]
         );
         assert_eq!(ids(merged(vec![event(7)], Vec::new())), ["10-7"]);
+    }
+
+    #[test]
+    fn a_topic_may_be_cut_only_below_the_floors_that_apply_to_it() {
+        let (a, b) = ("news.a".to_owned(), "news.b".to_owned());
+        let pa = partition_of_str(&a, 64);
+        let pb = partition_of_str(&b, 64);
+        assert_ne!(pa, pb);
+        let epoch = 7;
+        let newest = EventId { epoch, seq: 100 };
+        let floors = |c: &Cursor| {
+            replay_streams(c, &[a.clone(), b.clone()], 64)
+                .into_iter()
+                .map(|s| s.floor)
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(floors(&Cursor::at(newest)), [100, 100]);
+        // b lags: only b's history must reach below the newest id.
+        assert_eq!(floors(&Cursor::with_floors(newest, [(pb, 60)])), [100, 60]);
+        // A partition that is no topic's own (a router's source) may feed either.
+        let other = (0..64)
+            .map(Partition)
+            .find(|p| *p != pa && *p != pb)
+            .expect("another partition");
+        assert_eq!(
+            floors(&Cursor::with_floors(newest, [(pb, 60), (other, 40)])),
+            [40, 40]
+        );
     }
 
     #[test]

@@ -90,6 +90,13 @@ impl EventFrame {
         })
     }
 
+    /// [`EventFrame::sse`] after its `id:` line, for a session that
+    /// writes a cursor of its own there.
+    pub fn sse_without_id(&self) -> &str {
+        let text = self.sse();
+        text.find('\n').map_or(text, |i| &text[i + 1..])
+    }
+
     /// `id:`, `event:` and `data:` lines, ending with a blank line.
     pub fn sse(&self) -> &str {
         self.sse.get_or_init(|| {

@@ -5,6 +5,7 @@
 //! feeds the response body through a small channel; when the client goes
 //! away the channel closes and the session ends.
 
+use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +18,11 @@ use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::Instrument;
 
+use super::EventFrame;
 use super::{CloseReason, Outbound, Protocol, SessionHandle};
 use crate::error::ApiError;
 use crate::gateway::{Gateway, Recovery};
-use crate::routing::Topic;
+use crate::routing::{Cursor, EventId, Partition, Shown, Topic, partition_of, partition_of_str};
 
 /// Milliseconds a browser waits before reconnecting.
 pub const RETRY_MS: u64 = 2000;
@@ -98,6 +100,8 @@ async fn open(
         .map(|t| Topic::parse(t).map_err(|e| ApiError::bad_request(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
     gw.admit()?;
+    // Read before the session goes live: what it covers was routed before.
+    let settled = gw.bus.settled();
     let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
         .or(query.access_token.as_deref());
     let identity = gw.auth.identify(bearer, query.ticket.as_deref())?;
@@ -118,7 +122,7 @@ async fn open(
     let (tx, rx) = mpsc::channel::<Result<Bytes, std::io::Error>>(16);
     let span = tracing::info_span!("session", id = %session.id, user = %session.subject.user);
     gw.tasks
-        .spawn(feed(gw.clone(), session, tx, expires_at, since, names).instrument(span));
+        .spawn(feed(gw.clone(), session, tx, expires_at, since, names, settled).instrument(span));
     let mut resp = Response::new(Body::from_stream(ReceiverStream::new(rx)));
     *resp.status_mut() = StatusCode::OK;
     let h = resp.headers_mut();
@@ -135,6 +139,7 @@ async fn feed(
     expires_at: u64,
     since: Option<String>,
     topics: Vec<String>,
+    settled: Option<EventId>,
 ) {
     let hello = format!(
         "retry: {RETRY_MS}\nevent: connected\ndata: {}\n\n",
@@ -159,6 +164,8 @@ async fn feed(
         }
         None => gw.undelivered(&session).await,
     };
+    let resumed = since.as_deref().and_then(Cursor::parse);
+    let resumed = resumed.filter(|_| !matches!(recovery, Recovery::Reset));
     if matches!(recovery, Recovery::Reset) {
         let reset = format!(
             "event: reset\ndata: {}\n\n",
@@ -172,6 +179,14 @@ async fn feed(
         }
         recovery = gw.undelivered(&session).await;
     }
+    // What the client is shown, per partition, for the cursor of each event.
+    let partitions = gw.config.bus.partitions;
+    let own: Vec<Partition> = topics
+        .iter()
+        .map(|t| partition_of_str(t, partitions))
+        .collect();
+    let settled = settled.filter(|s| s.epoch == gw.bus.epoch()).map(|s| s.seq);
+    let mut shown = Shown::new(&own, resumed.as_ref(), settled);
     let (ids, floors) = match recovery {
         Recovery::Replayed {
             frames,
@@ -180,7 +195,10 @@ async fn feed(
         } => {
             // Straight to the stream, in chunks: the queue is the live path.
             for chunk in frames.chunks(64) {
-                let text: String = chunk.iter().map(|f| f.sse()).collect();
+                let mut text = String::new();
+                for frame in chunk {
+                    push_event(&mut text, frame, &mut shown, partitions);
+                }
                 if open {
                     open = matches!(
                         tokio::time::timeout(stall, tx.send(Ok(Bytes::from(text)))).await,
@@ -202,7 +220,7 @@ async fn feed(
                     let mut out = String::new();
                     for item in batch.items {
                         match item {
-                            Outbound::Event(frame) => out.push_str(frame.sse()),
+                            Outbound::Event(frame) => push_event(&mut out, &frame, &mut shown, partitions),
                             Outbound::Lost(n) => out.push_str(&format!("event: dropped\ndata: {{\"count\":{n}}}\n\n")),
                             Outbound::Control(_) | Outbound::Ping => {}
                         }
@@ -252,6 +270,19 @@ async fn feed(
         .queue
         .close(CloseReason::Server(1001, "stream ended".into()));
     gw.close_session(&session);
+}
+
+/// Appends `frame` with the cursor its client resumes from after it.
+fn push_event(out: &mut String, frame: &EventFrame, shown: &mut Shown, partitions: u16) {
+    let event = frame.event();
+    shown.shown(partition_of(&event.topic, partitions), event.id);
+    match shown.cursor_at(event.id) {
+        None => out.push_str(frame.sse()),
+        Some(cursor) => {
+            let _ = writeln!(out, "id: {cursor}");
+            out.push_str(frame.sse_without_id());
+        }
+    }
 }
 
 #[cfg(test)]

@@ -9,15 +9,16 @@ pub mod history;
 pub mod inbox;
 pub mod registry;
 pub mod repair;
+mod replay;
 pub mod retention;
 pub mod trim;
 mod write;
 
+pub use replay::ReplayStream;
 pub use trim::Trimmed;
 
 use std::sync::Arc;
 
-use sqlx::AssertSqlSafe;
 use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
@@ -347,67 +348,6 @@ impl Store {
         .fetch_optional(pool)
         .await)?;
         Ok(row.map_or(0, |(u,)| u as u64))
-    }
-
-    /// The events of `streams` (topics, inboxes) after `since`, in order,
-    /// or [`Replay::Reset`] when `since` is from another epoch than
-    /// `current`, older than what retention kept, or more than
-    /// [`MAX_REPLAY`] behind.
-    pub async fn replay(
-        &self,
-        current_epoch: u64,
-        since: EventId,
-        streams: &[String],
-    ) -> Result<Replay, StoreError> {
-        if since.epoch != current_epoch {
-            return Ok(Replay::Reset);
-        }
-        if streams.is_empty() {
-            return Ok(Replay::Events(Vec::new()));
-        }
-        let trimmed = self.trimmed(since.epoch, streams).await?;
-        if trimmed.values().any(|upto| *upto > since.seq) {
-            return Ok(Replay::Reset);
-        }
-        let events = self.events_after(since, streams, MAX_REPLAY + 1).await?;
-        if events.len() > MAX_REPLAY {
-            return Ok(Replay::Reset);
-        }
-        Ok(Replay::Events(events))
-    }
-
-    /// Up to `limit` events of `streams` after `since` (same epoch), in
-    /// order, each once.
-    async fn events_after(
-        &self,
-        since: EventId,
-        streams: &[String],
-        limit: usize,
-    ) -> Result<Vec<Event>, StoreError> {
-        if streams.is_empty() {
-            return Ok(Vec::new());
-        }
-        // DISTINCT: an event in two of the streams comes back once.
-        let sql = format!(
-            "SELECT e.seq, e.topic, e.name, e.data, e.headers, e.sender FROM sy_events e \
-             WHERE e.epoch = $1 AND e.seq IN (SELECT DISTINCT h.seq FROM sy_history h \
-             WHERE h.epoch = $1 AND h.topic IN ({}) AND h.seq > ${}) \
-             ORDER BY e.seq LIMIT ${}",
-            Params::Numbered.list(2, streams.len()),
-            streams.len() + 2,
-            streams.len() + 3
-        );
-        let rows: Vec<EventRow> = on_pool!(self, |pool| {
-            let mut q = sqlx::query_as(AssertSqlSafe(sql.clone())).bind(since.epoch as i64);
-            for t in streams {
-                q = q.bind(t.as_str());
-            }
-            q.bind(since.seq as i64)
-                .bind(limit as i64)
-                .fetch_all(pool)
-                .await
-        })?;
-        Ok(events_from_rows(since.epoch, rows))
     }
 
     /// Records a plugin set this node loaded or refused.

@@ -22,6 +22,7 @@ mod relay;
 mod repair;
 mod scatter;
 mod settle;
+mod settled;
 mod status;
 
 pub use outlet::NatsOutlet;
@@ -68,6 +69,7 @@ pub struct NatsBus {
     applied: watch::Receiver<u64>,
     /// How many slots this node still routes (drain waits for 0).
     routing: watch::Receiver<usize>,
+    settled: Arc<crate::bus::settled::Settled>,
     stop: CancellationToken,
     tasks: TaskTracker,
 }
@@ -219,6 +221,13 @@ impl NatsBus {
             stats.clone(),
             stop.clone(),
         );
+        let settled = Arc::new(crate::bus::settled::Settled::default());
+        tasks.spawn(settled::follow(
+            js.clone(),
+            ingest_stream.clone(),
+            settled.clone(),
+            stop.clone(),
+        ));
         let backpressure = Arc::new(backpressure::Backpressure::default());
         tasks.spawn(backpressure.clone().run(
             client.clone(),
@@ -329,6 +338,7 @@ impl NatsBus {
             partitions: bus.partitions,
             applied,
             routing,
+            settled,
             stop,
             tasks,
         })
@@ -400,6 +410,12 @@ impl NatsBus {
     /// Session counts of every live node.
     pub async fn sessions(&self) -> Result<serde_json::Map<String, serde_json::Value>, BusError> {
         presence::query_sessions(&self.client, &self.subjects, &self.members).await
+    }
+
+    /// An id up to which everything was routed, as the ingest stream last
+    /// said.
+    pub fn settled(&self) -> Option<crate::routing::EventId> {
+        self.settled.get()
     }
 
     /// The epoch of the ingest stream.
