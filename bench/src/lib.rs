@@ -17,6 +17,7 @@ pub mod failover;
 pub mod payload;
 pub mod procfs;
 pub mod profile;
+pub mod protocol;
 pub mod report;
 pub mod routing;
 pub mod scenario;
