@@ -1,13 +1,15 @@
 //! Gaps in the core-NATS fan-out: a node whose NATS link loses a delivery
 //! (a proxy drops the message whole) repairs it from history before what
 //! follows, finds a lost last delivery through the partition's beacon,
-//! and tells its sessions when history keeps nothing to repair from; a
-//! partition handed over cleanly reports nothing lost.
+//! and tells its sessions when history keeps nothing to repair from (after
+//! the events before the loss, even those still in the edge); a partition
+//! handed over cleanly reports nothing lost.
 //! Real nats-server, the machine's PostgreSQL shared by both nodes.
 
 mod support;
 
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use serde_json::{Value, json};
 use support::lossy::LossyProxy;
@@ -160,6 +162,48 @@ async fn a_lost_delivery_history_does_not_keep_is_reported_to_the_session() {
     assert!(message.contains("lost on the way"), "{errors:?}");
     assert!(b.metric("switchyard_bus_gaps_unrepaired_total").await >= 1);
     assert_eq!(counts(&b).2, unrepaired + 1, "one subject reported");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_loss_is_told_after_the_events_before_it() {
+    // A transformer busy 300 ms per event keeps events in the edge's lane
+    // while the dispatcher finds the gap behind them.
+    let slow = format!(
+        "[[store.retention]]\ntopics = \"news.live.>\"\nmax_events = 0\n\
+         [[plugins]]\nname = \"slow\"\npath = {:?}\ntopics = [\"news.live.*\"]\n\
+         timeout_ms = 5000\n[plugins.config]\nslow_transform_ms = 300\n",
+        switchyard_fixtures::hostile().display().to_string()
+    );
+    let nats = NatsServer::single();
+    let (a, b, proxy, topic) = two_nodes(&nats, &slow, "news.live.y").await;
+    let mut ws = subscribed(&b, &topic).await;
+    publish(&a, &topic, json!(0)).await;
+    assert_eq!(next_events(&mut ws, 1).await.0, [json!(0)]);
+
+    // 1 reaches b (and sits in the transformer), 2 is lost, 3 names the gap.
+    let received = bus(&b).received.load(Ordering::Relaxed);
+    publish(&a, &topic, json!(1)).await;
+    eventually("b received 1", Duration::from_secs(10), async || {
+        bus(&b).received.load(Ordering::Relaxed) > received
+    })
+    .await;
+    proxy.drop_next(&format!("sy.out.t.{topic}"), 1);
+    publish(&a, &topic, json!(2)).await;
+    publish(&a, &topic, json!(3)).await;
+    let mut order = Vec::new();
+    while order.len() < 3 {
+        let f = ws.next_json().await;
+        match f["op"].as_str() {
+            Some("event") => order.push(f["data"].to_string()),
+            Some("error") => order.push(f["code"].as_str().unwrap_or("error").to_owned()),
+            _ => {}
+        }
+    }
+    assert_eq!(
+        order,
+        ["1", "events_dropped", "3"],
+        "the loss between 1 and 3"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

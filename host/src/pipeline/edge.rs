@@ -18,9 +18,17 @@ use crate::routing::{Event, EventId, Routed};
 use crate::session::{EventFrame, Pushed, SessionHandle, StampedAudience};
 use crate::store::history::{History, Record};
 
+/// What a lane takes.
+enum Work {
+    /// An event to fan out.
+    Deliver(Routed),
+    /// Answered once everything queued before it is in session queues.
+    Barrier(tokio::sync::oneshot::Sender<()>),
+}
+
 /// The edge stage.
 pub struct Edge {
-    lanes: Vec<mpsc::Sender<Routed>>,
+    lanes: Vec<mpsc::Sender<Work>>,
     tasks: TaskTracker,
     stop: CancellationToken,
 }
@@ -61,8 +69,24 @@ impl Edge {
     /// router or the bus slows down rather than lose it).
     pub async fn submit(&self, routed: Routed) {
         let lane = &self.lanes[lane_of(routed.event.topic.as_str(), self.lanes.len())];
-        if lane.send(routed).await.is_err() {
+        if lane.send(Work::Deliver(routed)).await.is_err() {
             tracing::debug!("edge stopped; delivery discarded");
+        }
+    }
+
+    /// Completes once every event submitted before the call is in its
+    /// sessions' queues (or the edge has stopped): what is told to a
+    /// session next follows those events.
+    pub async fn barrier(&self) {
+        let mut waits = Vec::with_capacity(self.lanes.len());
+        for lane in &self.lanes {
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            if lane.send(Work::Barrier(tx)).await.is_ok() {
+                waits.push(rx);
+            }
+        }
+        for w in waits {
+            let _ = w.await;
         }
     }
 
@@ -86,9 +110,10 @@ struct Lane {
 }
 
 impl Lane {
-    async fn run(self, mut rx: mpsc::Receiver<Routed>, stop: CancellationToken) {
+    async fn run(self, mut rx: mpsc::Receiver<Work>, stop: CancellationToken) {
         let mut closing = false;
         let mut batch = Vec::with_capacity(EDGE_BATCH);
+        let mut events = Vec::with_capacity(EDGE_BATCH);
         loop {
             let n = tokio::select! {
                 n = rx.recv_many(&mut batch, EDGE_BATCH) => n,
@@ -102,7 +127,16 @@ impl Lane {
                 return;
             }
             let set = self.executor.plugins();
-            self.deliver(&set, batch.drain(..)).await;
+            for work in batch.drain(..) {
+                match work {
+                    Work::Deliver(routed) => events.push(routed),
+                    Work::Barrier(done) => {
+                        self.deliver(&set, events.drain(..)).await;
+                        let _ = done.send(());
+                    }
+                }
+            }
+            self.deliver(&set, events.drain(..)).await;
         }
     }
 

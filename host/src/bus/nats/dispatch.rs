@@ -290,6 +290,8 @@ impl Dispatcher {
             }
         }
         if !topics.is_empty() || !users.is_empty() {
+            // What the edge holds from before the loss goes out first.
+            self.edge.barrier().await;
             let topics: Vec<&str> = topics.iter().map(String::as_str).collect();
             let users: Vec<&str> = users.iter().map(String::as_str).collect();
             // Each session once, however many of its subjects lost events.
