@@ -26,6 +26,15 @@ enum Work {
     Barrier(tokio::sync::oneshot::Sender<()>),
 }
 
+impl Work {
+    fn into_routed(self) -> Option<Routed> {
+        match self {
+            Work::Deliver(routed) => Some(routed),
+            Work::Barrier(_) => None,
+        }
+    }
+}
+
 /// The edge stage.
 pub struct Edge {
     lanes: Vec<mpsc::Sender<Work>>,
@@ -127,6 +136,12 @@ impl Lane {
                 return;
             }
             let set = self.executor.plugins();
+            if !batch.iter().any(|w| matches!(w, Work::Barrier(_))) {
+                // Nearly always: no barrier, the batch goes out as it is.
+                self.deliver(&set, batch.drain(..).filter_map(Work::into_routed))
+                    .await;
+                continue;
+            }
             for work in batch.drain(..) {
                 match work {
                     Work::Deliver(routed) => events.push(routed),
