@@ -47,6 +47,9 @@ impl Gateway {
         let Some(cursor) = Cursor::parse(since) else {
             return Recovery::Reset;
         };
+        if !sane(&cursor, self.config.bus.partitions) {
+            return Recovery::Reset;
+        }
         let since = cursor.at;
         let inbox = inbox.filter(|_| self.retention.keeps_inbox());
         let with_inbox = inbox.is_some();
@@ -207,6 +210,17 @@ fn merged(after: Vec<Event>, below: Vec<Event>) -> Vec<Event> {
     all
 }
 
+/// Whether a client's cursor names only partitions this bus has and
+/// sequences the store can hold.
+fn sane(cursor: &Cursor, partitions: u16) -> bool {
+    let storable = |seq: u64| i64::try_from(seq).is_ok();
+    storable(cursor.at.seq)
+        && cursor
+            .floors()
+            .iter()
+            .all(|(p, f)| p.0 < partitions && storable(*f))
+}
+
 /// The topics to replay from `cursor`, each with the lowest floor owed of
 /// it: that of its own partition, and that of any partition the cursor
 /// names that is no topic's own (a router may feed a topic from it).
@@ -306,6 +320,15 @@ mod tests {
             floors(&Cursor::with_floors(newest, [(pb, 60), (other, 40)])),
             [40, 40]
         );
+    }
+
+    #[test]
+    fn a_cursor_naming_what_cannot_be_is_refused() {
+        let parse = |s: &str| Cursor::parse(s).expect("cursor");
+        assert!(sane(&parse("a-10~63:5"), 64));
+        assert!(!sane(&parse("a-10~64:5"), 64), "no partition 64 of 64");
+        assert!(!sane(&parse("a-10~3:18446744073709551615"), 64));
+        assert!(!sane(&parse("a-18446744073709551615"), 64));
     }
 
     #[test]

@@ -108,29 +108,41 @@ pub struct Shown {
 }
 
 impl Shown {
-    /// A session on topics in `own` partitions, resuming from `from` (after
-    /// its replay) or starting afresh, where `settled` (read before the
-    /// session went live) is a sequence of the current epoch up to which
-    /// everything was routed: what it is shown live lies above it. Without
-    /// either, its partitions are tracked only once shown, as a plain
-    /// event id would have them.
-    pub fn new(own: &[Partition], from: Option<&Cursor>, settled: Option<u64>) -> Self {
+    /// A session on topics in `own` partitions, resuming from `from` or
+    /// starting afresh. Its partitions start at the client's floors; with
+    /// no cursor, they are tracked only once shown (as a plain event id
+    /// would have them) or once [`Shown::settle`] says where they stand.
+    pub fn new(own: &[Partition], from: Option<&Cursor>) -> Self {
+        let Some(from) = from else {
+            return Shown::default();
+        };
         let mut tracked: Vec<Partition> = own.to_vec();
-        if let Some(c) = from {
-            tracked.extend(c.floors.iter().map(|(p, _)| *p));
-        }
+        tracked.extend(from.floors.iter().map(|(p, _)| *p));
         tracked.sort_unstable();
         tracked.dedup();
-        let floors = tracked
-            .into_iter()
-            .filter_map(|p| match (from.map(|c| c.floor(p)), settled) {
-                (Some(a), Some(b)) => Some((p, a.max(b))),
-                (a, b) => a.or(b).map(|f| (p, f)),
-            })
-            .collect();
         Shown {
-            epoch: from.map(|c| c.at.epoch),
-            floors,
+            epoch: Some(from.at.epoch),
+            floors: tracked.into_iter().map(|p| (p, from.floor(p))).collect(),
+        }
+    }
+
+    /// Everything up to `settled` was routed before the session went live,
+    /// and what the store held of it was replayed and shown: raises every
+    /// tracked partition and those in `own` to it. Call once the replay or
+    /// inbox is out and before any live event (a replay's early frames must
+    /// not claim what its later ones bring).
+    pub fn settle(&mut self, own: &[Partition], settled: EventId) {
+        if self.epoch.is_some_and(|e| e != settled.epoch) {
+            return;
+        }
+        self.epoch = Some(settled.epoch);
+        for f in &mut self.floors {
+            f.1 = f.1.max(settled.seq);
+        }
+        for p in own {
+            if let Err(i) = self.floors.binary_search_by_key(p, |(q, _)| *q) {
+                self.floors.insert(i, (*p, settled.seq));
+            }
         }
     }
 
@@ -207,7 +219,8 @@ mod tests {
     fn each_cursor_starts_with_its_event_and_holds_the_other_partitions() {
         let (a, b) = (Partition(1), Partition(2));
         // Topics in a and b, everything up to 10 routed before the session.
-        let mut shown = Shown::new(&[a, b], None, Some(10));
+        let mut shown = Shown::new(&[a, b], None);
+        shown.settle(&[a, b], id(10));
         shown.shown(a, id(30));
         assert_eq!(text(&shown, 30), "1f-30~2:10");
         // b lags: its 20 comes after a's 30.
@@ -218,7 +231,8 @@ mod tests {
         shown.shown(a, id(36));
         assert_eq!(text(&shown, 36), "1f-36~2:35");
         // One partition: the event id itself.
-        let mut one = Shown::new(&[a], None, Some(10));
+        let mut one = Shown::new(&[a], None);
+        one.settle(&[a], id(10));
         one.shown(a, id(11));
         assert_eq!(one.cursor_at(id(11)), None);
     }
@@ -227,9 +241,14 @@ mod tests {
     fn a_resumed_session_carries_the_floors_it_was_given() {
         let (a, b, routed) = (Partition(1), Partition(2), Partition(5));
         let from = Cursor::parse("1f-40~2:15~5:12").expect("cursor");
-        // The replay showed b's 18; everything up to 14 was settled.
-        let mut shown = Shown::new(&[a, b], Some(&from), Some(14));
+        let mut shown = Shown::new(&[a, b], Some(&from));
+        // The replay's first frame claims nothing past itself on b.
+        shown.shown(b, id(16));
+        let c = shown.cursor_at(id(16)).expect("cursor");
+        assert_eq!((c.floor(a), c.floor(b), c.floor(routed)), (40, 16, 12));
         shown.shown(b, id(18));
+        // The replay is out; everything up to 14 was settled.
+        shown.settle(&[a, b], id(14));
         let c = shown.cursor_at(id(18)).expect("cursor");
         assert_eq!(c.floor(a), 40);
         assert_eq!(c.floor(b), 18);
@@ -240,14 +259,24 @@ mod tests {
         );
         // Without a settled floor a fresh session's partitions are tracked
         // only once shown: the plain-id behaviour.
-        let mut fresh = Shown::new(&[a, b], None, None);
+        let mut fresh = Shown::new(&[a, b], None);
         fresh.shown(a, id(7));
+        assert_eq!(fresh.cursor_at(id(7)), None);
+        // A settled floor of another epoch says nothing.
+        fresh.settle(
+            &[a, b],
+            EventId {
+                epoch: 0x20,
+                seq: 3,
+            },
+        );
         assert_eq!(fresh.cursor_at(id(7)), None);
     }
 
     #[test]
     fn another_epoch_starts_over() {
-        let mut shown = Shown::new(&[Partition(1)], None, Some(3));
+        let mut shown = Shown::new(&[Partition(1)], None);
+        shown.settle(&[Partition(1)], id(3));
         shown.shown(Partition(2), id(9));
         let later = EventId {
             epoch: 0x20,

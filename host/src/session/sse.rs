@@ -185,8 +185,7 @@ async fn feed(
         .iter()
         .map(|t| partition_of_str(t, partitions))
         .collect();
-    let settled = settled.filter(|s| s.epoch == gw.bus.epoch()).map(|s| s.seq);
-    let mut shown = Shown::new(&own, resumed.as_ref(), settled);
+    let mut shown = Shown::new(&own, resumed.as_ref());
     let (ids, floors) = match recovery {
         Recovery::Replayed {
             frames,
@@ -210,6 +209,10 @@ async fn feed(
         }
         Recovery::Reset => Default::default(),
     };
+    // Everything up to the settled floor was in the store for that replay.
+    if let Some(settled) = settled.filter(|s| s.epoch == gw.bus.epoch()) {
+        shown.settle(&own, settled);
+    }
     session.release(&ids, &floors);
     if open {
         loop {
