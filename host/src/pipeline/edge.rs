@@ -122,7 +122,8 @@ impl Lane {
     async fn run(self, mut rx: mpsc::Receiver<Work>, stop: CancellationToken) {
         let mut closing = false;
         let mut batch = Vec::with_capacity(EDGE_BATCH);
-        let mut events = Vec::with_capacity(EDGE_BATCH);
+        // Only a batch with a barrier in it is split (rare: no room kept).
+        let mut events = Vec::new();
         loop {
             let n = tokio::select! {
                 n = rx.recv_many(&mut batch, EDGE_BATCH) => n,

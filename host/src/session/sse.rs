@@ -209,7 +209,8 @@ async fn feed(
         }
         Recovery::Reset => Default::default(),
     };
-    // Everything up to the settled floor was in the store for that replay.
+    // Everything up to the settled floor was routed before the session went
+    // live: in the store for the replay, or from before a fresh stream.
     if let Some(settled) = settled.filter(|s| s.epoch == gw.bus.epoch()) {
         shown.settle(&own, settled);
     }
