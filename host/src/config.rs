@@ -232,6 +232,16 @@ pub struct StoreConfig {
     /// in the connection registry for this long is taken for dead and its
     /// rows are removed.
     pub registry_ttl_s: u64,
+    /// `store.ack_timeout_ms`: how long a publish on the local bus waits
+    /// for the commit that makes it durable before it is answered 503.
+    pub ack_timeout_ms: u64,
+    /// `store.idempotency_window_s`: how long the local bus remembers an
+    /// `idempotency_key` (a retry within it gets the first publish's id).
+    pub idempotency_window_s: u64,
+    /// `store.durable_ack`: answer a publish only once it is durable
+    /// (default). `false` answers once it is queued (the behaviour before durable acks): for
+    /// benchmarks only, an acknowledged event can then be lost in a crash.
+    pub durable_ack: bool,
 }
 
 /// `[[store.retention]]`
@@ -256,6 +266,9 @@ impl Default for StoreConfig {
             inbox_max_events: 1000,
             retention: Vec::new(),
             registry_ttl_s: 30,
+            ack_timeout_ms: 5000,
+            idempotency_window_s: 120,
+            durable_ack: true,
         }
     }
 }
@@ -536,6 +549,11 @@ impl Config {
             ));
         }
         positive("store.registry_ttl_s", self.store.registry_ttl_s)?;
+        positive("store.ack_timeout_ms", self.store.ack_timeout_ms)?;
+        positive(
+            "store.idempotency_window_s",
+            self.store.idempotency_window_s,
+        )?;
         for (i, rule) in self.store.retention.iter().enumerate() {
             TopicPattern::parse(&rule.topics).map_err(|e| {
                 invalid(

@@ -143,6 +143,7 @@ impl Gateway {
                 partitions: config.bus.partitions,
                 store: store.clone(),
                 retention: retention.clone(),
+                durability: crate::bus::local::Durability::from_config(&config.store),
             },
         )
         .await?;

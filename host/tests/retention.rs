@@ -35,7 +35,7 @@ async fn trims_by_count_and_reports_room(url: String) {
         })
         .collect();
     store
-        .write(&events, EPOCH, 30, now, &policy)
+        .write(&events, &[], EPOCH, 30, now, &policy)
         .await
         .expect("write");
 
@@ -71,7 +71,7 @@ async fn trims_by_count_and_reports_room(url: String) {
     // Three more on news.a: trimmed again to 10; nothing due, nothing done.
     let more: Vec<Routed> = (31..=33).map(|seq| routed(seq, &["news.a"])).collect();
     store
-        .write(&more, EPOCH, 33, now, &policy)
+        .write(&more, &[], EPOCH, 33, now, &policy)
         .await
         .expect("write");
     // Known to be over (its room was 0): trimmed without a count.
@@ -126,6 +126,7 @@ async fn replays_what_was_written(url: String) {
     store
         .write(
             &[plain, named, tagged],
+            &[],
             EPOCH,
             3,
             support::now() * 1000,
@@ -203,7 +204,7 @@ async fn writes_each_row_of_every_batch_size_once(url: String) {
             })
             .collect();
         let streams = store
-            .write(&batch, EPOCH, seq, support::now() * 1000, &policy)
+            .write(&batch, &[], EPOCH, seq, support::now() * 1000, &policy)
             .await
             .expect("write");
         assert_eq!(streams.len(), 2 * size as usize);
@@ -211,7 +212,7 @@ async fn writes_each_row_of_every_batch_size_once(url: String) {
     }
     let (again, upto) = &batches[4];
     store
-        .write(again, EPOCH, *upto, support::now() * 1000, &policy)
+        .write(again, &[], EPOCH, *upto, support::now() * 1000, &policy)
         .await
         .expect("write again");
     assert_eq!(
@@ -253,6 +254,7 @@ async fn an_event_of_many_streams_is_written_once_per_stream(url: String) {
     let streams = store
         .write(
             &[routed(1, &topics)],
+            &[],
             EPOCH,
             1,
             support::now() * 1000,
@@ -331,12 +333,12 @@ async fn trimming_by_count_removes_older_epochs_first() {
     };
     let old: Vec<Routed> = (1..=4).map(|seq| in_epoch(EPOCH - 1, seq)).collect();
     store
-        .write(&old, EPOCH - 1, 4, now, &policy)
+        .write(&old, &[], EPOCH - 1, 4, now, &policy)
         .await
         .expect("write");
     let new: Vec<Routed> = (1..=12).map(|seq| in_epoch(EPOCH, seq)).collect();
     store
-        .write(&new, EPOCH, 12, now, &policy)
+        .write(&new, &[], EPOCH, 12, now, &policy)
         .await
         .expect("write");
     let due = Due::of(vec!["news.a".to_owned()], Vec::new());

@@ -2,17 +2,47 @@
 //! node's edge directly.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio_util::sync::CancellationToken;
 
+use super::id_blocks::{IdBlocks, Reserve};
+use super::recent_keys::{Claim, RecentKeys};
 use super::settled::{self, Settled};
 use super::{BusParts, LANES};
 use crate::hub::Hub;
+use crate::pipeline::durable::{self, AckWait};
 use crate::pipeline::{Edge, EventStats, Job, PublishError, Router, Stages};
 use crate::routing::EventId;
 use crate::routing::{Event, Origin, partition_of};
+use crate::store::StoreError;
+use crate::store::history::idempotency_key;
+
+/// When the local bus answers a publish (`[store]`).
+#[derive(Debug, Clone, Copy)]
+pub struct Durability {
+    /// Answer only once durable (`store.durable_ack`).
+    pub durable: bool,
+    /// How long a publish waits for its commit (`store.ack_timeout_ms`).
+    pub ack_timeout: Duration,
+    /// How long idempotency keys are remembered (ms).
+    pub key_window_ms: u64,
+}
+
+impl Durability {
+    /// From `[store]`.
+    pub fn from_config(store: &crate::config::StoreConfig) -> Self {
+        Durability {
+            durable: store.durable_ack,
+            ack_timeout: Duration::from_millis(store.ack_timeout_ms),
+            key_window_ms: store.idempotency_window_s.saturating_mul(1000),
+        }
+    }
+}
+
+/// The most idempotency keys held in memory (and read back at start).
+const KEYS_HELD: usize = 100_000;
 
 /// The local bus.
 pub struct LocalBus {
@@ -22,27 +52,40 @@ pub struct LocalBus {
     hub: Arc<Hub>,
     stats: Arc<EventStats>,
     epoch: u64,
-    seq: Arc<AtomicU64>,
+    ids: Arc<IdBlocks>,
+    keys: RecentKeys,
+    durability: Durability,
     settled: Arc<Settled>,
     node_id: String,
     partitions: u16,
 }
 
 impl LocalBus {
-    /// Starts both stages on the current runtime.
-    pub fn start(parts: BusParts) -> Self {
+    /// Starts both stages on the current runtime, with the first block of
+    /// ids reserved.
+    pub async fn start(parts: BusParts) -> Result<Self, StoreError> {
         let Stages { router, edge } =
             Stages::assemble(&parts.stage_parts(), LANES, LANES, |edge| edge.clone());
-        // Ids continue the store's sequence across restarts; without one, a
-        // new epoch per start tells clients that nothing can be replayed.
-        let (epoch, resume_seq) = parts.resume.unwrap_or_else(|| {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map(|d| d.as_millis() as u64)
-                .unwrap_or(0);
-            (now, 0)
+        // Ids continue the store's sequence across restarts, above every id
+        // that may have been handed out; without one, a new epoch.
+        let (epoch, resume_seq) = parts.resume.unwrap_or_else(|| (now_ms(), 0));
+        if resume_seq > 0 {
+            parts.store.skip_to(epoch, resume_seq).await?;
+        }
+        let store = parts.store.clone();
+        let reserve: Reserve = Box::new(move |upto| {
+            let store = store.clone();
+            Box::pin(async move { store.reserve_ids(epoch, upto).await })
         });
-        let seq = Arc::new(AtomicU64::new(resume_seq));
+        let ids = IdBlocks::start(resume_seq, reserve, parts.draining.clone()).await?;
+        let durability = parts.durability;
+        let keys = RecentKeys::new(durability.key_window_ms, KEYS_HELD);
+        if parts.history.is_some() {
+            let since = now_ms().saturating_sub(durability.key_window_ms);
+            for (key, id, at) in parts.store.recent_keys(since, KEYS_HELD).await? {
+                keys.known(key, id, at);
+            }
+        }
         let settled = Arc::new(Settled::default());
         // Nothing of the epoch past where it resumes has been given out yet.
         settled.set(EventId {
@@ -51,43 +94,71 @@ impl LocalBus {
         });
         tokio::spawn(follow_settled(
             Arc::downgrade(&router),
-            seq.clone(),
+            ids.clone(),
             epoch,
             settled.clone(),
             parts.draining.clone(),
         ));
-        LocalBus {
+        Ok(LocalBus {
             router,
             history: parts.history.clone(),
             edge,
             hub: parts.hub,
             stats: parts.stats,
             epoch,
-            seq,
+            ids,
+            keys,
+            durability,
             settled,
             node_id: parts.node_id,
             partitions: parts.partitions,
-        }
+        })
     }
 
-    /// Assigns the id and queues the event for routing.
-    pub fn publish(&self, mut event: Event) -> Result<EventId, PublishError> {
-        let seq = self.seq.fetch_add(1, Ordering::Relaxed) + 1;
-        let id = EventId {
-            epoch: self.epoch,
-            seq,
+    /// Assigns the id, queues the event for routing and, unless
+    /// `store.durable_ack` is off, answers once it is durable. A retry
+    /// with the idempotency key of a recent publish gets that one's id.
+    pub async fn publish(&self, mut event: Event) -> Result<EventId, PublishError> {
+        let (ack, wait) = durable::pending();
+        let id = match idempotency_key(&event) {
+            Some(key) => match self
+                .keys
+                .claim(key, now_ms(), || (self.next_id(), wait.clone()))
+            {
+                Claim::Fresh(id) => id,
+                Claim::Known(id, known) => {
+                    return match known {
+                        Some(w) => self.settled_in_time(id, w).await,
+                        None => Ok(id),
+                    };
+                }
+            },
+            None => self.next_id(),
         };
+        if let Err(e) = self.ids.covered(id.seq, self.durability.ack_timeout).await {
+            ack.failed(e.clone());
+            return Err(e);
+        }
         event.id = id;
         let origin = Origin {
             partition: partition_of(&event.topic, self.partitions),
             term: 0,
         };
-        if let Err(e) = self.router.try_submit(Job {
+        // Without durable acks the publish is answered once queued.
+        let durable = self.durability.durable;
+        let (ack, queued) = if durable {
+            (Some(ack), None)
+        } else {
+            (None, Some(ack))
+        };
+        let job = Job {
             event,
             settle: None,
+            ack,
             stamp: 0,
             origin,
-        }) {
+        };
+        if let Err(e) = self.router.try_submit(job) {
             // The sequence is spent: tell history, so replays need not wait for it.
             if let Some(h) = &self.history {
                 h.try_record(crate::store::history::Record::Skipped(id));
@@ -95,7 +166,32 @@ impl LocalBus {
             return Err(e);
         }
         self.stats.ingested.fetch_add(1, Ordering::Relaxed);
-        Ok(id)
+        if let Some(ack) = queued {
+            ack.durable();
+            return Ok(id);
+        }
+        self.settled_in_time(id, wait).await
+    }
+
+    fn next_id(&self) -> EventId {
+        EventId {
+            epoch: self.epoch,
+            seq: self.ids.next(),
+        }
+    }
+
+    /// `id` once `wait` says it is durable, within `store.ack_timeout_ms`.
+    async fn settled_in_time(&self, id: EventId, wait: AckWait) -> Result<EventId, PublishError> {
+        let within = self.durability.ack_timeout;
+        match tokio::time::timeout(within, wait.settled()).await {
+            Ok(Ok(())) => Ok(id),
+            Ok(Err(e)) => Err(e),
+            Err(_) => {
+                self.stats.not_durable.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%id, "publish not committed in time");
+                Err(PublishError::NotDurable(within.as_millis() as u64))
+            }
+        }
     }
 
     /// Subscribers of `topic` here, which is everywhere.
@@ -127,7 +223,7 @@ impl LocalBus {
     /// One node routes every partition.
     pub fn partitions(&self) -> serde_json::Value {
         let epoch = self.epoch;
-        let newest = self.seq.load(Ordering::Relaxed);
+        let newest = self.ids.head();
         serde_json::json!({
             "count": self.partitions,
             "owned": { self.node_id.as_str(): self.partitions },
@@ -153,6 +249,13 @@ impl LocalBus {
     }
 }
 
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Learns the settled floor every [`settled::EVERY`]: once a barrier is
 /// through the router's lanes, the last id given out a round before it (an
 /// id is given out just before its event joins a lane: one read now could
@@ -160,7 +263,7 @@ impl LocalBus {
 /// drains.
 async fn follow_settled(
     router: std::sync::Weak<Router>,
-    seq: Arc<AtomicU64>,
+    ids: Arc<IdBlocks>,
     epoch: u64,
     settled: Arc<Settled>,
     draining: CancellationToken,
@@ -176,7 +279,7 @@ async fn follow_settled(
         let Some(router) = router.upgrade() else {
             return;
         };
-        let head = seq.load(Ordering::SeqCst);
+        let head = ids.head();
         router.barrier().await;
         if let Some(seq) = before.replace(head) {
             settled.set(EventId { epoch, seq });

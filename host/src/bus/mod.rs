@@ -23,11 +23,13 @@
 
 pub mod assign;
 pub mod delivery_order;
+pub mod id_blocks;
 pub mod lag;
 pub mod local;
 pub mod nats;
 pub mod positions;
 pub mod recent;
+pub mod recent_keys;
 pub mod sent;
 pub mod settled;
 pub mod subjects;
@@ -134,6 +136,9 @@ pub enum BusError {
     /// NATS is unreachable now.
     #[error("the event bus is unavailable: {0}")]
     Unavailable(String),
+    /// The store would not reserve the local bus's first ids.
+    #[error("cannot reserve event ids in the store: {0}")]
+    Store(#[from] crate::store::StoreError),
     /// Nodes of one cluster keep history in stores of their own (SQLite):
     /// replays and gap repairs on one node would miss what another routed.
     #[error(
@@ -184,6 +189,8 @@ pub struct BusParts {
     pub store: crate::store::Store,
     /// What history keeps.
     pub retention: crate::store::retention::Policy,
+    /// When the local bus answers a publish.
+    pub durability: local::Durability,
 }
 
 impl BusParts {
@@ -202,7 +209,7 @@ impl BusParts {
 /// The bus of this node.
 pub enum Bus {
     /// In-process.
-    Local(local::LocalBus),
+    Local(Box<local::LocalBus>),
     /// NATS.
     Nats(Box<nats::NatsBus>),
 }
@@ -219,7 +226,7 @@ impl Bus {
     /// Starts the configured bus.
     pub async fn start(config: &Config, parts: BusParts) -> Result<Self, BusError> {
         Ok(match config.bus.kind {
-            BusKind::Local => Bus::Local(local::LocalBus::start(parts)),
+            BusKind::Local => Bus::Local(Box::new(local::LocalBus::start(parts).await?)),
             BusKind::Nats => Bus::Nats(Box::new(nats::NatsBus::start(config, parts).await?)),
         })
     }
@@ -227,7 +234,7 @@ impl Bus {
     /// Accepts an event and returns its id.
     pub async fn publish(&self, event: Event) -> Result<crate::routing::EventId, PublishError> {
         match self {
-            Bus::Local(b) => b.publish(event),
+            Bus::Local(b) => b.publish(event).await,
             Bus::Nats(b) => b.publish(event).await,
         }
     }

@@ -157,7 +157,7 @@ pub fn collect(gw: &Gateway) -> Exposition {
     );
 
     let s = &gw.stats;
-    let counters: [(&'static str, &'static str, u64); 8] = [
+    let counters: [(&'static str, &'static str, u64); 9] = [
         (
             "switchyard_events_replayed_total",
             "Events replayed to reconnecting clients.",
@@ -172,6 +172,11 @@ pub fn collect(gw: &Gateway) -> Exposition {
             "switchyard_events_ingested_total",
             "Events accepted for routing.",
             s.ingested.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_publish_not_durable_total",
+            "Publishes answered 503 because the store did not commit them within store.ack_timeout_ms.",
+            s.not_durable.load(Ordering::Relaxed),
         ),
         (
             "switchyard_events_dropped_by_router_total",
@@ -232,7 +237,7 @@ pub fn collect(gw: &Gateway) -> Exposition {
         registry.errors.load(Ordering::Relaxed) as f64,
     );
     if let Some(h) = &gw.history_stats {
-        let history: [(&'static str, &'static str, u64); 3] = [
+        let history: [(&'static str, &'static str, u64); 4] = [
             (
                 "switchyard_history_written_total",
                 "Events written to the history store.",
@@ -242,6 +247,11 @@ pub fn collect(gw: &Gateway) -> Exposition {
                 "switchyard_store_errors_total",
                 "History writes the store refused (retried until they succeed).",
                 h.errors.load(Ordering::Relaxed),
+            ),
+            (
+                "switchyard_history_commits_total",
+                "Transactions the history writer committed (events per commit: written / commits).",
+                h.commits.load(Ordering::Relaxed),
             ),
             (
                 "switchyard_history_trimmed_total",

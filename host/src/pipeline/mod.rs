@@ -6,6 +6,7 @@
 //! Both stages run in lanes chosen by topic, one task per lane, so the
 //! events of a topic keep their order while topics proceed in parallel.
 
+pub mod durable;
 pub mod edge;
 pub mod router;
 pub mod settle;
@@ -23,6 +24,8 @@ pub use stages::{StageParts, Stages};
 pub struct EventStats {
     /// Events accepted.
     pub ingested: AtomicU64,
+    /// Publishes not committed within `store.ack_timeout_ms` (answered 503).
+    pub not_durable: AtomicU64,
     /// Events routed by this node.
     pub routed: AtomicU64,
     /// Events a router dropped.
@@ -63,4 +66,10 @@ pub enum PublishError {
     /// NATS did not confirm it.
     #[error("the event bus is unavailable: {0}")]
     BusUnavailable(String),
+    /// The store did not commit it in time: it may still be, so a retry
+    /// should carry the same idempotency key.
+    #[error(
+        "the event was not stored within {0} ms (store.ack_timeout_ms); retry with the same idempotency key"
+    )]
+    NotDurable(u64),
 }

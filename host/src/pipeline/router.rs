@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
+use super::durable::Ack;
 use super::{Edge, EventStats, LANE_DEPTH, PublishError};
 use crate::executor::PluginExecutor;
 use crate::plugin::{Interface, PluginSet, RouteOutcome};
@@ -26,6 +27,10 @@ pub struct Job {
     pub event: Event,
     /// Settles the ingest message; `None` on the local bus.
     pub settle: Option<Settle>,
+    /// Tells the publisher once the event is durable (the local bus); the
+    /// history writer settles it, or the lane when the event joins no
+    /// stream.
+    pub ack: Option<Ack>,
     /// When the bus stored it (ns), 0 on the local bus.
     pub stamp: u64,
     /// Its partition and lease term: a partition's events keep their order
@@ -236,14 +241,25 @@ impl Lane {
                 })
             }
         };
+        // The history writer acknowledges what it keeps once committed;
+        // the rest is acknowledged here, routed.
+        let mut ack = job.ack;
         if let Some(h) = &self.history {
-            let record = match &routed {
-                Some(r) => Some(Record::Routed(r.clone())),
-                None => Some(Record::Skipped(event_id)),
+            let record = match (&routed, ack.take()) {
+                (Some(r), Some(a)) if h.keeps(r) => Record::Acked(r.clone(), a),
+                (Some(r), a) => {
+                    ack = a;
+                    Record::Routed(r.clone())
+                }
+                (None, a) => {
+                    ack = a;
+                    Record::Skipped(event_id)
+                }
             };
-            if let Some(record) = record {
-                h.record(record).await;
-            }
+            h.record(record).await;
+        }
+        if let Some(ack) = ack {
+            ack.durable();
         }
         self.outlet.send(routed, job.settle).await;
     }

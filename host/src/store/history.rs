@@ -24,6 +24,8 @@ use crate::routing::{EventId, Routed};
 pub enum Record {
     /// An event and where it went.
     Routed(Routed),
+    /// An event whose publisher waits until it is committed.
+    Acked(Routed, crate::pipeline::durable::Ack),
     /// A sequence handled without history (dropped by a router, malformed).
     Skipped(EventId),
     /// An event addressed to a user reached one of their live sessions:
@@ -47,11 +49,14 @@ pub struct HistoryStats {
     pub errors: AtomicU64,
     /// History rows removed by retention.
     pub trimmed: AtomicU64,
+    /// Transactions committed.
+    pub commits: AtomicU64,
 }
 
 /// The sending side, shared by the router lanes.
 pub struct History {
     tx: mpsc::Sender<Record>,
+    retention: Policy,
     task: TaskTracker,
     stop: tokio_util::sync::CancellationToken,
     /// Counters.
@@ -70,6 +75,15 @@ const TRIM_EVERY: Duration = Duration::from_secs(1);
 /// [`Headroom`]): rows another node wrote are seen at this node's first
 /// write to the stream after that.
 const RECOUNT_EVERY: Duration = Duration::from_secs(60);
+
+/// The idempotency key a publisher gave the event.
+pub fn idempotency_key(event: &crate::routing::Event) -> Option<&str> {
+    event
+        .headers
+        .iter()
+        .find(|(k, _)| k == crate::bus::wire::IDEMPOTENCY_HEADER)
+        .map(|(_, v)| v.as_str())
+}
 
 fn now_ms() -> u64 {
     std::time::SystemTime::now()
@@ -95,7 +109,7 @@ impl History {
         ));
         task.spawn(write_loop(
             store,
-            retention,
+            retention.clone(),
             headroom,
             rx,
             stats.clone(),
@@ -104,10 +118,18 @@ impl History {
         task.close();
         History {
             tx,
+            retention,
             task,
             stop,
             stats,
         }
+    }
+
+    /// Whether the writer stores something of `routed` (a row in a stream,
+    /// or its idempotency key): then its publisher waits for the commit.
+    pub fn keeps(&self, routed: &Routed) -> bool {
+        idempotency_key(&routed.event).is_some()
+            || self.retention.streams_of(routed).next().is_some()
     }
 
     /// Hands a record to the writer, waiting for room.
@@ -197,6 +219,10 @@ async fn trim_loop(
             }
             Err(e) => tracing::warn!(error = %e, "history retention failed"),
         }
+        let horizon = now_ms().saturating_sub(retention.key_window_ms());
+        if let Err(e) = store.trim_keys(horizon).await {
+            tracing::warn!(error = %e, "idempotency keys not trimmed");
+        }
         if last_recount.elapsed() >= RECOUNT_EVERY {
             last_recount = Instant::now();
             lock().forget();
@@ -231,12 +257,16 @@ async fn write_loop(
             // Closed, and everything sent is written.
             break;
         }
-        let barrier = |b: &Vec<Record>| b.iter().any(|r| matches!(r, Record::Barrier(_)));
-        if n > 0 && n < BATCH / 2 && !closing && !barrier(&batch) {
+        let waited_on = |b: &Vec<Record>| {
+            b.iter()
+                .any(|r| matches!(r, Record::Barrier(_) | Record::Acked(..)))
+        };
+        if n > 0 && n < BATCH / 2 && !closing && !waited_on(&batch) {
             // A trickle of events: wait a moment for more, so that a batch
             // is one transaction of many rows rather than one per event
             // (each statement is two thread hand-offs through sqlx's SQLite
-            // worker). A barrier skips the wait.
+            // worker). A barrier or a waiting publisher skips the wait:
+            // publishes that come while one commit runs share the next.
             tokio::time::sleep(LINGER).await;
             while batch.len() < BATCH {
                 match rx.try_recv() {
@@ -246,13 +276,24 @@ async fn write_loop(
             }
         }
         let mut routed = Vec::with_capacity(batch.len());
+        let mut keys = Vec::new();
         let mut delivered: HashMap<super::inbox::Shown, EventId> = HashMap::new();
         let mut barriers = Vec::new();
+        let mut acks = Vec::new();
         for record in batch.drain(..) {
             let id = match record {
                 Record::Routed(r) => {
                     let id = Some(r.event.id);
                     routed.push(r);
+                    id
+                }
+                Record::Acked(r, ack) => {
+                    let id = Some(r.event.id);
+                    if let Some(key) = idempotency_key(&r.event) {
+                        keys.push((Arc::<str>::from(key), r.event.id));
+                    }
+                    routed.push(r);
+                    acks.push(ack);
                     id
                 }
                 Record::Skipped(id) => Some(id),
@@ -277,7 +318,7 @@ async fn write_loop(
             let mut delay = Duration::from_millis(50);
             loop {
                 match store
-                    .write(&routed, m.epoch, m.upto, now_ms(), &retention)
+                    .write(&routed, &keys, m.epoch, m.upto, now_ms(), &retention)
                     .await
                 {
                     Ok(streams) => {
@@ -290,6 +331,7 @@ async fn write_loop(
                             .written
                             .fetch_add(routed.len() as u64, Ordering::Relaxed);
                         written_upto = Some((m.epoch, m.upto));
+                        stats.commits.fetch_add(1, Ordering::Relaxed);
                         break;
                     }
                     Err(e) => {
@@ -300,6 +342,11 @@ async fn write_loop(
                     }
                 }
             }
+        }
+        // Before the inbox cursors: a waiting publisher is answered as soon
+        // as its commit is through.
+        for ack in acks {
+            ack.durable();
         }
         if !delivered.is_empty() {
             let cursors: Vec<(super::inbox::Shown, EventId)> = delivered.into_iter().collect();

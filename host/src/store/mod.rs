@@ -6,6 +6,7 @@
 
 pub mod batched;
 pub mod history;
+mod ids;
 pub mod inbox;
 pub mod registry;
 pub mod repair;
@@ -327,16 +328,6 @@ impl Store {
             .await
             .map(|_| ()))?;
         Ok(())
-    }
-
-    /// The newest epoch this store has written, with its watermark.
-    pub async fn latest_epoch(&self) -> Result<Option<(u64, u64)>, StoreError> {
-        let row: Option<(i64, i64)> = on_pool!(self, |pool| sqlx::query_as(
-            "SELECT epoch, upto FROM sy_watermark ORDER BY epoch DESC LIMIT 1"
-        )
-        .fetch_optional(pool)
-        .await)?;
-        Ok(row.map(|(e, u)| (e as u64, u as u64)))
     }
 
     /// Every sequence of `epoch` up to this one has been written.

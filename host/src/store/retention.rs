@@ -22,6 +22,7 @@ pub struct Policy {
     rules: Vec<(TopicPattern, Limits)>,
     topics: Limits,
     inbox: Limits,
+    key_window_ms: u64,
 }
 
 /// The history stream of a user's inbox. Topics cannot contain spaces, so
@@ -71,7 +72,13 @@ impl Policy {
                 max_events: store.inbox_max_events,
                 max_age_s: store.inbox_retention_s,
             },
+            key_window_ms: store.idempotency_window_s.saturating_mul(1000),
         }
+    }
+
+    /// How long an idempotency key is kept (ms).
+    pub fn key_window_ms(&self) -> u64 {
+        self.key_window_ms
     }
 
     /// The limits of `stream`.

@@ -24,6 +24,7 @@ use crate::routing::{Event, EventId, Routed};
 /// take far more parameters than this per statement).
 const EVENT_ROWS_PER_INSERT: usize = 256;
 const HISTORY_ROWS_PER_INSERT: usize = 512;
+const KEY_ROWS_PER_INSERT: usize = 256;
 
 /// The row counts above 8 a generated INSERT is padded to: steps of at
 /// most 1.5×, so a statement binds at most half again its rows.
@@ -68,6 +69,7 @@ struct Body<'a> {
 enum Piece<'a> {
     Bodies(&'a [Body<'a>]),
     Streams(&'a [(Arc<str>, EventId, u16)]),
+    Keys(&'a [(Arc<str>, EventId)]),
     Watermark,
 }
 
@@ -77,6 +79,7 @@ impl Piece<'_> {
         match self {
             Piece::Bodies(rows) => padded(rows.len(), EVENT_ROWS_PER_INSERT),
             Piece::Streams(rows) => padded(rows.len(), HISTORY_ROWS_PER_INSERT),
+            Piece::Keys(rows) => padded(rows.len(), KEY_ROWS_PER_INSERT),
             Piece::Watermark => 1,
         }
     }
@@ -87,6 +90,7 @@ impl Piece<'_> {
             * match self {
                 Piece::Bodies(_) => 8,
                 Piece::Streams(_) => 5,
+                Piece::Keys(_) => 4,
                 Piece::Watermark => 2,
             }
     }
@@ -104,6 +108,11 @@ impl Piece<'_> {
                 "INSERT INTO sy_history (topic, epoch, seq, created_ms, part) VALUES {} \
                  ON CONFLICT (topic, epoch, seq) DO NOTHING",
                 values(5)
+            ),
+            Piece::Keys(_) => format!(
+                "INSERT INTO sy_idempotency (key, epoch, seq, created_ms) VALUES {} \
+                 ON CONFLICT (key) DO NOTHING",
+                values(4)
             ),
             Piece::Watermark => format!(
                 "INSERT INTO sy_watermark (epoch, upto) VALUES {} ON CONFLICT (epoch) DO UPDATE SET upto = \
@@ -196,12 +205,14 @@ fn plan(pieces: Vec<Piece<'_>>, params: Params) -> Plan<'_> {
 }
 
 impl Store {
-    /// Writes routed events and moves the watermark of `epoch` to `upto`
-    /// (never back), atomically (one transaction, or one statement).
-    /// Returns the stream of every history row written.
+    /// Writes routed events and the idempotency keys of those published
+    /// with one, and moves the watermark of `epoch` to `upto` (never back),
+    /// atomically (one transaction, or one statement). Returns the stream
+    /// of every history row written.
     pub async fn write(
         &self,
         events: &[Routed],
+        keys: &[(Arc<str>, EventId)],
         epoch: u64,
         upto: u64,
         now_ms: u64,
@@ -243,6 +254,7 @@ impl Store {
             .chunks(EVENT_ROWS_PER_INSERT)
             .map(Piece::Bodies)
             .chain(routes.chunks(HISTORY_ROWS_PER_INSERT).map(Piece::Streams))
+            .chain(keys.chunks(KEY_ROWS_PER_INSERT).map(Piece::Keys))
             .chain(std::iter::once(Piece::Watermark))
             .collect();
         let plan = plan(pieces, params);
@@ -274,6 +286,15 @@ impl Store {
                                     .bind(id.seq as i64)
                                     .bind(now_ms as i64)
                                     .bind(i64::from(*part));
+                            }
+                        }
+                        Piece::Keys(rows) => {
+                            for (key, id) in padded_rows(rows, KEY_ROWS_PER_INSERT) {
+                                q = q
+                                    .bind(key.clone())
+                                    .bind(id.epoch as i64)
+                                    .bind(id.seq as i64)
+                                    .bind(now_ms as i64);
                             }
                         }
                         Piece::Watermark => q = q.bind(epoch as i64).bind(upto as i64),

@@ -7,6 +7,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use super::TestGateway;
@@ -18,6 +19,35 @@ pub struct Ws {
 pub const WAIT: Duration = Duration::from_secs(10);
 
 impl Ws {
+    /// Opens a `switchyard.v1` WebSocket to `addr` (`host:port`) with a
+    /// bearer token and reads the welcome.
+    pub async fn connect(addr: &str, token: &str) -> Ws {
+        let mut req = format!("ws://{addr}/v1/ws")
+            .into_client_request()
+            .expect("request");
+        req.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        req.headers_mut().insert(
+            "sec-websocket-protocol",
+            "switchyard.v1".parse().expect("header"),
+        );
+        let (stream, resp) = tokio_tungstenite::connect_async(req)
+            .await
+            .expect("connect");
+        assert_eq!(
+            resp.headers()
+                .get("sec-websocket-protocol")
+                .map(|v| v.to_str().unwrap_or("")),
+            Some("switchyard.v1")
+        );
+        let mut ws = Ws { stream };
+        let welcome = ws.next_json().await;
+        assert_eq!(welcome["op"], "welcome", "{welcome}");
+        ws
+    }
+
     pub async fn send(&mut self, v: Value) {
         self.stream
             .send(Message::Text(v.to_string().into()))
@@ -237,11 +267,40 @@ impl StompFrame {
     }
 }
 
+/// A raw STOMP-over-WebSocket connection to `addr` (subprotocol
+/// `v12.stomp`), not yet CONNECTed.
+pub async fn stomp_socket(addr: &str) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
+    let mut req = format!("ws://{addr}/v1/ws")
+        .into_client_request()
+        .expect("request");
+    req.headers_mut().insert(
+        "sec-websocket-protocol",
+        "v12.stomp".parse().expect("header"),
+    );
+    let (ws, resp) = tokio_tungstenite::connect_async(req)
+        .await
+        .expect("connect");
+    assert_eq!(
+        resp.headers()
+            .get("sec-websocket-protocol")
+            .and_then(|v| v.to_str().ok()),
+        Some("v12.stomp")
+    );
+    ws
+}
+
 impl TestGateway {
     /// A connected STOMP session of the token's user.
     pub async fn stomp(&self, token: &str) -> Stomp {
+        Stomp::connect(&self.addr.to_string(), token).await
+    }
+}
+
+impl Stomp {
+    /// A STOMP session of the token's user at `addr`, CONNECTED.
+    pub async fn connect(addr: &str, token: &str) -> Stomp {
         let mut s = Stomp {
-            ws: self.stomp_raw().await,
+            ws: stomp_socket(addr).await,
         };
         s.send(&format!(
             "CONNECT\naccept-version:1.2\npasscode:{token}\n\n"

@@ -90,6 +90,20 @@ pub async fn eventually(what: &str, limit: Duration, mut cond: impl AsyncFnMut()
     }
 }
 
+/// `POST body` to the publish endpoint `url` with the service key: the
+/// status and the answer.
+pub async fn publish_to(http: &reqwest::Client, url: &str, body: Value) -> (u16, Value) {
+    let resp = http
+        .post(url)
+        .bearer_auth(SERVICE_KEY)
+        .json(&body)
+        .send()
+        .await
+        .expect("publish");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
 pub struct TestGateway {
     pub addr: SocketAddr,
     pub gateway: Arc<Gateway>,
@@ -180,17 +194,28 @@ impl TestGateway {
     }
 
     /// Publishes with the service key; returns the status and body.
+    /// Publishes without waiting for the answer, which the local bus gives
+    /// once the event is durable (after a slow router, too): returns once
+    /// the event has its id (or was answered), the handle yields the answer.
+    pub async fn publish_unanswered(&self, body: Value) -> tokio::task::JoinHandle<(u16, Value)> {
+        let assigned = async || {
+            let p = self.gateway.bus.partitions().await.expect("partitions");
+            p["last_assigned"].clone()
+        };
+        let before = assigned().await;
+        let (http, url) = (self.http.clone(), self.url("/v1/publish"));
+        let answer = tokio::spawn(async move { publish_to(&http, &url, body).await });
+        eventually(
+            "the event has its id",
+            Duration::from_secs(10),
+            async || answer.is_finished() || assigned().await != before,
+        )
+        .await;
+        answer
+    }
+
     pub async fn publish(&self, body: Value) -> (u16, Value) {
-        let resp = self
-            .http
-            .post(self.url("/v1/publish"))
-            .bearer_auth(SERVICE_KEY)
-            .json(&body)
-            .send()
-            .await
-            .expect("publish");
-        let status = resp.status().as_u16();
-        (status, resp.json().await.unwrap_or(Value::Null))
+        publish_to(&self.http, &self.url("/v1/publish"), body).await
     }
 
     pub async fn post(&self, path: &str, token: Option<&str>, body: Value) -> (u16, Value) {
@@ -238,30 +263,7 @@ impl TestGateway {
 
     /// Opens a WebSocket with a bearer token and reads the welcome.
     pub async fn ws(&self, token: &str) -> Ws {
-        let mut req = format!("ws://{}/v1/ws", self.addr)
-            .into_client_request()
-            .expect("request");
-        req.headers_mut().insert(
-            "authorization",
-            format!("Bearer {token}").parse().expect("header"),
-        );
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            "switchyard.v1".parse().expect("header"),
-        );
-        let (stream, resp) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("connect");
-        assert_eq!(
-            resp.headers()
-                .get("sec-websocket-protocol")
-                .map(|v| v.to_str().unwrap_or("")),
-            Some("switchyard.v1")
-        );
-        let mut ws = Ws { stream };
-        let welcome = ws.next_json().await;
-        assert_eq!(welcome["op"], "welcome", "{welcome}");
-        ws
+        Ws::connect(&self.addr.to_string(), token).await
     }
 
     /// Tries an upgrade with extra headers; returns the HTTP status on refusal.
@@ -288,23 +290,7 @@ impl TestGateway {
 
     /// A raw STOMP-over-WebSocket connection (subprotocol `v12.stomp`), not yet CONNECTed.
     pub async fn stomp_raw(&self) -> WebSocketStream<MaybeTlsStream<TcpStream>> {
-        let mut req = format!("ws://{}/v1/ws", self.addr)
-            .into_client_request()
-            .expect("request");
-        req.headers_mut().insert(
-            "sec-websocket-protocol",
-            "v12.stomp".parse().expect("header"),
-        );
-        let (ws, resp) = tokio_tungstenite::connect_async(req)
-            .await
-            .expect("connect");
-        assert_eq!(
-            resp.headers()
-                .get("sec-websocket-protocol")
-                .and_then(|v| v.to_str().ok()),
-            Some("v12.stomp")
-        );
-        ws
+        clients::stomp_socket(&self.addr.to_string()).await
     }
 
     /// Opens an SSE stream.

@@ -10,6 +10,7 @@ use super::{ADMIN_TOKEN, SECRET, SERVICE_KEY};
 pub struct GatewayProcess {
     pub url: String,
     child: tokio::process::Child,
+    config: std::path::PathBuf,
     _dir: tempfile::TempDir,
 }
 
@@ -43,17 +44,35 @@ impl GatewayProcess {
         let p = GatewayProcess {
             url,
             child,
+            config: path,
             _dir: dir,
         };
+        p.answering().await;
+        p
+    }
+
+    async fn answering(&self) {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-        while p.get("/healthz").await.is_none() {
+        while self.get("/healthz").await.is_none() {
             assert!(
                 tokio::time::Instant::now() < deadline,
-                "node {node} did not start"
+                "{} did not start",
+                self.config.display()
             );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
-        p
+    }
+
+    /// Starts it again after [`GatewayProcess::kill`]: the same config,
+    /// port and store.
+    pub async fn restart(&mut self) {
+        self.child = spawn(&self.config);
+        self.answering().await;
+    }
+
+    /// `host:port`.
+    pub fn addr(&self) -> &str {
+        self.url.trim_start_matches("http://")
     }
 
     pub fn pid(&self) -> u32 {

@@ -342,6 +342,7 @@ async fn take(
         Ok(event) => Some(Some(Job {
             event,
             settle: Some(settle),
+            ack: None,
             stamp,
             origin,
         })),
