@@ -3,8 +3,8 @@
 //! Runs each scenario against each target, one after the other on this
 //! machine, and prints Markdown tables with every figure beside the bare
 //! broadcaster's. Scenarios: `latency`, `fanout`, `topics`, `direct`,
-//! `hot`, `routing`, `failover`, `plugins`, `history`, `idle` (default:
-//! all). `--quick` divides
+//! `hot`, `routing`, `failover`, `plugins`, `history`, `idle`, `publish`
+//! (default: all). `--quick` divides
 //! sessions, rates and time by 10 (a smoke run, not a measurement).
 
 use std::time::Duration;
@@ -14,10 +14,13 @@ use switchyard_bench::report::{self, Row};
 use switchyard_bench::scenario::{self, Spec};
 use switchyard_bench::target::{Kind, Options};
 
-const ALL: [&str; 10] = [
+const ALL: [&str; 11] = [
     "latency", "fanout", "topics", "direct", "hot", "routing", "failover", "plugins", "history",
-    "idle",
+    "idle", "publish",
 ];
+
+/// Scenario `publish`: HTTP publishes in flight.
+const IN_FLIGHT: usize = 64;
 
 /// Scenario `failover`: owners SIGKILLed, one after the other.
 const KILLS: usize = 10;
@@ -139,6 +142,10 @@ async fn main() -> anyhow::Result<()> {
         }
         if name == "routing" {
             routing(ROUTED / scale as u64).await?;
+            continue;
+        }
+        if name == "publish" {
+            publish(duration).await?;
             continue;
         }
         let Some(l) = load(name) else {
@@ -278,6 +285,45 @@ async fn routing(n: u64) -> anyhow::Result<()> {
         "### Routing one topic: {n} events of 256 B published into JetStream ({} in flight), one session; Switchyard with history on PostgreSQL\n\n{}",
         routing::WINDOW,
         routing::table(&rows, "nats-server: JetStream publish + pull, ack each")
+    );
+    Ok(())
+}
+
+/// HTTP publishes answered once durable beside once queued, SQLite and
+/// PostgreSQL, each pair run back to back.
+async fn publish(duration: Duration) -> anyhow::Result<()> {
+    use switchyard_bench::publish;
+    let mut rows = Vec::new();
+    for postgres_store in [false, true] {
+        let store = if postgres_store {
+            "PostgreSQL"
+        } else {
+            "SQLite"
+        };
+        for queued_acks in [true, false] {
+            let label = format!(
+                "{store}, {}",
+                if queued_acks {
+                    "answered once queued"
+                } else {
+                    "answered once durable"
+                }
+            );
+            eprintln!("running publish: {label}");
+            let options = Options {
+                postgres_store,
+                queued_acks,
+                ..Options::default()
+            };
+            let p = publish::run(&options, IN_FLIGHT, duration, 256).await?;
+            rows.push((label, queued_acks, p));
+        }
+    }
+    println!(
+        "### Publish: {IN_FLIGHT} HTTP publishes in flight, 256 B, {} topics with history, {} s, local bus\n\n{}",
+        100,
+        duration.as_secs(),
+        publish::table(&rows)
     );
     Ok(())
 }

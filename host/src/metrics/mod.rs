@@ -237,7 +237,7 @@ pub fn collect(gw: &Gateway) -> Exposition {
         registry.errors.load(Ordering::Relaxed) as f64,
     );
     if let Some(h) = &gw.history_stats {
-        let history: [(&'static str, &'static str, u64); 4] = [
+        let history: [(&'static str, &'static str, u64); 5] = [
             (
                 "switchyard_history_written_total",
                 "Events written to the history store.",
@@ -252,6 +252,11 @@ pub fn collect(gw: &Gateway) -> Exposition {
                 "switchyard_history_commits_total",
                 "Transactions the history writer committed (events per commit: written / commits).",
                 h.commits.load(Ordering::Relaxed),
+            ),
+            (
+                "switchyard_history_commit_microseconds_total",
+                "Time the history writer spent in committed transactions.",
+                h.commit_us.load(Ordering::Relaxed),
             ),
             (
                 "switchyard_history_trimmed_total",

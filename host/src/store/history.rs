@@ -16,6 +16,7 @@ use tokio::sync::mpsc;
 use tokio_util::task::TaskTracker;
 
 use super::Store;
+use super::gate::WriteGate;
 use super::retention::{Headroom, Policy};
 use crate::routing::{EventId, Routed};
 
@@ -51,6 +52,8 @@ pub struct HistoryStats {
     pub trimmed: AtomicU64,
     /// Transactions committed.
     pub commits: AtomicU64,
+    /// Time spent in committed transactions (µs).
+    pub commit_us: AtomicU64,
 }
 
 /// The sending side, shared by the router lanes.
@@ -100,9 +103,11 @@ impl History {
         let task = TaskTracker::new();
         let stop = tokio_util::sync::CancellationToken::new();
         let headroom = Arc::new(Mutex::new(Headroom::default()));
+        let gate = WriteGate::default();
         task.spawn(trim_loop(
             store.clone(),
             retention.clone(),
+            gate.clone(),
             headroom.clone(),
             stats.clone(),
             stop.clone(),
@@ -110,6 +115,7 @@ impl History {
         task.spawn(write_loop(
             store,
             retention.clone(),
+            gate,
             headroom,
             rx,
             stats.clone(),
@@ -195,6 +201,7 @@ impl HighMark {
 async fn trim_loop(
     store: Store,
     retention: Policy,
+    gate: WriteGate,
     headroom: Arc<Mutex<Headroom>>,
     stats: Arc<HistoryStats>,
     stop: tokio_util::sync::CancellationToken,
@@ -209,7 +216,7 @@ async fn trim_loop(
             () = stop.cancelled() => return,
         }
         let due = lock().due();
-        match store.trim(&retention, &due, now_ms()).await {
+        match store.trim_in_turn(&retention, &due, now_ms(), &gate).await {
             Ok(trimmed) => {
                 stats.trimmed.fetch_add(trimmed.removed, Ordering::Relaxed);
                 let mut headroom = lock();
@@ -220,7 +227,11 @@ async fn trim_loop(
             Err(e) => tracing::warn!(error = %e, "history retention failed"),
         }
         let horizon = now_ms().saturating_sub(retention.key_window_ms());
-        if let Err(e) = store.trim_keys(horizon).await {
+        let trimmed_keys = {
+            let _turn = gate.turn().await;
+            store.trim_keys(horizon).await
+        };
+        if let Err(e) = trimmed_keys {
             tracing::warn!(error = %e, "idempotency keys not trimmed");
         }
         if last_recount.elapsed() >= RECOUNT_EVERY {
@@ -233,6 +244,7 @@ async fn trim_loop(
 async fn write_loop(
     store: Store,
     retention: Policy,
+    gate: WriteGate,
     headroom: Arc<Mutex<Headroom>>,
     mut rx: mpsc::Receiver<Record>,
     stats: Arc<HistoryStats>,
@@ -317,10 +329,13 @@ async fn write_loop(
             // Retried until it goes through: history is not lost to a blip.
             let mut delay = Duration::from_millis(50);
             loop {
-                match store
+                let turn = gate.turn().await;
+                let began = Instant::now();
+                let wrote = store
                     .write(&routed, &keys, m.epoch, m.upto, now_ms(), &retention)
-                    .await
-                {
+                    .await;
+                drop(turn);
+                match wrote {
                     Ok(streams) => {
                         let mut headroom = headroom.lock().unwrap_or_else(PoisonError::into_inner);
                         for stream in &streams {
@@ -332,6 +347,9 @@ async fn write_loop(
                             .fetch_add(routed.len() as u64, Ordering::Relaxed);
                         written_upto = Some((m.epoch, m.upto));
                         stats.commits.fetch_add(1, Ordering::Relaxed);
+                        stats
+                            .commit_us
+                            .fetch_add(began.elapsed().as_micros() as u64, Ordering::Relaxed);
                         break;
                     }
                     Err(e) => {
@@ -352,7 +370,11 @@ async fn write_loop(
             let cursors: Vec<(super::inbox::Shown, EventId)> = delivered.into_iter().collect();
             // Not retried: a cursor left behind only means an event shown
             // live is offered again on the next connect.
-            if let Err(e) = store.mark_delivered(&cursors).await {
+            let marked = {
+                let _turn = gate.turn().await;
+                store.mark_delivered(&cursors).await
+            };
+            if let Err(e) = marked {
                 stats.errors.fetch_add(1, Ordering::Relaxed);
                 tracing::warn!(error = %e, "inbox delivery cursors not written");
             }

@@ -5,6 +5,7 @@
 //! `migrations/<database>/` are embedded and applied at start.
 
 pub mod batched;
+pub mod gate;
 pub mod history;
 mod ids;
 pub mod inbox;

@@ -7,6 +7,7 @@ use std::collections::HashMap;
 
 use sqlx::AssertSqlSafe;
 
+use super::gate::WriteGate;
 use super::{LOOKUP_BATCH, Params, Store, StoreError, on_pool, recurring, retention};
 
 impl Store {
@@ -19,6 +20,18 @@ impl Store {
         policy: &retention::Policy,
         due: &retention::Due,
         now_ms: u64,
+    ) -> Result<Trimmed, StoreError> {
+        self.trim_in_turn(policy, due, now_ms, &WriteGate::default())
+            .await
+    }
+
+    /// [`Store::trim`], each cut in its turn at `gate`.
+    pub async fn trim_in_turn(
+        &self,
+        policy: &retention::Policy,
+        due: &retention::Due,
+        now_ms: u64,
+        gate: &WriteGate,
     ) -> Result<Trimmed, StoreError> {
         let cutoff = |age_s: u64| now_ms.saturating_sub(age_s.saturating_mul(1000)) as i64;
         let mut cut: HashMap<(String, i64), i64> = HashMap::new();
@@ -108,6 +121,7 @@ impl Store {
             trimmed.room.push((stream.clone(), 0));
         }
         for ((topic, epoch), upto) in &cut {
+            let _turn = gate.turn().await;
             trimmed.removed += self.cut(topic, *epoch, *upto).await?;
         }
         Ok(trimmed)
