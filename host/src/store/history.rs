@@ -103,7 +103,7 @@ impl History {
         let task = TaskTracker::new();
         let stop = tokio_util::sync::CancellationToken::new();
         let headroom = Arc::new(Mutex::new(Headroom::default()));
-        let gate = WriteGate::default();
+        let gate = WriteGate::for_store(&store);
         task.spawn(trim_loop(
             store.clone(),
             retention.clone(),
