@@ -14,6 +14,9 @@ use super::TestGateway;
 
 pub struct Ws {
     pub stream: WebSocketStream<MaybeTlsStream<TcpStream>>,
+    /// Frames read past while waiting for a reply (an event can come
+    /// before the ack of its own publish, which waits for the commit).
+    pending: std::collections::VecDeque<Value>,
 }
 
 pub const WAIT: Duration = Duration::from_secs(10);
@@ -42,7 +45,10 @@ impl Ws {
                 .map(|v| v.to_str().unwrap_or("")),
             Some("switchyard.v1")
         );
-        let mut ws = Ws { stream };
+        let mut ws = Ws {
+            stream,
+            pending: Default::default(),
+        };
         let welcome = ws.next_json().await;
         assert_eq!(welcome["op"], "welcome", "{welcome}");
         ws
@@ -80,6 +86,14 @@ impl Ws {
 
     /// The next text frame as JSON (pings are skipped).
     pub async fn next_json(&mut self) -> Value {
+        match self.pending.pop_front() {
+            Some(v) => v,
+            None => self.read_json().await,
+        }
+    }
+
+    /// The next text frame from the socket.
+    async fn read_json(&mut self) -> Value {
         loop {
             let msg = tokio::time::timeout(WAIT, self.stream.next())
                 .await
@@ -96,6 +110,11 @@ impl Ws {
 
     /// The next `event` frame within `limit`, or `None`.
     pub async fn next_event_within(&mut self, limit: Duration) -> Option<Value> {
+        while let Some(v) = self.pending.pop_front() {
+            if v["op"] == "event" {
+                return Some(v);
+            }
+        }
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let msg = tokio::time::timeout_at(deadline, self.stream.next())
@@ -116,11 +135,15 @@ impl Ws {
     pub async fn request(&mut self, v: Value) -> Value {
         let id = v["id"].clone();
         self.send(v).await;
+        if let Some(i) = self.pending.iter().position(|f| is_reply(f, &id)) {
+            return self.pending.remove(i).expect("present");
+        }
         loop {
-            let f = self.next_json().await;
-            if f["id"] == id && (f["op"] == "ack" || f["op"] == "error") {
+            let f = self.read_json().await;
+            if is_reply(&f, &id) {
                 return f;
             }
+            self.pending.push_back(f);
         }
     }
 
@@ -150,6 +173,10 @@ impl Ws {
             }
         }
     }
+}
+
+fn is_reply(f: &Value, id: &Value) -> bool {
+    f["id"] == *id && (f["op"] == "ack" || f["op"] == "error")
 }
 
 pub struct Sse {
