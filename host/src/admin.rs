@@ -106,10 +106,10 @@ pub async fn log_filter(
 pub async fn set_log_filter(
     State(gw): State<Arc<Gateway>>,
     headers: HeaderMap,
-    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+    body: axum::body::Body,
 ) -> Result<Json<Value>, ApiError> {
     require_admin(&gw, &headers)?;
-    let Json(body) = body.map_err(|e| ApiError::bad_request(e.body_text()))?;
+    let body: Value = crate::http::read_body(&gw, body).await?;
     let filter = body["filter"]
         .as_str()
         .ok_or_else(|| ApiError::bad_request("expected {\"filter\": \"<RUST_LOG directives>\"}"))?;

@@ -87,6 +87,14 @@ pub struct ServerConfig {
     pub heartbeat_timeout_s: u64,
     /// `server.drain_timeout_s`: how long shutdown waits for queues to flush.
     pub drain_timeout_s: u64,
+    /// `server.request_timeout_s`: a request's headers, and its body, must
+    /// arrive within this; a connection idle between requests closes then.
+    pub request_timeout_s: u64,
+    /// `server.max_connections`: open TCP connections (sessions included);
+    /// one more is closed at once.
+    pub max_connections: usize,
+    /// `server.max_body_bytes`: the largest request body read.
+    pub max_body_bytes: usize,
 }
 
 impl Default for ServerConfig {
@@ -98,6 +106,9 @@ impl Default for ServerConfig {
             heartbeat_s: 30,
             heartbeat_timeout_s: 15,
             drain_timeout_s: 10,
+            request_timeout_s: 10,
+            max_connections: 16_384,
+            max_body_bytes: 1024 * 1024,
         }
     }
 }
@@ -464,6 +475,9 @@ impl Config {
         }
         positive("server.heartbeat_s", s.heartbeat_s)?;
         positive("server.heartbeat_timeout_s", s.heartbeat_timeout_s)?;
+        positive("server.request_timeout_s", s.request_timeout_s)?;
+        positive("server.max_connections", s.max_connections as u64)?;
+        positive("server.max_body_bytes", s.max_body_bytes as u64)?;
         positive("auth.ticket_ttl_s", self.auth.ticket_ttl_s)?;
         if self
             .auth

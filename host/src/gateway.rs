@@ -85,6 +85,8 @@ pub struct Gateway {
     pub reloads: crate::reload::Reloads,
     /// The process's log filter, when this process installed one.
     pub log: std::sync::OnceLock<crate::logging::LogControl>,
+    /// Per-user and per-address limits, connection counts.
+    pub throttles: crate::throttle::Throttles,
     next_session: AtomicU64,
     accept: Mutex<TokenBucket>,
 }
@@ -182,6 +184,7 @@ impl Gateway {
             tasks: TaskTracker::new(),
             reloads: crate::reload::Reloads::default(),
             log: std::sync::OnceLock::new(),
+            throttles: crate::throttle::Throttles::new(config.limits.publish_rate),
             next_session: AtomicU64::new(1),
             accept: Mutex::new(TokenBucket::new(rate, rate, Instant::now())),
             config,
@@ -206,8 +209,10 @@ impl Gateway {
         Ok(gateway)
     }
 
-    /// Checks the per-node limits before a session is accepted.
-    pub fn admit(&self) -> Result<(), ApiError> {
+    /// Whether this node takes sessions at all (not draining, below
+    /// `max_sessions`); charges nothing, so it may come before the caller
+    /// is known.
+    pub fn has_room(&self) -> Result<(), ApiError> {
         if self.draining.is_cancelled() {
             return Err(ApiError::unavailable("the gateway is shutting down"));
         }
@@ -216,6 +221,14 @@ impl Gateway {
                 "this node holds its maximum number of sessions",
             ));
         }
+        Ok(())
+    }
+
+    /// Checks the per-node limits before a session is accepted, charging
+    /// `accept_rate`: call it once the caller is authenticated, so that
+    /// refused credentials never use up the bucket of everyone else.
+    pub fn admit(&self) -> Result<(), ApiError> {
+        self.has_room()?;
         let mut bucket = self.accept.lock().unwrap_or_else(PoisonError::into_inner);
         if !bucket.try_take(Instant::now()) {
             return Err(ApiError::new(

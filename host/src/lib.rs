@@ -12,6 +12,8 @@
 //! - [`bus`]: between nodes: in-process, or NATS and JetStream;
 //! - [`session`]: sessions, their queues and the WebSocket/SSE adapters;
 //! - [`gateway`], [`http`], [`server`]: shared state, routes, listener;
+//! - [`limits`]: token buckets (pure); [`throttle`]: per-user and
+//!   per-address limits and connection counts at the node's door;
 //! - [`metrics`]: Prometheus exposition; [`admin`]: the admin API;
 //! - [`reload`]: hot reload of the plugin set;
 //! - [`cli`]: the `switchyard plugin check|test` commands.
@@ -37,3 +39,4 @@ pub mod server;
 pub mod session;
 pub mod store;
 pub mod subject;
+pub mod throttle;

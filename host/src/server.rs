@@ -3,8 +3,14 @@
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpSocket};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::task::TaskTracker;
+use tower::Service as _;
 
 use crate::gateway::Gateway;
 
@@ -35,20 +41,93 @@ pub async fn run(
     let app = crate::http::app(gateway.clone());
     let draining = gateway.draining.clone();
     // Stop accepting once draining starts; open SSE streams end in phase 2.
-    let serve = axum::serve(listener, app).with_graceful_shutdown({
-        let draining = draining.clone();
-        async move { draining.cancelled().await }
-    });
-    let serve = tokio::spawn(async move { serve.await });
+    let serve = tokio::spawn(accept_loop(listener, app, gateway.clone()));
     tokio::select! {
         () = shutdown => {}
         () = draining.cancelled() => {}
     }
     drain(&gateway).await;
-    match tokio::time::timeout(std::time::Duration::from_secs(1), serve).await {
-        Ok(Ok(result)) => result,
-        _ => Ok(()),
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(1), serve).await;
+    Ok(())
+}
+
+/// Accepts until draining starts. axum's own `serve` sets no header read
+/// timeout, so idle and trickling connections would stay open forever.
+async fn accept_loop(listener: TcpListener, app: axum::Router, gateway: Arc<Gateway>) {
+    let limits = Arc::new(Semaphore::new(gateway.config.server.max_connections));
+    let draining = gateway.draining.clone();
+    let connections = TaskTracker::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = draining.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of file descriptors, mostly: let some close.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Ok(permit) = limits.clone().try_acquire_owned() else {
+            gateway
+                .throttles
+                .connections_refused
+                .fetch_add(1, Ordering::Relaxed);
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        connections.spawn(serve_connection(
+            stream,
+            peer,
+            app.clone(),
+            gateway.clone(),
+            permit,
+        ));
     }
+    connections.close();
+    connections.wait().await;
+}
+
+async fn serve_connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    app: axum::Router,
+    gateway: Arc<Gateway>,
+    _permit: OwnedSemaphorePermit,
+) {
+    let throttles = &gateway.throttles;
+    throttles.connections_open.fetch_add(1, Ordering::Relaxed);
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        req.extensions_mut()
+            .insert(axum::extract::ConnectInfo(peer));
+        let mut app = app.clone();
+        async move { app.call(req.map(axum::body::Body::new)).await }
+    });
+    let timeout = std::time::Duration::from_secs(gateway.config.server.request_timeout_s);
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(timeout)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades();
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        () = gateway.draining.cancelled() => {
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result
+        && e.is_timeout()
+    {
+        throttles
+            .connections_timed_out
+            .fetch_add(1, Ordering::Relaxed);
+    }
+    throttles.connections_open.fetch_sub(1, Ordering::Relaxed);
 }
 
 /// Drains within `server.drain_timeout_s`: refuse new sessions and events,

@@ -302,3 +302,41 @@ async fn an_sse_client_reconnecting_to_another_node_misses_nothing() {
         assert_eq!(n_of(&sse.next_event().await.data), i);
     }
 }
+
+/// A cursor past every id handed out (forged, or from a stream that was
+/// recreated) is a reset: answered as recovered, every live event below it
+/// would be dropped as already seen.
+async fn a_cursor_ahead_of_every_id_is_a_reset(gw: &TestGateway) {
+    let t = token(json!({"sub": "ann"}));
+    let ids = publish_n(gw, "news.ahead", 0, 2).await;
+    let (epoch, seq) = ids[1].rsplit_once('-').expect("an id");
+    let ahead = format!("{epoch}-{}", seq.parse::<u64>().expect("seq") + 1_000_000);
+    let mut ws = gw.ws(&t).await;
+    let ack = ws
+        .request(json!({"op": "subscribe", "id": 1, "topic": "news.ahead", "since": ahead}))
+        .await;
+    assert_eq!(ack, json!({"op": "ack", "id": 1, "recovered": false}));
+    let mut sse = gw
+        .sse_with_header("topic=news.ahead", Some(&t), ("last-event-id", &ahead))
+        .await;
+    assert_eq!(sse.next_block().await.event.as_deref(), Some("connected"));
+    let reset = sse.next_event().await;
+    assert_eq!(reset.event.as_deref(), Some("reset"));
+    // Live events are delivered, not dropped as seen.
+    publish_n(gw, "news.ahead", 2, 1).await;
+    assert_eq!(ws.next_event().await["data"]["n"], 2);
+    assert_eq!(n_of(&sse.next_event().await.data), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_ahead_of_every_id_is_a_reset_on_the_local_bus() {
+    a_cursor_ahead_of_every_id_is_a_reset(&gateway(Backend::Sqlite, "").await).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cursor_ahead_of_every_id_is_a_reset_on_nats() {
+    let nats = NatsServer::single();
+    let db = fresh_postgres().await;
+    let gw = TestGateway::start(cluster_node("a", nats.url(), &db)).await;
+    a_cursor_ahead_of_every_id_is_a_reset(&gw).await;
+}

@@ -50,7 +50,14 @@ pub enum TokenError {
     /// `sub` or `exp` missing.
     #[error("the token lacks the claim `{0}`")]
     MissingClaim(String),
+    /// A `sub` no user id can be: control characters would forge log lines
+    /// and frame boundaries, and a huge one costs every event it rides on.
+    #[error("the token's `sub` must be 1 to {MAX_SUB_BYTES} bytes without control characters")]
+    BadSubject,
 }
+
+/// The longest user id (`sub`) accepted.
+pub const MAX_SUB_BYTES: usize = 256;
 
 /// A verified token.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,8 +181,11 @@ fn verified(claims: Map<String, Value>) -> Result<VerifiedToken, TokenError> {
         .get("sub")
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
-        .ok_or_else(|| TokenError::MissingClaim("sub".to_owned()))?
-        .to_owned();
+        .ok_or_else(|| TokenError::MissingClaim("sub".to_owned()))?;
+    if user.len() > MAX_SUB_BYTES || user.chars().any(char::is_control) {
+        return Err(TokenError::BadSubject);
+    }
+    let user = user.to_owned();
     let expires_at = claims
         .get("exp")
         .and_then(Value::as_u64)
@@ -265,6 +275,27 @@ mod tests {
         assert_eq!(
             v.verify(&hs256(json!({"sub": "a", "iss": "idp", "aud": "gw"}))),
             Err(TokenError::MissingClaim("exp".into()))
+        );
+    }
+
+    #[test]
+    fn a_sub_with_control_characters_or_too_long_is_refused() {
+        let v = verifier(None, None);
+        for sub in [
+            "ann\nFORGED log line",
+            "a\u{0}b",
+            &"x".repeat(MAX_SUB_BYTES + 1),
+        ] {
+            assert_eq!(
+                v.verify(&hs256(json!({"sub": sub, "exp": now() + 60}))),
+                Err(TokenError::BadSubject),
+                "{sub:?}"
+            );
+        }
+        let longest = "ü".repeat(MAX_SUB_BYTES / 2);
+        assert!(
+            v.verify(&hs256(json!({"sub": longest, "exp": now() + 60})))
+                .is_ok()
         );
     }
 

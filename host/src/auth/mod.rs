@@ -121,9 +121,15 @@ impl Authenticator {
     }
 }
 
-/// Compares secrets without leaking where they differ through timing.
-fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+/// Compares secrets without leaking through timing where they differ, nor
+/// how long the secret is: both are hashed to digests of one length first.
+fn constant_time_eq(secret: &[u8], guess: &[u8]) -> bool {
+    use sha2::Digest as _;
+    let (a, b) = (sha2::Sha256::digest(secret), sha2::Sha256::digest(guess));
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// The token of an `Authorization: Bearer <token>` header value.
@@ -140,6 +146,21 @@ pub fn bearer(header: Option<&str>) -> Option<&str> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn secrets_compare_whatever_the_guess_length() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        for guess in [
+            &b""[..],
+            b"s",
+            b"s3cre",
+            b"s3creT",
+            b"s3cret!",
+            b"s3crets3cret",
+        ] {
+            assert!(!constant_time_eq(b"s3cret", guess), "{guess:?}");
+        }
+    }
 
     #[test]
     fn bearer_headers_parse() {

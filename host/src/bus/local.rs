@@ -199,6 +199,12 @@ impl LocalBus {
         self.hub.subscribers(topic)
     }
 
+    /// Whether `seq` was handed out (before a crash too: blocks resume
+    /// above every id that may have been).
+    pub fn assigned(&self, seq: u64) -> bool {
+        seq <= self.ids.head()
+    }
+
     /// The epoch of the ids assigned.
     pub fn epoch(&self) -> u64 {
         self.epoch

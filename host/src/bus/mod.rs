@@ -276,6 +276,15 @@ impl Bus {
         }
     }
 
+    /// Whether an id of sequence `seq` was ever handed out in this epoch:
+    /// a cursor past every one cannot be replayed from.
+    pub async fn assigned(&self, seq: u64) -> bool {
+        match self {
+            Bus::Local(b) => b.assigned(seq),
+            Bus::Nats(b) => b.assigned(seq).await,
+        }
+    }
+
     /// Completes once every event routed anywhere before the call is in
     /// the store (a replay reads history only then); false if that could
     /// not be made sure of in time (the replay answers with a reset).

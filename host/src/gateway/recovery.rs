@@ -61,6 +61,17 @@ impl Gateway {
         if since.epoch != epoch {
             return Recovery::Reset;
         }
+        // A cursor past every id handed out is not "nothing missed": its
+        // live events would all fall below it and be dropped as seen.
+        let furthest = cursor
+            .floors()
+            .iter()
+            .map(|(_, f)| *f)
+            .fold(since.seq, u64::max);
+        if !self.bus.assigned(furthest).await {
+            tracing::info!(cursor = %cursor, "a cursor ahead of every id handed out: reset");
+            return Recovery::Reset;
+        }
         if !self.bus.cover().await {
             tracing::warn!("history not confirmed complete; cannot replay");
             return Recovery::Reset;

@@ -157,7 +157,14 @@ pub fn collect(gw: &Gateway) -> Exposition {
     );
 
     let s = &gw.stats;
-    let counters: [(&'static str, &'static str, u64); 9] = [
+    x.sample(
+        "switchyard_connections",
+        "TCP connections open now (server.max_connections is the limit).",
+        Kind::Gauge,
+        &[],
+        gw.throttles.connections_open.load(Ordering::Relaxed) as f64,
+    );
+    let counters: [(&'static str, &'static str, u64); 13] = [
         (
             "switchyard_events_replayed_total",
             "Events replayed to reconnecting clients.",
@@ -172,6 +179,26 @@ pub fn collect(gw: &Gateway) -> Exposition {
             "switchyard_events_ingested_total",
             "Events accepted for routing.",
             s.ingested.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_admin_throttled_total",
+            "Admin requests answered 429: their address sent too many wrong admin tokens.",
+            gw.throttles.admin_throttled.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_http_publishes_throttled_total",
+            "HTTP publishes by users answered 429 (limits.publish_rate per user).",
+            gw.throttles.publishes_throttled.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_connections_refused_total",
+            "TCP connections closed at once because server.max_connections were open.",
+            gw.throttles.connections_refused.load(Ordering::Relaxed),
+        ),
+        (
+            "switchyard_connections_timed_out_total",
+            "Connections closed because a request's headers did not arrive within server.request_timeout_s.",
+            gw.throttles.connections_timed_out.load(Ordering::Relaxed),
         ),
         (
             "switchyard_publish_not_durable_total",

@@ -99,12 +99,13 @@ async fn open(
         .iter()
         .map(|t| Topic::parse(t).map_err(|e| ApiError::bad_request(e.to_string())))
         .collect::<Result<Vec<_>, _>>()?;
-    gw.admit()?;
+    gw.has_room()?;
     // Read before the session goes live: what it covers was routed before.
     let settled = gw.bus.settled();
     let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()))
         .or(query.access_token.as_deref());
     let identity = gw.auth.identify(bearer, query.ticket.as_deref())?;
+    gw.admit()?;
     let expires_at = identity.expires_at;
     let session = gw.open_session(identity, Protocol::Sse, &topics).await?;
     // The browser's EventSource sends `Last-Event-ID` when it reconnects.

@@ -134,13 +134,18 @@ async fn upgrade_stomp(
     headers: HeaderMap,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let pre = (|| {
+    let pre: Result<Option<crate::auth::Identity>, ApiError> = (|| {
         check_origin(&gw, &headers)?;
-        gw.admit()?;
+        gw.has_room()?;
         let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
         match (bearer, query.ticket.as_deref()) {
+            // Charged once CONNECT has authenticated the client.
             (None, None) => Ok(None),
-            (b, t) => gw.auth.identify(b, t).map(Some).map_err(ApiError::from),
+            (b, t) => {
+                let identity = gw.auth.identify(b, t)?;
+                gw.admit()?;
+                Ok(Some(identity))
+            }
         }
     })();
     let pre = match pre {
@@ -169,9 +174,10 @@ async fn prepare(
     headers: &HeaderMap,
 ) -> Result<(Arc<SessionHandle>, u64), ApiError> {
     check_origin(gw, headers)?;
-    gw.admit()?;
+    gw.has_room()?;
     let bearer = crate::auth::bearer(headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()));
     let identity = gw.auth.identify(bearer, query.ticket.as_deref())?;
+    gw.admit()?;
     let expires_at = identity.expires_at;
     let session = gw.open_session(identity, Protocol::Json, &[]).await?;
     Ok((session, expires_at))

@@ -2,6 +2,7 @@
 //! partitions), a KV lease per partition spread over the live nodes, core
 //! subjects per topic and user for fan-out, repaired from history.
 
+mod assigned;
 mod backpressure;
 mod connect;
 mod consumers;
@@ -55,6 +56,7 @@ pub struct NatsBus {
     subjects: Subjects,
     ingest_stream: String,
     epoch: Arc<AtomicU64>,
+    assigned: assigned::Assigned,
     router: Arc<Router>,
     edge: Arc<Edge>,
     stats: Arc<BusStats>,
@@ -321,6 +323,7 @@ impl NatsBus {
         Ok(NatsBus {
             client,
             deliveries,
+            assigned: assigned::Assigned::new(js.clone(), ingest_stream.clone()),
             js,
             subjects,
             ingest_stream,
@@ -416,6 +419,11 @@ impl NatsBus {
     /// said.
     pub fn settled(&self) -> Option<crate::routing::EventId> {
         self.settled.get()
+    }
+
+    /// Whether the ingest stream ever handed out `seq`.
+    pub async fn assigned(&self, seq: u64) -> bool {
+        self.assigned.covers(seq).await
     }
 
     /// The epoch of the ingest stream.

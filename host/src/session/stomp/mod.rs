@@ -171,7 +171,13 @@ fn authenticate(gw: &Gateway, connect: &Frame, pre: Option<Identity>) -> Result<
         .and_then(|h| crate::auth::bearer(Some(h)))
         .or_else(|| connect.get("passcode").filter(|p| !p.is_empty()));
     match (token, pre) {
-        (Some(t), _) => gw.auth.verify_token(t).map_err(|e| e.to_string()),
+        // Authenticated only now: the upgrade did not charge `accept_rate`.
+        (Some(t), None) => {
+            let identity = gw.auth.verify_token(t).map_err(|e| e.to_string())?;
+            gw.admit().map_err(|e| e.message)?;
+            Ok(identity)
+        }
+        (Some(t), Some(_)) => gw.auth.verify_token(t).map_err(|e| e.to_string()),
         (None, Some(identity)) => Ok(identity),
         (None, None) => Err(
             "authentication required: send the JWT in CONNECT's Authorization or passcode header"
