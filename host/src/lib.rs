@@ -16,7 +16,8 @@
 //!   per-address limits and connection counts at the node's door;
 //! - [`metrics`]: Prometheus exposition; [`admin`]: the admin API;
 //! - [`reload`]: hot reload of the plugin set;
-//! - [`cli`]: the `switchyard plugin check|test` commands.
+//! - [`cli`]: the `switchyard plugin check|test` commands;
+//! - [`fuzzing`]: the fuzz targets (run by `fuzz/`, replayed by a test).
 
 pub mod admin;
 pub mod auth;
@@ -25,6 +26,7 @@ pub mod cli;
 pub mod config;
 pub mod error;
 pub mod executor;
+pub mod fuzzing;
 pub mod gateway;
 pub mod http;
 pub mod hub;

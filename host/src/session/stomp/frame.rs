@@ -123,7 +123,9 @@ impl fmt::Display for Frame {
 
 fn push_escaped(out: &mut Vec<u8>, s: &str, escape: bool) {
     if !escape {
-        out.extend_from_slice(s.as_bytes());
+        // CONNECT and CONNECTED have no escapes: a CR or LF would end the
+        // header line early (and forge the next one), so none is sent.
+        out.extend(s.bytes().filter(|b| !matches!(b, b'\r' | b'\n')));
         return;
     }
     for b in s.bytes() {
@@ -317,6 +319,23 @@ mod tests {
         );
         assert_eq!(frames[0].body, b"hi");
         assert!(parse_all(b"\n\r\n\n").expect("heart-beats").is_empty());
+    }
+
+    #[test]
+    fn a_connected_header_cannot_break_its_line() {
+        // Found by fuzzing: a value ending in CR lost it on the way back,
+        // and a LF would have started a header of the value's choosing.
+        let f = Frame::new("CONNECTED")
+            .header("user-name", "ann\ninjected:yes\r")
+            .header("version", "1.2");
+        let back = parse_all(&f.encode()).expect("parses");
+        assert_eq!(
+            back[0].headers,
+            [
+                ("user-name".to_owned(), "anninjected:yes".to_owned()),
+                ("version".to_owned(), "1.2".to_owned())
+            ]
+        );
     }
 
     #[test]
