@@ -27,21 +27,27 @@ async fn post(gw: &GatewayProcess, body: Value) -> (u16, Value) {
 }
 
 /// Publishes `n` events at once over HTTP; the bodies acknowledged.
-async fn over_http(gw: &GatewayProcess, round: usize, n: usize, to_user: bool) -> Vec<String> {
+async fn over_http(gw: &GatewayProcess, round: usize, n: usize, to_user: bool) -> Vec<Acked> {
     let sends = (0..n).map(|i| {
         let body = format!("http-{round}-{i}");
         let mut publish = json!({ "topic": TOPIC, "data": body });
         if to_user {
             publish["to_users"] = json!(["ann"]);
         }
-        async move { (post(gw, publish).await.0 == 200).then_some(body) }
+        async move {
+            let (status, answer) = post(gw, publish).await;
+            (status == 200).then(|| (body, answer["id"].as_str().expect("id").to_owned()))
+        }
     });
     join_all(sends).await.into_iter().flatten().collect()
 }
 
+/// A body and the id its publish was answered with.
+type Acked = (String, String);
+
 /// Publishes from four `switchyard.v1` sessions at once, each sending all
 /// its frames before reading the answers; the bodies acknowledged.
-async fn over_ws(gw: &GatewayProcess, round: usize, n: usize) -> Vec<String> {
+async fn over_ws(gw: &GatewayProcess, round: usize, n: usize) -> Vec<Acked> {
     let sessions = (0..4).map(|s| async move {
         let mut ws = Ws::connect(gw.addr(), &token(json!({ "sub": format!("pub{s}") }))).await;
         let bodies: Vec<String> = (0..n / 4).map(|i| format!("ws-{round}-{s}-{i}")).collect();
@@ -54,7 +60,8 @@ async fn over_ws(gw: &GatewayProcess, round: usize, n: usize) -> Vec<String> {
             let f = ws.next_json().await;
             if f["op"] == "ack" {
                 let i = f["id"].as_u64().expect("id") as usize;
-                acked.push(bodies[i - 1].clone());
+                let id = f["event_id"].as_str().expect("the ack names the event id");
+                acked.push((bodies[i - 1].clone(), id.to_owned()));
             }
         }
         acked
@@ -64,7 +71,7 @@ async fn over_ws(gw: &GatewayProcess, round: usize, n: usize) -> Vec<String> {
 
 /// Publishes from four STOMP sessions at once, every SEND asking for a
 /// receipt; the bodies whose RECEIPT came.
-async fn over_stomp(gw: &GatewayProcess, round: usize, n: usize) -> Vec<String> {
+async fn over_stomp(gw: &GatewayProcess, round: usize, n: usize) -> Vec<Acked> {
     let sessions = (0..4).map(|s| async move {
         let mut stomp = Stomp::connect(gw.addr(), &token(json!({ "sub": format!("st{s}") }))).await;
         let bodies: Vec<String> = (0..n / 4)
@@ -82,7 +89,10 @@ async fn over_stomp(gw: &GatewayProcess, round: usize, n: usize) -> Vec<String> 
             let f = stomp.next_frame().await;
             if f.command == "RECEIPT" {
                 let i: usize = f.header("receipt-id").expect("id").parse().expect("n");
-                acked.push(bodies[i].clone());
+                let id = f
+                    .header("event-id")
+                    .expect("the RECEIPT names the event id");
+                acked.push((bodies[i].clone(), id.to_owned()));
             }
         }
         acked
@@ -92,7 +102,7 @@ async fn over_stomp(gw: &GatewayProcess, round: usize, n: usize) -> Vec<String> 
 
 /// The bodies of the topic's history after `marker`, read by SSE
 /// replay up to a sentinel published once the stream is open.
-async fn history_after(gw: &GatewayProcess, marker: &str, round: usize) -> Vec<String> {
+async fn history_after(gw: &GatewayProcess, marker: &str, round: usize) -> Vec<Acked> {
     let url = format!("{}/v1/sse?topic={TOPIC}", gw.url);
     let mut sse =
         support::clients::Sse::open(&url, &token(json!({ "sub": "reader" })), Some(marker))
@@ -115,12 +125,15 @@ async fn history_after(gw: &GatewayProcess, marker: &str, round: usize) -> Vec<S
         if body == sentinel {
             return got;
         }
-        got.push(body);
+        // An SSE id is a cursor: the event's id, then any floors.
+        let cursor = e.id.expect("an id");
+        let id = cursor.split('~').next().unwrap_or_default().to_owned();
+        got.push((body, id));
     }
 }
 
 /// The events the offline user `ann` finds on connect, up to a sentinel.
-async fn inbox_of_ann(gw: &GatewayProcess, round: usize) -> Vec<String> {
+async fn inbox_of_ann(gw: &GatewayProcess, round: usize) -> Vec<Acked> {
     let mut ws = Ws::connect(gw.addr(), &token(json!({ "sub": "ann" }))).await;
     let sentinel = format!("sentinel-{round}");
     let publish = json!({ "topic": "dur.dm", "data": sentinel, "to_users": ["ann"] });
@@ -132,14 +145,16 @@ async fn inbox_of_ann(gw: &GatewayProcess, round: usize) -> Vec<String> {
         if body == sentinel {
             return got;
         }
-        got.push(body);
+        got.push((body, e["id"].as_str().expect("id").to_owned()));
     }
 }
 
-fn assert_all_kept(acked: &[String], got: &[String], what: &str) {
+/// Each acknowledged event must be found under the id it was
+/// acknowledged with.
+fn assert_all_kept(acked: &[Acked], got: &[Acked], what: &str) {
     assert!(!acked.is_empty(), "{what}: nothing was acknowledged");
-    let got: BTreeSet<&String> = got.iter().collect();
-    let lost: Vec<&String> = acked.iter().filter(|b| !got.contains(b)).collect();
+    let got: BTreeSet<&Acked> = got.iter().collect();
+    let lost: Vec<&Acked> = acked.iter().filter(|b| !got.contains(b)).collect();
     assert!(
         lost.is_empty(),
         "{what}: {} of {} acknowledged events lost: {lost:?}",
@@ -278,5 +293,6 @@ async fn a_publish_retried_with_its_key_after_a_crash_is_not_delivered_twice() {
         "a retry after the crash gets the first id"
     );
     let inbox = inbox_of_ann(&gw, 0).await;
-    assert_eq!(inbox, ["once"], "delivered once");
+    let first = a.1["id"].as_str().expect("id").to_owned();
+    assert_eq!(inbox, [("once".to_owned(), first)], "delivered once, under its id");
 }

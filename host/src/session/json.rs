@@ -200,12 +200,14 @@ pub fn welcome(session: &str, user: &str, node: &str, heartbeat_s: u64) -> Strin
 }
 
 #[derive(Serialize)]
-struct Ack {
+struct Ack<'a> {
     op: &'static str,
     #[serde(skip_serializing_if = "Option::is_none")]
     id: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     recovered: Option<bool>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    event_id: Option<&'a str>,
 }
 
 /// `{"op":"ack","id":1,"recovered"?:true}`
@@ -214,6 +216,18 @@ pub fn ack(id: Option<u64>, recovered: Option<bool>) -> String {
         op: "ack",
         id,
         recovered,
+        event_id: None,
+    })
+}
+
+/// `{"op":"ack","id":1,"event_id":"<id>"}`: a publish is durable under
+/// this id.
+pub fn published(id: Option<u64>, event_id: &str) -> String {
+    to_text(&Ack {
+        op: "ack",
+        id,
+        recovered: None,
+        event_id: Some(event_id),
     })
 }
 

@@ -477,7 +477,7 @@ async fn handle_frame(
             // The parsed text as it is: no copy.
             let data = Box::<str>::from(data).into_string().into_bytes();
             match publish_decided(gw, session, &topic, event, data, decided).await {
-                Ok(_) => reply(session, json::ack(id, None)),
+                Ok(event_id) => reply(session, json::published(id, &event_id)),
                 Err((code, message)) => reply(session, json::error(id, code, &message)),
             }
         }

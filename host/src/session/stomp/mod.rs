@@ -478,10 +478,18 @@ impl Reader<'_> {
                     return Err(refuse("publish rate exceeded".into()));
                 }
                 let name = f.get("event").map(str::to_owned);
-                super::ws::publish(self.gw, self.session, topic, name, f.body.clone())
-                    .await
-                    .map_err(|(_, why)| refuse(format!("cannot SEND to {dest}: {why}")))?;
-                self.receipt(&f, None);
+                let event_id =
+                    super::ws::publish(self.gw, self.session, topic, name, f.body.clone())
+                        .await
+                        .map_err(|(_, why)| refuse(format!("cannot SEND to {dest}: {why}")))?;
+                // The id the event is durable under, as HTTP and JSON answer.
+                if let Some(r) = f.get("receipt") {
+                    self.control(
+                        Frame::new("RECEIPT")
+                            .header("receipt-id", r)
+                            .header("event-id", event_id),
+                    );
+                }
             }
             // Delivery is at most once with automatic acknowledgement.
             "ACK" | "NACK" | "BEGIN" | "COMMIT" | "ABORT" => self.receipt(&f, None),
