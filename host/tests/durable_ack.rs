@@ -294,5 +294,9 @@ async fn a_publish_retried_with_its_key_after_a_crash_is_not_delivered_twice() {
     );
     let inbox = inbox_of_ann(&gw, 0).await;
     let first = a.1["id"].as_str().expect("id").to_owned();
-    assert_eq!(inbox, [("once".to_owned(), first)], "delivered once, under its id");
+    assert_eq!(
+        inbox,
+        [("once".to_owned(), first)],
+        "delivered once, under its id"
+    );
 }

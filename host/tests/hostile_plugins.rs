@@ -57,6 +57,44 @@ fn an_infinite_loop_times_out_and_the_next_call_is_served() {
 }
 
 #[test]
+fn a_call_is_stopped_for_the_cpu_it_used_not_the_time_it_waited_for_a_core() {
+    use std::sync::Arc;
+    use std::sync::atomic::AtomicBool;
+    use switchyard_host::plugin::budget::thread_cpu_time;
+    let p = hostile(16);
+    assert_serves_next_call(&p);
+    // More busy threads than cores: the call's thread gets a fraction of
+    // one, as plugin threads do beside a reload's compilation.
+    let stop = Arc::new(AtomicBool::new(false));
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    let hogs: Vec<_> = (0..4 * cores)
+        .map(|_| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    std::hint::black_box(0u64);
+                }
+            })
+        })
+        .collect();
+    let before = thread_cpu_time();
+    let err = p
+        .authorize(&subject(), &[subscribe("loop")])
+        .expect_err("must not return");
+    let ran = thread_cpu_time() - before;
+    stop.store(true, Ordering::Relaxed);
+    for h in hogs {
+        h.join().expect("hog");
+    }
+    assert_eq!(err, CallError::Timeout { timeout_ms: 10 });
+    // Stopped by the wall clock it would have run a fraction of its 10 ms.
+    assert!(
+        ran >= Duration::from_millis(10),
+        "stopped after running {ran:?}"
+    );
+}
+
+#[test]
 fn unbounded_allocation_hits_the_memory_cap_and_the_next_call_is_served() {
     // Growing to the cap takes a few milliseconds of host calls (more on a
     // busy machine, in a debug build): the deadline must not come first.

@@ -72,6 +72,9 @@ pub struct InstanceRecipe {
     pub(super) config_json: Arc<str>,
     pub(super) memory_bytes: usize,
     pub(super) deadline_ticks: u64,
+    /// The CPU budget of a call, and the epoch tick.
+    pub(super) timeout: std::time::Duration,
+    pub(super) tick: std::time::Duration,
     /// Marked while plugin code runs (the deadline ticks only then).
     pub(super) running: Arc<super::engine::Running>,
 }
@@ -90,6 +93,14 @@ impl InstanceRecipe {
         store.limiter(|s| &mut s.limiter);
         // The default deadline is 0: without this, instantiation itself traps.
         store.set_epoch_deadline(self.deadline_ticks);
+        store.data_mut().budget = super::budget::Budget::start(self.timeout);
+        // At an expired deadline, stop the call only if its thread ran for
+        // the whole budget: waiting for a core is not running away.
+        let tick = self.tick;
+        store.epoch_deadline_callback(move |ctx| match ctx.data().budget.on_deadline(tick) {
+            Some(more) => Ok(wasmtime::UpdateDeadline::Continue(more)),
+            None => Err(wasmtime::Trap::Interrupt.into()),
+        });
         let fail = |e: wasmtime::Error| CallError::Instantiate(format!("{e:#}"));
         let instance = self.pre.instantiate(&mut store).map_err(fail)?;
         let authorizer = match &self.indices.authorizer {

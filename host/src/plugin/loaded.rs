@@ -111,6 +111,8 @@ impl LoadedPlugin {
             config_json: opts.config_json.into(),
             memory_bytes: opts.memory_mb as usize * 1024 * 1024,
             deadline_ticks: engine.deadline_ticks(opts.timeout),
+            timeout: opts.timeout,
+            tick: engine.settings().epoch_tick,
             running: engine.running(),
         };
         Ok(LoadedPlugin {
@@ -271,12 +273,13 @@ impl LoadedPlugin {
         }
         let instance = lease.instance();
         let _running = self.pool.enter();
-        let ticks = if self.probing.load(Ordering::Relaxed) {
-            self.probe_ticks
+        let (ticks, budget) = if self.probing.load(Ordering::Relaxed) {
+            (self.probe_ticks, self.timeout.max(PROBE_DEADLINE))
         } else {
-            self.pool.deadline_ticks()
+            (self.pool.deadline_ticks(), self.timeout)
         };
         instance.store.set_epoch_deadline(ticks);
+        instance.store.data_mut().budget = super::budget::Budget::start(budget);
         instance.store.data_mut().limiter.denied = false;
         match f(instance)? {
             Ok(r) => {

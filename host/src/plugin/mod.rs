@@ -12,6 +12,7 @@
 //! also refuse to run inside a tokio runtime).
 
 mod bindings;
+pub mod budget;
 pub mod cache;
 mod convert;
 pub mod engine;

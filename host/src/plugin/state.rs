@@ -18,6 +18,8 @@ pub struct PluginState {
     name: Arc<str>,
     config_json: Arc<str>,
     pub(super) limiter: MemoryLimiter,
+    /// The running call's time budget (see [`super::budget`]).
+    pub(super) budget: super::budget::Budget,
     wasi: WasiCtx,
     table: ResourceTable,
 }
@@ -39,6 +41,7 @@ impl PluginState {
             name,
             config_json,
             limiter: MemoryLimiter::new(memory_bytes),
+            budget: super::budget::Budget::start(std::time::Duration::ZERO),
             wasi,
             table: ResourceTable::new(),
         }
