@@ -26,6 +26,22 @@ pub mod authorizer_world {
     });
 }
 
+/// Bindings for `direct-authorizer-plugin`.
+pub mod direct_world {
+    wit_bindgen::generate!({
+        world: "direct-authorizer-plugin",
+        path: "../wit",
+        runtime_path: "switchyard_sdk::glue::__wit_bindgen::rt",
+        pub_export_macro: true,
+        export_macro_name: "__export_direct",
+        default_bindings_module: "switchyard_sdk::glue::direct_world",
+        with: {
+            "switchyard:plugin/types@0.1.0": crate::glue::authorizer_world::switchyard::plugin::types,
+            "switchyard:plugin/host@0.1.0": crate::glue::authorizer_world::switchyard::plugin::host,
+        },
+    });
+}
+
 /// Bindings for `router-plugin`.
 pub mod router_world {
     wit_bindgen::generate!({
@@ -60,6 +76,7 @@ pub mod transformer_world {
 
 use authorizer_world::exports::switchyard::plugin::authorizer as wit_auth;
 use authorizer_world::switchyard::plugin::{host as wit_host, types as wit};
+use direct_world::exports::switchyard::plugin::direct_authorizer as wit_direct;
 use router_world::exports::switchyard::plugin::router as wit_router;
 use transformer_world::exports::switchyard::plugin::transformer as wit_transform;
 
@@ -208,6 +225,19 @@ impl<I: Instance> wit_auth::Guest for Glue<I> {
             .into_iter()
             .map(|a| authorize_one(plugin, &s, a))
             .collect()
+    }
+}
+
+impl<I: Instance> wit_direct::Guest for Glue<I> {
+    fn authorize_direct(
+        s: wit::SubjectRef,
+        t: wit::Topic,
+        users: Vec<String>,
+    ) -> Result<(), String> {
+        match I::get().authorize_direct(&resolve(s), &topic(t), &users) {
+            sdk::Decision::Allow => Ok(()),
+            sdk::Decision::Deny(why) => Err(why),
+        }
     }
 }
 

@@ -67,6 +67,15 @@ pub trait Plugin: Sized + 'static {
         Decision::Allow
     }
 
+    /// `direct-authorizer`: may `subject` publish on `topic` addressed to
+    /// each of `users` directly (a publish's `to_users`, delivered whatever
+    /// they subscribed to)? Direct-authorizers matching a topic all have to
+    /// allow; with none, a user needs the `direct` scope. The default allows.
+    fn authorize_direct(&self, subject: &Subject, topic: &Topic, users: &[String]) -> Decision {
+        let _ = (subject, topic, users);
+        Decision::Allow
+    }
+
     /// `router`: who receives `event`. The default passes: deliver as published.
     fn route(&self, event: &Event) -> RouteDecision {
         let _ = event;
@@ -96,7 +105,7 @@ pub trait Plugin: Sized + 'static {
 }
 
 /// Exports a [`Plugin`] type as a component implementing the listed
-/// interfaces (`authorizer`, `router`, `transformer`):
+/// interfaces (`authorizer`, `direct_authorizer`, `router`, `transformer`):
 ///
 /// ```ignore
 /// switchyard_sdk::export_plugin!(MyRouter: router, transformer);
@@ -134,6 +143,9 @@ macro_rules! __switchyard_export_interface {
     (authorizer, $glue:ident) => {
         $crate::glue::authorizer_world::__export_authorizer!($glue with_types_in $crate::glue::authorizer_world);
     };
+    (direct_authorizer, $glue:ident) => {
+        $crate::glue::direct_world::__export_direct!($glue with_types_in $crate::glue::direct_world);
+    };
     (router, $glue:ident) => {
         $crate::glue::router_world::__export_router!($glue with_types_in $crate::glue::router_world);
     };
@@ -144,7 +156,7 @@ macro_rules! __switchyard_export_interface {
         compile_error!(concat!(
             "unknown Switchyard interface `",
             stringify!($other),
-            "`: expected authorizer, router or transformer"
+            "`: expected authorizer, direct_authorizer, router or transformer"
         ));
     };
 }

@@ -204,6 +204,7 @@ pub fn test(
     for &interface in &plugin.info().interfaces {
         let result = match interface {
             Interface::Authorizer => test_authorizer(&plugin, &subject, &event),
+            Interface::DirectAuthorizer => test_direct(&plugin, &subject, &event),
             Interface::Router => test_router(&plugin, &event),
             Interface::Transformer => test_transformer(&plugin, &subject, &event),
         };
@@ -230,6 +231,18 @@ fn test_authorizer(plugin: &LoadedPlugin, subject: &Subject, event: &Event) -> V
             json!({ "connect": d(&decisions[0]), "subscribe": d(&decisions[1]), "publish": d(&decisions[2]) })
         }
         // Authorization fails closed.
+        Err(e) => json!({ "decision": "deny", "error": error_value(&e) }),
+    }
+}
+
+/// The event's `to_users` as the direct recipients of its publish.
+fn test_direct(plugin: &LoadedPlugin, subject: &Subject, event: &Event) -> Value {
+    let topic = types::Topic {
+        name: event.topic.as_str().to_owned(),
+    };
+    match plugin.authorize_direct(&wit_subject(subject), &topic, &event.to_users) {
+        Ok(Ok(())) => json!({ "decision": "allow", "users": event.to_users }),
+        Ok(Err(why)) => json!({ "decision": "deny", "reason": why, "users": event.to_users }),
         Err(e) => json!({ "decision": "deny", "error": error_value(&e) }),
     }
 }

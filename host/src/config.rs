@@ -315,6 +315,9 @@ pub struct LimitsConfig {
     pub publish_rate: u32,
     /// `limits.accept_rate`: new connections per second per node.
     pub accept_rate: u32,
+    /// `limits.max_recipients`: users one publish by a user may address
+    /// directly (`to_users`); services are bounded by the body size only.
+    pub max_recipients: usize,
 }
 
 impl Default for LimitsConfig {
@@ -328,6 +331,7 @@ impl Default for LimitsConfig {
             slow_consumer_grace_ms: 2_000,
             publish_rate: 50,
             accept_rate: 1_000,
+            max_recipients: 100,
         }
     }
 }

@@ -287,6 +287,41 @@ impl Gateway {
         }
     }
 
+    /// May a user publish on `topic` to `users` directly? The
+    /// direct-authorizers that apply to the topic decide; where none does,
+    /// the token must grant the `direct` scope.
+    pub async fn authorize_direct(
+        &self,
+        identity: &Identity,
+        topic: &Topic,
+        users: &[String],
+    ) -> Result<(), ApiError> {
+        let set = self.executor.plugins();
+        if !set.applies(Interface::DirectAuthorizer, Some(topic)) {
+            return if identity.has_scope("direct") {
+                Ok(())
+            } else {
+                Err(ApiError::forbidden(
+                    "no direct-authorizer decides direct messages on this topic: a user needs the `direct` scope to address users",
+                ))
+            };
+        }
+        let (subject, topic, users) = (identity.subject.clone(), topic.clone(), users.to_vec());
+        let decision = self
+            .executor
+            .run(move |set| set.authorize_direct(&subject, &topic, &users))
+            .await
+            .map_err(|e| ApiError::unavailable(e.to_string()))?;
+        match decision {
+            // Reloaded in between to a set that does not decide: as above.
+            None if !identity.has_scope("direct") => Err(ApiError::forbidden(
+                "no direct-authorizer decides direct messages on this topic",
+            )),
+            None | Some(Ok(())) => Ok(()),
+            Some(Err(why)) => Err(ApiError::forbidden(why)),
+        }
+    }
+
     /// Prepares a session: authorizes connect (and the initial
     /// subscriptions, in one call) and computes its audience. The caller
     /// registers it with [`Gateway::activate`] once its socket is live.

@@ -22,6 +22,7 @@ use serde_json::{Value, json};
 use crate::error::ApiError;
 use crate::gateway::Gateway;
 use crate::plugin::{AuthAction, AuthDecision};
+use crate::routing::published::{self, PublishInputError};
 use crate::routing::{Event, Topic};
 use crate::session::{sse, ws};
 
@@ -207,6 +208,12 @@ async fn publish_as(
     body: PublishBody,
 ) -> Result<Json<Value>, ApiError> {
     let topic = Topic::parse(&body.topic).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    let bad = |e: PublishInputError| ApiError::bad_request(e.to_string());
+    if let Some(name) = &body.event {
+        published::check_name(name).map_err(bad)?;
+    }
+    let max = user.as_ref().map(|_| gw.config.limits.max_recipients);
+    published::check_recipients(&body.to_users, max).map_err(bad)?;
     let sender = match user {
         None => None,
         Some(identity) => {
@@ -216,6 +223,10 @@ async fn publish_as(
                 .await;
             if let Some(AuthDecision::Deny(why)) = decision.into_iter().next() {
                 return Err(ApiError::forbidden(why));
+            }
+            if !body.to_users.is_empty() {
+                gw.authorize_direct(&identity, &topic, &body.to_users)
+                    .await?;
             }
             Some(identity.subject.user)
         }

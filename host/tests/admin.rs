@@ -28,7 +28,10 @@ async fn admin_lists_plugins_and_sessions_and_disconnects_a_user() {
     let names: Vec<&str> = plugins.iter().filter_map(|p| p["name"].as_str()).collect();
     assert_eq!(names, ["acl", "chat-router", "redact"]);
     let acl = &plugins[0];
-    assert_eq!(acl["interfaces"], json!(["authorizer"]));
+    assert_eq!(
+        acl["interfaces"],
+        json!(["authorizer", "direct-authorizer"])
+    );
     assert_eq!(acl["topics"], json!([">"]));
     assert_eq!(acl["sha256"].as_str().map(str::len), Some(64));
     assert!(

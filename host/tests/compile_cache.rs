@@ -50,7 +50,10 @@ fn a_second_load_takes_the_compiled_component_from_the_cache() {
         LoadOptions::new("chat", switchyard_fixtures::chat_router()),
     )
     .expect("load");
-    assert_eq!(loaded.info().interfaces, [Interface::Authorizer]);
+    assert_eq!(
+        loaded.info().interfaces,
+        [Interface::Authorizer, Interface::DirectAuthorizer]
+    );
 }
 
 #[test]

@@ -445,12 +445,13 @@ async fn metrics_expose_sessions_events_and_plugin_calls() {
         6.0,
         "three events to two sessions"
     );
-    // acl: the probe, the WS connect, the subscribe, the SSE connect with its topic.
-    assert_eq!(value("switchyard_plugin_calls_total{plugin=\"acl\"}"), 4.0);
+    // acl: the probes of its two interfaces, the WS connect, the subscribe,
+    // the SSE connect with its topic.
+    assert_eq!(value("switchyard_plugin_calls_total{plugin=\"acl\"}"), 5.0);
     assert_eq!(value("switchyard_plugin_traps_total{plugin=\"acl\"}"), 0.0);
     assert_eq!(
         value("switchyard_plugin_call_seconds_count{plugin=\"acl\"}"),
-        4.0
+        5.0
     );
     assert!(text.contains("# TYPE switchyard_plugin_call_seconds histogram"));
     // Per interface: the router was asked once per event (and by the probe).

@@ -57,7 +57,7 @@ pub enum TokenError {
 }
 
 /// The longest user id (`sub`) accepted.
-pub const MAX_SUB_BYTES: usize = 256;
+pub const MAX_SUB_BYTES: usize = crate::routing::published::MAX_USER_ID_BYTES;
 
 /// A verified token.
 #[derive(Debug, Clone, PartialEq)]
@@ -182,7 +182,7 @@ fn verified(claims: Map<String, Value>) -> Result<VerifiedToken, TokenError> {
         .and_then(Value::as_str)
         .filter(|s| !s.is_empty())
         .ok_or_else(|| TokenError::MissingClaim("sub".to_owned()))?;
-    if user.len() > MAX_SUB_BYTES || user.chars().any(char::is_control) {
+    if !crate::routing::published::is_user_id(user) {
         return Err(TokenError::BadSubject);
     }
     let user = user.to_owned();

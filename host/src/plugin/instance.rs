@@ -10,13 +10,14 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use wasmtime::Store;
 use wasmtime::component::InstancePre;
 
-use super::bindings::{authorizer, router, transformer, types};
+use super::bindings::{authorizer, direct_authorizer, router, transformer, types};
 use super::error::CallError;
 use super::state::PluginState;
 
 /// The exports a component has, looked up once per component.
 pub struct ExportIndices {
     pub(super) authorizer: Option<authorizer::GuestIndices>,
+    pub(super) direct: Option<direct_authorizer::GuestIndices>,
     pub(super) router: Option<router::GuestIndices>,
     pub(super) transformer: Option<transformer::GuestIndices>,
 }
@@ -26,6 +27,7 @@ impl ExportIndices {
     pub fn of(pre: &InstancePre<PluginState>) -> Self {
         ExportIndices {
             authorizer: authorizer::GuestIndices::new(pre).ok(),
+            direct: direct_authorizer::GuestIndices::new(pre).ok(),
             router: router::GuestIndices::new(pre).ok(),
             transformer: transformer::GuestIndices::new(pre).ok(),
         }
@@ -42,6 +44,7 @@ pub struct WarmInstance {
     /// The id of the subject last sent in full to each slot (0: none).
     pub(super) subjects: [u64; SUBJECT_SLOTS],
     pub(super) authorizer: Option<authorizer::Guest>,
+    pub(super) direct: Option<direct_authorizer::Guest>,
     pub(super) router: Option<router::Guest>,
     pub(super) transformer: Option<transformer::Guest>,
 }
@@ -107,6 +110,10 @@ impl InstanceRecipe {
             Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
             None => None,
         };
+        let direct = match &self.indices.direct {
+            Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
+            None => None,
+        };
         let router = match &self.indices.router {
             Some(i) => Some(i.load(&mut store, &instance).map_err(fail)?),
             None => None,
@@ -119,6 +126,7 @@ impl InstanceRecipe {
             store,
             subjects: [0; SUBJECT_SLOTS],
             authorizer,
+            direct,
             router,
             transformer,
         })

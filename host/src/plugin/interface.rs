@@ -1,4 +1,4 @@
-//! The three plugin interfaces and how a component is recognised as a plugin.
+//! The four plugin interfaces and how a component is recognised as a plugin.
 
 use std::fmt;
 use std::path::Path;
@@ -17,6 +17,9 @@ use super::error::LoadError;
 pub enum Interface {
     /// Decides connect, subscribe and publish.
     Authorizer,
+    /// Decides a publish's direct recipients (`to_users`).
+    #[serde(rename = "direct-authorizer")]
+    DirectAuthorizer,
     /// Decides recipients.
     Router,
     /// Changes events per audience.
@@ -25,8 +28,9 @@ pub enum Interface {
 
 impl Interface {
     /// All interfaces.
-    pub const ALL: [Interface; 3] = [
+    pub const ALL: [Interface; 4] = [
         Interface::Authorizer,
+        Interface::DirectAuthorizer,
         Interface::Router,
         Interface::Transformer,
     ];
@@ -35,6 +39,7 @@ impl Interface {
     pub fn as_str(self) -> &'static str {
         match self {
             Interface::Authorizer => "authorizer",
+            Interface::DirectAuthorizer => "direct-authorizer",
             Interface::Router => "router",
             Interface::Transformer => "transformer",
         }
@@ -44,6 +49,7 @@ impl Interface {
     pub fn export_name(self) -> &'static str {
         match self {
             Interface::Authorizer => "switchyard:plugin/authorizer@0.1.0",
+            Interface::DirectAuthorizer => "switchyard:plugin/direct-authorizer@0.1.0",
             Interface::Router => "switchyard:plugin/router@0.1.0",
             Interface::Transformer => "switchyard:plugin/transformer@0.1.0",
         }
@@ -63,7 +69,7 @@ impl FromStr for Interface {
             .into_iter()
             .find(|i| i.as_str() == s)
             .ok_or_else(|| {
-                format!("unknown interface {s:?}: expected authorizer, router or transformer")
+                format!("unknown interface {s:?}: expected authorizer, direct-authorizer, router or transformer")
             })
     }
 }
@@ -144,6 +150,10 @@ mod tests {
     #[test]
     fn interfaces_parse_from_config_names() {
         assert_eq!("router".parse::<Interface>(), Ok(Interface::Router));
+        assert_eq!(
+            "direct-authorizer".parse::<Interface>(),
+            Ok(Interface::DirectAuthorizer)
+        );
         assert!("routers".parse::<Interface>().is_err());
     }
 

@@ -164,6 +164,9 @@ impl LoadedPlugin {
                 Interface::Authorizer => self
                     .authorize(&subject, &[authorizer::Action::Subscribe(topic.clone())])
                     .map(drop),
+                Interface::DirectAuthorizer => self
+                    .authorize_direct(&subject, &topic, &["switchyard-probe".to_owned()])
+                    .map(drop),
                 Interface::Router => self.route(std::slice::from_ref(&event)).map(drop),
                 Interface::Transformer => self
                     .audience(&subject)
@@ -197,6 +200,23 @@ impl LoadedPlugin {
             })
         })?;
         expect_len(actions.len(), out)
+    }
+
+    /// Decides whether `subject` may publish on `topic` to `users`: the
+    /// reason shown to the client if not.
+    pub fn authorize_direct(
+        &self,
+        subject: &types::Subject,
+        topic: &types::Topic,
+        users: &[String],
+    ) -> Result<Result<(), String>, CallError> {
+        self.call(Interface::DirectAuthorizer, |i| {
+            let Some(g) = i.direct.clone() else {
+                return Err(CallError::NotExported(Interface::DirectAuthorizer));
+            };
+            let s = i.subject_ref(subject);
+            Ok(g.call_authorize_direct(&mut i.store, &s, topic, users))
+        })
     }
 
     /// Routes `events`: one decision per event.

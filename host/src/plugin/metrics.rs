@@ -121,7 +121,7 @@ pub struct PluginMetrics {
     /// Latency of successful and failed calls alike.
     pub latency: LatencyHistogram,
     /// The same per interface, in [`crate::plugin::Interface::ALL`] order.
-    pub interfaces: [InterfaceMetrics; 3],
+    pub interfaces: [InterfaceMetrics; crate::plugin::Interface::ALL.len()],
 }
 
 impl PluginMetrics {

@@ -3,7 +3,8 @@
 //! following the plugin's `on_error`).
 //!
 //! Plugins apply to the topics their config lists, in config order:
-//! - every matching authorizer must allow (connect asks every authorizer);
+//! - every matching authorizer must allow (connect asks every authorizer),
+//!   and every matching direct-authorizer a publish's direct recipients;
 //! - the first matching router that does not pass decides;
 //! - matching transformers run one after the other, each on the output of
 //!   the previous, once per distinct (variant, audience key), never per session.
@@ -12,6 +13,8 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
+
+mod direct;
 
 use super::bindings::{authorizer, router, transformer};
 use super::cache::CompileCache;

@@ -5,6 +5,7 @@ pub mod cursor;
 pub mod event;
 pub mod event_id;
 pub mod partition;
+pub mod published;
 pub mod topic;
 
 pub use cursor::{Cursor, Shown};

@@ -532,6 +532,10 @@ async fn publish_decided(
     decided: Option<AuthDecision>,
 ) -> Result<String, (ErrorCode, String)> {
     let topic = Topic::parse(topic).map_err(|e| (ErrorCode::InvalidTopic, e.to_string()))?;
+    if let Some(name) = &name {
+        crate::routing::published::check_name(name)
+            .map_err(|e| (ErrorCode::BadFrame, e.to_string()))?;
+    }
     let decision = match decided {
         Some(d) => d,
         None => gw

@@ -19,12 +19,17 @@
 //! topic = "user.{owner}"
 //! actions = ["subscribe"]
 //! user = "{owner}"                  # the subject must be this user
+//!
+//! [[plugins.config.rules]]
+//! topic = "support.>"
+//! actions = ["direct"]              # a publish's `to_users`: only rules
+//! roles = ["support"]               # listing "direct" cover it
 //! ```
 
 mod rules;
 
 use rules::{AclConfig, RuleTable, Verdict};
-use switchyard_sdk::{Action, Config, Decision, Plugin, Subject, export_plugin};
+use switchyard_sdk::{Action, Config, Decision, Plugin, Subject, Topic, export_plugin};
 
 /// The ACL plugin: its parsed rule table.
 pub struct Acl {
@@ -45,9 +50,16 @@ impl Plugin for Acl {
             Verdict::Deny(why) => Decision::Deny(why),
         }
     }
+
+    fn authorize_direct(&self, subject: &Subject, topic: &Topic, _users: &[String]) -> Decision {
+        match self.rules.decide_direct(subject, topic) {
+            Verdict::Allow => Decision::Allow,
+            Verdict::Deny(why) => Decision::Deny(why),
+        }
+    }
 }
 
-export_plugin!(Acl: authorizer);
+export_plugin!(Acl: authorizer, direct_authorizer);
 
 #[cfg(test)]
 mod tests {
@@ -62,7 +74,8 @@ mod tests {
                  "claim": "rooms", "claim_value": "{room}"},
                 {"topic": "admin.>", "roles": ["admin"]},
                 {"topic": "user.{owner}", "actions": ["subscribe"], "user": "{owner}"},
-                {"topic": "news.*", "actions": ["subscribe"]}
+                {"topic": "news.*", "actions": ["subscribe"]},
+                {"topic": "support.>", "actions": ["direct", "publish"], "roles": ["support"]}
             ]
         }))
         .expect("config");
@@ -147,6 +160,26 @@ mod tests {
                 .is_allow()
         );
         assert!(acl.authorize(&alice, &Action::Connect).is_allow());
+    }
+
+    #[test]
+    fn only_rules_listing_direct_let_a_user_address_users() {
+        let acl = acl();
+        let topic = Topic::new("support.tickets");
+        let agent = Subject::new("sam").with_role("support");
+        let users = ["ann".to_owned()];
+        assert!(acl.authorize_direct(&agent, &topic, &users).is_allow());
+        assert!(
+            !acl.authorize_direct(&member(&[]), &topic, &users)
+                .is_allow()
+        );
+        // A rule without `actions` covers subscribe and publish, not direct.
+        let admin = Subject::new("root").with_role("admin");
+        let d = acl.authorize_direct(&admin, &Topic::new("admin.x"), &users);
+        assert!(
+            matches!(d, Decision::Deny(ref why) if why.contains("directly")),
+            "{d:?}"
+        );
     }
 
     #[test]

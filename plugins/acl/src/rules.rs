@@ -37,6 +37,9 @@ pub enum RuleAction {
     Subscribe,
     /// Publishing.
     Publish,
+    /// Addressing users directly (a publish's `to_users`): only rules that
+    /// list it cover it.
+    Direct,
 }
 
 /// One rule.
@@ -45,7 +48,7 @@ pub enum RuleAction {
 pub struct Rule {
     /// Topic pattern: literal tokens, `*`, `>` (last only) and `{capture}`.
     pub topic: String,
-    /// Actions covered; empty means both.
+    /// Actions covered; empty means subscribe and publish.
     #[serde(default)]
     pub actions: Vec<RuleAction>,
     /// The subject needs one of these roles.
@@ -150,9 +153,23 @@ impl RuleTable {
             Action::Subscribe(t) => (t, RuleAction::Subscribe),
             Action::Publish(t) => (t, RuleAction::Publish),
         };
+        self.decide_on(subject, topic, kind)
+    }
+
+    /// Decides whether `subject` may address users directly on `topic`.
+    pub fn decide_direct(&self, subject: &Subject, topic: &Topic) -> Verdict {
+        self.decide_on(subject, topic, RuleAction::Direct)
+    }
+
+    fn decide_on(&self, subject: &Subject, topic: &Topic, kind: RuleAction) -> Verdict {
         let mut captures: [&str; MAX_CAPTURES] = [""; MAX_CAPTURES];
         for rule in &self.rules {
-            if !rule.actions.is_empty() && !rule.actions.contains(&kind) {
+            let covered = if rule.actions.is_empty() {
+                kind != RuleAction::Direct
+            } else {
+                rule.actions.contains(&kind)
+            };
+            if !covered {
                 continue;
             }
             if match_pattern(&rule.pattern, topic, &mut captures) {
@@ -161,6 +178,10 @@ impl RuleTable {
         }
         match self.default {
             DefaultPolicy::Allow => Verdict::Allow,
+            DefaultPolicy::Deny if kind == RuleAction::Direct => Verdict::Deny(format!(
+                "no rule allows addressing users directly on {}",
+                topic.name
+            )),
             DefaultPolicy::Deny => Verdict::Deny(format!("no rule allows {}", topic.name)),
         }
     }
