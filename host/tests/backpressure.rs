@@ -10,8 +10,8 @@ mod support;
 use std::time::Duration;
 
 use serde_json::{Value, json};
+use support::link::{LinkProxy, Mode};
 use support::nats::{NatsServer, bus_section};
-use support::stall::StallProxy;
 use support::*;
 use switchyard_host::routing::partition::{DEFAULT_PARTITIONS, partition_of_str};
 
@@ -25,7 +25,7 @@ async fn publishes_to_a_partition_past_max_lag_are_refused_until_it_catches_up()
         .and_then(|(base, _)| base.rsplit_once('@'))
         .map(|(_, at)| at.to_owned())
         .expect("a postgres://user@host:port/name URL");
-    let proxy = StallProxy::start(&server).await;
+    let proxy = LinkProxy::start(&server).await;
     let via_proxy = db.replace(&server, &format!("127.0.0.1:{}", proxy.port));
     assert_ne!(via_proxy, db, "the test database goes through the proxy");
     let gw = TestGateway::start(node_config(
@@ -48,7 +48,7 @@ async fn publishes_to_a_partition_past_max_lag_are_refused_until_it_catches_up()
     assert_eq!(status, 200, "{body}");
     accepted.push(0);
 
-    proxy.pause();
+    proxy.set(Mode::Blackhole);
     let mut n = 1;
     let refusal: Value = loop {
         assert!(n < 400, "never refused while the store stalled");
@@ -75,7 +75,7 @@ async fn publishes_to_a_partition_past_max_lag_are_refused_until_it_catches_up()
     let (status, body) = gw.publish(json!({"topic": other, "data": 0})).await;
     assert_eq!(status, 200, "another partition is not behind: {body}");
 
-    proxy.resume();
+    proxy.set(Mode::Pass);
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     loop {
         assert!(

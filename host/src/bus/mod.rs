@@ -276,11 +276,12 @@ impl Bus {
         }
     }
 
-    /// Whether an id of sequence `seq` was ever handed out in this epoch:
-    /// a cursor past every one cannot be replayed from.
-    pub async fn assigned(&self, seq: u64) -> bool {
+    /// Whether an id of sequence `seq` was ever handed out in this epoch
+    /// (a cursor past every one cannot be replayed from); `None` when the
+    /// bus cannot say now.
+    pub async fn assigned(&self, seq: u64) -> Option<bool> {
         match self {
-            Bus::Local(b) => b.assigned(seq),
+            Bus::Local(b) => Some(b.assigned(seq)),
             Bus::Nats(b) => b.assigned(seq).await,
         }
     }

@@ -29,6 +29,10 @@ pub enum Recovery {
     /// The gap cannot be filled (past retention, another epoch, no history):
     /// the client must be told.
     Reset,
+    /// The replay cannot be made now (history not confirmed complete while
+    /// a partition changes owner, the store unreachable): the cursor stays
+    /// good, and the client should ask again with it.
+    Unavailable(String),
 }
 
 impl Gateway {
@@ -68,13 +72,17 @@ impl Gateway {
             .iter()
             .map(|(_, f)| *f)
             .fold(since.seq, u64::max);
-        if !self.bus.assigned(furthest).await {
-            tracing::info!(cursor = %cursor, "a cursor ahead of every id handed out: reset");
-            return Recovery::Reset;
+        match self.bus.assigned(furthest).await {
+            Some(true) => {}
+            Some(false) => {
+                tracing::info!(cursor = %cursor, "a cursor ahead of every id handed out: reset");
+                return Recovery::Reset;
+            }
+            None => return Recovery::Unavailable("the newest id is unknown now".into()),
         }
         if !self.bus.cover().await {
-            tracing::warn!("history not confirmed complete; cannot replay");
-            return Recovery::Reset;
+            tracing::warn!("history not confirmed complete; cannot replay now");
+            return Recovery::Unavailable("history is catching up".into());
         }
         let mut streams = replay_streams(&cursor, topics, self.config.bus.partitions);
         if with_inbox {
@@ -109,7 +117,7 @@ impl Gateway {
             Ok(crate::store::Replay::Reset) => Recovery::Reset,
             Err(e) => {
                 tracing::warn!(error = %e, "replay failed");
-                Recovery::Reset
+                Recovery::Unavailable("history cannot be read now".into())
             }
         }
     }

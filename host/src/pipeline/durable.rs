@@ -34,6 +34,11 @@ pub fn pending() -> (Ack, AckWait) {
 }
 
 impl Ack {
+    /// Another waiter on this publish.
+    pub fn watch(&self) -> AckWait {
+        AckWait(self.0.subscribe())
+    }
+
     /// The event is durable (or needs not be).
     pub fn durable(self) {
         self.0.send_replace(State::Durable);
@@ -48,6 +53,11 @@ impl Ack {
 impl AckWait {
     /// Completes once the event is durable, or with why it is not.
     pub async fn settled(mut self) -> Result<(), PublishError> {
+        self.wait().await
+    }
+
+    /// [`AckWait::settled`] without giving up the waiter.
+    pub async fn wait(&mut self) -> Result<(), PublishError> {
         let state = self
             .0
             .wait_for(|s| *s != State::Pending)
@@ -58,6 +68,11 @@ impl AckWait {
             Ok(State::Failed(why)) => Err(why),
             Ok(State::Pending) | Err(_) => Err(PublishError::Stopped),
         }
+    }
+
+    /// Whether the publish is settled, either way.
+    pub fn is_settled(&self) -> bool {
+        *self.0.borrow() != State::Pending || self.0.has_changed().is_err()
     }
 
     /// Whether the publish failed (or was dropped unsettled): a retry

@@ -8,6 +8,7 @@
 
 pub mod durable;
 pub mod edge;
+mod held;
 pub mod router;
 pub mod settle;
 pub mod stages;

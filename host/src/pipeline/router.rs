@@ -12,6 +12,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::durable::Ack;
+use super::held::{HeldQueue, Out, Ready};
 use super::{Edge, EventStats, LANE_DEPTH, PublishError};
 use crate::executor::PluginExecutor;
 use crate::plugin::{Interface, PluginSet, RouteOutcome};
@@ -138,7 +139,8 @@ impl Router {
     }
 
     /// Completes once every job submitted before the call has been handled
-    /// (routed, recorded for history, handed to the outlet), or the lanes
+    /// (routed, recorded for history, handed to the outlet, once durable
+    /// where it is held for that), or the lanes
     /// have stopped.
     pub async fn barrier(&self) {
         let mut waits = Vec::with_capacity(self.lanes.len());
@@ -185,33 +187,78 @@ struct Lane {
     history: Option<Arc<History>>,
 }
 
+/// What woke a lane: lived for one turn of the loop, so not boxed.
+#[allow(clippy::large_enum_variant)]
+enum Step {
+    Work(Option<Work>),
+    Settled,
+    Stop,
+}
+
 impl Lane {
     async fn run(self, mut rx: mpsc::Receiver<Work>, stop: CancellationToken) {
         let mut closing = false;
+        let mut held = HeldQueue::default();
         loop {
-            let job = tokio::select! {
-                w = rx.recv() => match w {
-                    Some(Work::Job(j)) => j,
-                    Some(Work::Barrier(done)) => {
-                        let _ = done.send(());
-                        continue;
-                    }
-                    None => return,
-                },
+            let step = tokio::select! {
+                () = held.head_settled(), if held.head_waits() => Step::Settled,
+                w = rx.recv(), if held.len() < LANE_DEPTH => Step::Work(w),
                 // Take no more, but finish what was accepted: those events
                 // already have ids.
-                () = stop.cancelled(), if !closing => {
+                () = stop.cancelled(), if !closing => Step::Stop,
+                else => Step::Work(None),
+            };
+            match step {
+                Step::Settled => {}
+                Step::Stop => {
                     rx.close();
                     closing = true;
-                    continue;
                 }
-            };
-            let span = tracing::debug_span!("route", id = %job.event.id, topic = %job.event.topic);
-            self.handle(job).instrument(span).await;
+                Step::Work(None) => break,
+                Step::Work(Some(Work::Barrier(done))) => {
+                    if let Err(done) = held.push_barrier(done) {
+                        let _ = done.send(());
+                    }
+                }
+                Step::Work(Some(Work::Job(job))) => {
+                    let span =
+                        tracing::debug_span!("route", id = %job.event.id, topic = %job.event.topic);
+                    let out = self.handle(job).instrument(span).await;
+                    if held.passes(&out) {
+                        self.outlet.send(out.routed, out.settle).await;
+                    } else {
+                        held.push(out);
+                    }
+                }
+            }
+            self.release(&mut held).await;
+        }
+        while !held.is_empty() {
+            held.head_settled().await;
+            self.release(&mut held).await;
         }
     }
 
-    async fn handle(&self, job: Job) {
+    /// Sends on what no longer waits, in order.
+    async fn release(&self, held: &mut HeldQueue) {
+        while let Some(ready) = held.pop_ready() {
+            match ready {
+                Ready::Deliver(out) => self.outlet.send(out.routed, out.settle).await,
+                Ready::NotDurable(out) => {
+                    if let Some(r) = &out.routed {
+                        tracing::warn!(id = %r.event.id, "not delivered: the event could not be made durable");
+                    }
+                    self.outlet.send(None, out.settle).await;
+                }
+                Ready::Barrier(done) => {
+                    let _ = done.send(());
+                }
+            }
+        }
+    }
+
+    /// Routes a job and records it for history; what to send on.
+    async fn handle(&self, job: Job) -> Out {
         let event_id = job.event.id;
         let event = Arc::new(job.event);
         let set = self.executor.plugins();
@@ -241,12 +288,16 @@ impl Lane {
                 })
             }
         };
-        // The history writer acknowledges what it keeps once committed;
-        // the rest is acknowledged here, routed.
+        // The history writer acknowledges what it keeps once committed, and
+        // it is delivered only then; the rest is acknowledged here, routed.
         let mut ack = job.ack;
+        let mut durable = None;
         if let Some(h) = &self.history {
             let record = match (&routed, ack.take()) {
-                (Some(r), Some(a)) if h.keeps(r) => Record::Acked(r.clone(), a),
+                (Some(r), Some(a)) if h.keeps(r) => {
+                    durable = Some(a.watch());
+                    Record::Acked(r.clone(), a)
+                }
                 (Some(r), a) => {
                     ack = a;
                     Record::Routed(r.clone())
@@ -261,7 +312,11 @@ impl Lane {
         if let Some(ack) = ack {
             ack.durable();
         }
-        self.outlet.send(routed, job.settle).await;
+        Out {
+            routed,
+            settle: job.settle,
+            durable,
+        }
     }
 
     async fn route(&self, set: &PluginSet, event: &Arc<Event>) -> RouteOutcome {

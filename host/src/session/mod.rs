@@ -262,6 +262,16 @@ impl SessionHandle {
             .store(!flow.floors.is_empty(), Ordering::SeqCst);
     }
 
+    /// Ends a hold by dropping the live events it held, for a session
+    /// about to close because a replay could not be made: sending them
+    /// would carry the client's cursor past the events it missed.
+    pub fn discard_held(&self) {
+        let mut flow = self.flow();
+        flow.held = None;
+        self.flowing
+            .store(!flow.floors.is_empty(), Ordering::SeqCst);
+    }
+
     /// Tells the client that events it should have had were lost
     /// upstream and cannot be replayed.
     pub fn lost(&self, n: u64) {

@@ -165,6 +165,20 @@ async fn feed(
         }
         None => gw.undelivered(&session).await,
     };
+    // EventSource reconnects with the same Last-Event-ID after `retry`.
+    if let Recovery::Unavailable(why) = &recovery {
+        let bye = format!("retry: {RETRY_MS}\n: {why}; reconnect with the same Last-Event-ID\n\n");
+        if open {
+            let _ = tx.send(Ok(Bytes::from(bye))).await;
+        }
+        session.discard_held();
+        session.queue.close(CloseReason::Server(
+            super::ws::close::TRY_AGAIN,
+            why.clone(),
+        ));
+        gw.close_session(&session);
+        return;
+    }
     let resumed = since.as_deref().and_then(Cursor::parse);
     let resumed = resumed.filter(|_| !matches!(recovery, Recovery::Reset));
     if matches!(recovery, Recovery::Reset) {
@@ -208,7 +222,7 @@ async fn feed(
             }
             (ids, floors)
         }
-        Recovery::Reset => Default::default(),
+        Recovery::Reset | Recovery::Unavailable(_) => Default::default(),
     };
     // Everything up to the settled floor was routed before the session went
     // live: in the store for the replay, or from before a fresh stream.

@@ -40,6 +40,8 @@ pub mod close {
     pub const TOO_BIG: u16 = 1009;
     /// Protocol error.
     pub const PROTOCOL: u16 = 1002;
+    /// Try again later: what the client asked for cannot be served now.
+    pub const TRY_AGAIN: u16 = 1013;
 }
 
 /// A session's initial read buffer. Client frames are small (subscribe,
@@ -370,7 +372,10 @@ pub(crate) async fn deliver_inbox(gw: &Gateway, session: &SessionHandle) {
             queue_replay(gw, session, frames).await;
             session.release(&ids, &floors);
         }
-        Recovery::Reset => session.release(&Default::default(), &[]),
+        // The inbox keeps its events for the next connect.
+        Recovery::Reset | Recovery::Unavailable(_) => {
+            session.release(&Default::default(), &[]);
+        }
     }
 }
 
@@ -412,7 +417,8 @@ async fn handle_frame(
             session.hold();
             match subscribe(gw, session, &topic).await {
                 Ok(()) => {
-                    let recovery = gw.recover(&session.subject, &since, &[topic], None).await;
+                    let topics = [topic];
+                    let recovery = gw.recover(&session.subject, &since, &topics, None).await;
                     match recovery {
                         Recovery::Replayed {
                             frames,
@@ -426,6 +432,17 @@ async fn handle_frame(
                         Recovery::Reset => {
                             reply(session, json::ack(id, Some(false)));
                             session.release(&Default::default(), &[]);
+                        }
+                        // Closed without what was held: the client reconnects
+                        // and resumes every topic from its cursor.
+                        Recovery::Unavailable(why) => {
+                            session.discard_held();
+                            let message =
+                                format!("{why}; reconnect and subscribe again with the same since");
+                            reply(session, json::error(id, ErrorCode::Unavailable, &message));
+                            session
+                                .queue
+                                .close(CloseReason::Server(close::TRY_AGAIN, why));
                         }
                     }
                 }

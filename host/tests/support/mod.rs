@@ -6,10 +6,10 @@
 pub mod clients;
 pub mod cluster;
 pub mod history;
+pub mod link;
 pub mod lossy;
 pub mod nats;
 pub mod process;
-pub mod stall;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -19,6 +19,12 @@ impl GatewayProcess {
     /// SQLite file of its own without `[store]`) and waits until it
     /// answers `/healthz`.
     pub async fn start(node: &str, sections: &str) -> Self {
+        Self::start_with_server(node, "", sections).await
+    }
+
+    /// [`GatewayProcess::start`] with more `[server]` keys (`server`, one
+    /// `key = value` a line).
+    pub async fn start_with_server(node: &str, server: &str, sections: &str) -> Self {
         let dir = tempfile::tempdir().expect("dir");
         let sections = if sections.contains("[store]") {
             sections.to_owned()
@@ -33,7 +39,7 @@ impl GatewayProcess {
         std::fs::write(
             &path,
             format!(
-                "[server]\nlisten = \"127.0.0.1:{port}\"\nnode_id = \"{node}\"\n\
+                "[server]\nlisten = \"127.0.0.1:{port}\"\nnode_id = \"{node}\"\n{server}\
                  [auth]\njwt_hs256_secret = \"{SECRET}\"\nservice_keys = [\"{SERVICE_KEY}\"]\n\
                  admin_token = \"{ADMIN_TOKEN}\"\n{sections}[runtime]\ncache_dir = \"cache\"\n"
             ),
@@ -97,6 +103,13 @@ impl GatewayProcess {
         self.signal("-CONT");
     }
 
+    /// Stops it as an operator would (SIGTERM): it drains, telling its
+    /// sessions to reconnect elsewhere, and exits.
+    pub async fn terminate(&mut self) {
+        self.signal("-TERM");
+        let _ = self.child.wait().await;
+    }
+
     /// Kills it at once (SIGKILL), without a drain.
     pub async fn kill(&mut self) {
         self.child.start_kill().expect("kill");
@@ -128,11 +141,18 @@ impl GatewayProcess {
 }
 
 fn spawn(config: &Path) -> tokio::process::Child {
+    // `SWITCHYARD_NODE_LOG=<filter>` shows the nodes' logs on stderr.
+    let log = std::env::var("SWITCHYARD_NODE_LOG").ok();
+    let stderr = match log {
+        Some(_) => std::process::Stdio::inherit(),
+        None => std::process::Stdio::null(),
+    };
     tokio::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["serve", "--config"])
         .arg(config)
+        .envs(log.map(|filter| ("RUST_LOG", filter)))
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(stderr)
         .kill_on_drop(true)
         .spawn()
         .expect("switchyard runs")

@@ -25,20 +25,20 @@ impl Assigned {
         }
     }
 
-    /// Whether `seq` was handed out; false too if the stream cannot say.
-    pub async fn covers(&self, seq: u64) -> bool {
+    /// Whether `seq` was handed out; `None` if the stream cannot say.
+    pub async fn covers(&self, seq: u64) -> Option<bool> {
         if seq <= self.newest.load(Ordering::Relaxed) {
-            return true;
+            return Some(true);
         }
         match self.js.get_stream(&self.stream).await {
             Ok(s) => {
                 let last = s.cached_info().state.last_sequence;
                 self.newest.fetch_max(last, Ordering::Relaxed);
-                seq <= last
+                Some(seq <= last)
             }
             Err(e) => {
                 tracing::warn!(error = %e, "the ingest stream's last sequence is unknown");
-                false
+                None
             }
         }
     }

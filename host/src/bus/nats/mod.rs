@@ -421,8 +421,9 @@ impl NatsBus {
         self.settled.get()
     }
 
-    /// Whether the ingest stream ever handed out `seq`.
-    pub async fn assigned(&self, seq: u64) -> bool {
+    /// Whether the ingest stream ever handed out `seq`; `None` if it
+    /// cannot say now.
+    pub async fn assigned(&self, seq: u64) -> Option<bool> {
         self.assigned.covers(seq).await
     }
 

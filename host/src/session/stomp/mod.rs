@@ -423,6 +423,17 @@ impl Reader<'_> {
                             self.control(reset_message(id, dest, &since));
                             self.session.release(&Default::default(), &[]);
                         }
+                        // The client reconnects and subscribes with the same cursor.
+                        Recovery::Unavailable(why) => {
+                            // What was held would carry the cursors past the gap.
+                            self.session.discard_held();
+                            return Err(Stop::Error(
+                                close::TRY_AGAIN,
+                                format!(
+                                    "cannot subscribe to {dest} since {since}: {why}; reconnect and subscribe again with the same since"
+                                ),
+                            ));
+                        }
                     }
                 } else if dest.starts_with("/user/queue/") {
                     let first = !self
