@@ -128,6 +128,38 @@ struct PublishFrame {
     data: Box<RawValue>,
 }
 
+/// The deepest nesting of arrays and objects a payload may have, as
+/// serde_json allows when it parses a value (an HTTP publish's body).
+pub const MAX_DEPTH: usize = 128;
+
+/// Whether the JSON text `json` nests arrays and objects deeper than `max`.
+fn deeper_than(json: &str, max: usize) -> bool {
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
+    for b in json.bytes() {
+        if in_string {
+            match b {
+                _ if escaped => escaped = false,
+                b'\\' => escaped = true,
+                b'"' => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                if depth > max {
+                    return true;
+                }
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    false
+}
+
 /// Parses one text frame.
 pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
     let envelope: Envelope<'_> = serde_json::from_str(text).map_err(|e| FrameError {
@@ -159,6 +191,15 @@ pub fn parse_client_frame(text: &str) -> Result<ClientFrame, FrameError> {
         }
         Some("publish") => {
             let f: PublishFrame = serde_json::from_str(text).map_err(bad)?;
+            // Kept as text, the payload escapes serde_json's depth limit:
+            // a subscriber's parser (or a plugin's) might not.
+            if deeper_than(f.data.get(), MAX_DEPTH) {
+                return Err(FrameError {
+                    id,
+                    code: ErrorCode::BadFrame,
+                    message: format!("data is nested deeper than {MAX_DEPTH} levels"),
+                });
+            }
             Ok(ClientFrame::Publish {
                 id: f.id,
                 topic: f.topic,
@@ -293,6 +334,21 @@ mod tests {
 
     fn parse(v: Value) -> Result<ClientFrame, FrameError> {
         parse_client_frame(&v.to_string())
+    }
+
+    #[test]
+    fn nesting_is_counted_outside_strings() {
+        assert!(!deeper_than(r#"{"a":[1,{"b":2}]}"#, 3));
+        assert!(deeper_than(r#"{"a":[1,{"b":2}]}"#, 2));
+        let deep = format!("{}{}", "[".repeat(129), "]".repeat(129));
+        assert!(deeper_than(&deep, MAX_DEPTH));
+        let quoted = format!(r#""{}\"{}""#, "[".repeat(500), "{".repeat(500));
+        assert!(!deeper_than(&quoted, 1), "brackets in strings do not nest");
+        let f = parse(json!({"op":"publish","id":7,"topic":"a","data":0})).expect("shallow");
+        assert!(matches!(f, ClientFrame::Publish { .. }));
+        let text = format!(r#"{{"op":"publish","id":7,"topic":"a","data":{deep}}}"#);
+        let e = parse_client_frame(&text).expect_err("deep");
+        assert_eq!((e.id, e.code), (Some(7), ErrorCode::BadFrame));
     }
 
     #[test]

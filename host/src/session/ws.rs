@@ -344,7 +344,7 @@ async fn handle_texts(
 }
 
 /// The close code for a read error.
-fn close_for(e: &axum::Error) -> (u16, &'static str) {
+pub(crate) fn close_for(e: &axum::Error) -> (u16, &'static str) {
     let text = format!("{e:?}").to_ascii_lowercase();
     if text.contains("utf8") || text.contains("utf-8") {
         (close::INVALID_DATA, "invalid UTF-8 in a text frame")

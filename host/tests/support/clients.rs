@@ -69,6 +69,17 @@ impl Ws {
             .expect("send");
     }
 
+    /// Sends `n` pings without reading anything.
+    pub async fn send_pings(&mut self, n: usize) {
+        for i in 0..n {
+            self.stream
+                .feed(Message::Ping(i.to_string().into_bytes().into()))
+                .await
+                .expect("ping");
+        }
+        self.stream.flush().await.expect("flush");
+    }
+
     /// Writes a masked text frame carrying `payload` straight to the socket,
     /// bypassing the client library's UTF-8 check.
     pub async fn send_raw_text(&mut self, payload: &[u8]) {

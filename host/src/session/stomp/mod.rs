@@ -75,7 +75,7 @@ pub async fn run(gw: Arc<Gateway>, socket: WebSocket, pre: Option<Identity>) {
     let (mut sink, mut stream) = socket.split();
     let connect = match tokio::time::timeout(CONNECT_TIMEOUT, first_frame(&mut stream)).await {
         Ok(Ok(f)) => f,
-        Ok(Err(why)) => return refuse(&mut sink, None, &why, close::PROTOCOL).await,
+        Ok(Err((why, code))) => return refuse(&mut sink, None, &why, code).await,
         Err(_) => return refuse(&mut sink, None, "no CONNECT frame in time", close::POLICY).await,
     };
     let receipt = connect.get("receipt").map(str::to_owned);
@@ -186,19 +186,28 @@ fn authenticate(gw: &Gateway, connect: &Frame, pre: Option<Identity>) -> Result<
     }
 }
 
-async fn first_frame(stream: &mut SplitStream<WebSocket>) -> Result<Frame, String> {
+/// The CONNECT frame, or why there is none and the close code to send.
+async fn first_frame(stream: &mut SplitStream<WebSocket>) -> Result<Frame, (String, u16)> {
+    let protocol = |why: String| (why, close::PROTOCOL);
     loop {
         let bytes = match stream.next().await {
             Some(Ok(Message::Text(t))) => Bytes::from(t),
             Some(Ok(Message::Binary(b))) => b,
             Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
-            _ => return Err("connection closed before CONNECT".into()),
+            // An oversized frame or invalid UTF-8 gets its own code.
+            Some(Err(e)) => {
+                let (code, why) = super::ws::close_for(&e);
+                return Err((why.to_owned(), code));
+            }
+            _ => return Err(protocol("connection closed before CONNECT".into())),
         };
-        let mut frames = parse_all(&bytes).map_err(|e| e.to_string())?.into_iter();
+        let mut frames = parse_all(&bytes)
+            .map_err(|e| protocol(e.to_string()))?
+            .into_iter();
         match frames.next() {
             None => continue,
             Some(f) if f.command == "CONNECT" || f.command == "STOMP" => return Ok(f),
-            Some(f) => return Err(format!("expected CONNECT, got {}", f.command)),
+            Some(f) => return Err(protocol(format!("expected CONNECT, got {}", f.command))),
         }
     }
 }
