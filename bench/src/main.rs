@@ -3,8 +3,8 @@
 //! Runs each scenario against each target, one after the other on this
 //! machine, and prints Markdown tables with every figure beside the bare
 //! broadcaster's. Scenarios: `latency`, `fanout`, `topics`, `direct`,
-//! `hot`, `routing`, `failover`, `plugins`, `history`, `idle`, `publish`
-//! (default: all). `--quick` divides
+//! `hot`, `routing`, `failover`, `plugins`, `history`, `held`, `idle`,
+//! `publish` (default: all). `--quick` divides
 //! sessions, rates and time by 10 (a smoke run, not a measurement).
 
 use std::time::Duration;
@@ -14,9 +14,9 @@ use switchyard_bench::report::{self, Row};
 use switchyard_bench::scenario::{self, Spec};
 use switchyard_bench::target::{Kind, Options};
 
-const ALL: [&str; 11] = [
+const ALL: [&str; 12] = [
     "latency", "fanout", "topics", "direct", "hot", "routing", "failover", "plugins", "history",
-    "idle", "publish",
+    "held", "idle", "publish",
 ];
 
 /// Scenario `publish`: HTTP publishes in flight.
@@ -44,7 +44,7 @@ struct Load {
 
 fn load(name: &str) -> Option<Load> {
     let (title, sessions, topics, rate, direct) = match name {
-        "latency" => ("Latency", 1000, 1, 100, false),
+        "latency" | "held" => ("Latency", 1000, 1, 100, false),
         "fanout" => ("(a) Fan-out", 10_000, 1, 100, false),
         "topics" | "plugins" | "history" => ("(b) Many topics", 10_000, 1000, 5000, false),
         "direct" => (
@@ -201,6 +201,31 @@ async fn main() -> anyhow::Result<()> {
             }
             println!(
                 "### History on vs off, scenario (b): SQLite history of every topic (the default) or none\n\n{}",
+                report::throughput(&rows, "bare")
+            );
+            continue;
+        }
+        if name == "held" {
+            let mut rows: Vec<Row> = Vec::new();
+            for (label, kind, queued_acks) in [
+                (
+                    "switchyard, delivered once committed",
+                    Kind::Switchyard,
+                    false,
+                ),
+                ("switchyard, delivered once routed", Kind::Switchyard, true),
+                ("bare", Kind::Bare, false),
+            ] {
+                eprintln!("running held: {label}");
+                let options = Options {
+                    queued_acks,
+                    ..Options::default()
+                };
+                let o = scenario::run(kind, &options, &spec).await?;
+                rows.push((label.to_owned(), o));
+            }
+            println!(
+                "### Durable acks on and off, latency scenario: local bus, SQLite history; keyed events are delivered once committed\n\n{}",
                 report::throughput(&rows, "bare")
             );
             continue;

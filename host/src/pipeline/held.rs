@@ -1,9 +1,10 @@
 //! Deliveries a router lane holds until their event is durable. On the
-//! local bus with durable acks, an event is delivered live only once the
-//! history writer has committed it: a client never sees an event that a
-//! crash can take back (whose publisher, told nothing, would retry it and
-//! be delivered again under a new id). What follows a held event in its
-//! lane waits behind it, so a partition keeps its order.
+//! local bus with durable acks, an event published with an idempotency key
+//! is delivered live only once the history writer has committed it: a
+//! crash cannot take back an event clients saw whose publisher, told
+//! nothing, retries it (it would be delivered again under a new id). What
+//! follows a held event in its lane waits behind it, so a partition keeps
+//! its order.
 
 use std::collections::VecDeque;
 

@@ -288,14 +288,19 @@ impl Lane {
                 })
             }
         };
-        // The history writer acknowledges what it keeps once committed, and
-        // it is delivered only then; the rest is acknowledged here, routed.
+        // The history writer acknowledges what it keeps once committed; the
+        // rest is acknowledged here, routed. An event with an idempotency
+        // key is delivered only once committed: its publisher, unanswered
+        // when a crash takes it back, retries it, and clients that saw it
+        // live would get it again under a new id.
         let mut ack = job.ack;
         let mut durable = None;
         if let Some(h) = &self.history {
             let record = match (&routed, ack.take()) {
                 (Some(r), Some(a)) if h.keeps(r) => {
-                    durable = Some(a.watch());
+                    if crate::store::history::idempotency_key(&r.event).is_some() {
+                        durable = Some(a.watch());
+                    }
                     Record::Acked(r.clone(), a)
                 }
                 (Some(r), a) => {

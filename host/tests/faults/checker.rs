@@ -9,8 +9,9 @@
 //!   received under two ids (a retried publish stored twice);
 //! - **reordered**: received after a later event of its stream;
 //! - **resets**: the gateway said it could not replay from the cursor;
-//! - **max pause**: the longest time between two events received, or from
-//!   the start of the run to the first.
+//! - **max pause**: the longest time between two events received, from
+//!   the start of the run to the first, or from the last to the end of
+//!   publishing (deliveries that stopped).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::time::{Duration, Instant};
@@ -89,8 +90,13 @@ impl Verdict {
 }
 
 /// Checks what a subscriber of `streams` saw against `acks`; the run began
-/// at `start`.
-pub fn check(acks: &Acks, streams: &[String], seen: &Seen, start: Instant) -> Verdict {
+/// at `start` and publishing stopped at `end`.
+pub fn check(
+    acks: &Acks,
+    streams: &[String],
+    seen: &Seen,
+    (start, end): (Instant, Instant),
+) -> Verdict {
     let mut v = Verdict {
         resets: seen.resets,
         reconnects: seen.reconnects,
@@ -132,6 +138,7 @@ pub fn check(acks: &Acks, streams: &[String], seen: &Seen, start: Instant) -> Ve
         }
         *top = (*top).max(r.seq);
     }
+    v.max_pause = v.max_pause.max(end.saturating_duration_since(last));
     for stream in streams {
         let Some(acked) = acks.by_stream.get(stream) else {
             continue;
@@ -178,15 +185,24 @@ mod tests {
     fn a_complete_ordered_run_is_clean() {
         let t = Instant::now();
         let a = acks(&[("s", 1, "1"), ("s", 2, "2")]);
+        let end = t + Duration::from_millis(40);
         let v = check(
             &a,
             &["s".into()],
             &seen(t, &[("s", 1, "1", 10), ("s", 2, "2", 30)]),
-            t,
+            (t, end),
         );
         assert!(v.clean(), "{v:?}");
         assert_eq!((v.expected, v.received), (2, 2));
         assert_eq!(v.max_pause, Duration::from_millis(20));
+        // Deliveries that stop count until publishing ended.
+        let v = check(
+            &a,
+            &["s".into()],
+            &seen(t, &[("s", 1, "1", 10), ("s", 2, "2", 30)]),
+            (t, t + Duration::from_millis(530)),
+        );
+        assert_eq!(v.max_pause, Duration::from_millis(500));
     }
 
     #[test]
@@ -202,7 +218,7 @@ mod tests {
                 ("s", 2, "9", 4),
             ],
         );
-        let v = check(&a, &["s".into()], &got, t);
+        let v = check(&a, &["s".into()], &got, (t, t));
         assert_eq!(v.reordered, 1, "{v:?}");
         assert_eq!(
             v.duplicated, 2,
@@ -220,7 +236,7 @@ mod tests {
             &a,
             &["s".into()],
             &seen(t, &[("s", 1, "1", 1), ("s", 2, "2", 2)]),
-            t,
+            (t, t),
         );
         assert!(v.clean(), "{v:?}");
         assert_eq!(v.expected, 1);
@@ -231,7 +247,7 @@ mod tests {
         let t = Instant::now();
         let mut s = seen(t, &[("s", 1, "1", 500)]);
         s.resets = 1;
-        let v = check(&acks(&[("s", 1, "1")]), &["s".into()], &s, t);
+        let v = check(&acks(&[("s", 1, "1")]), &["s".into()], &s, (t, t));
         assert!(!v.clean());
         assert_eq!(v.max_pause, Duration::from_millis(500));
     }

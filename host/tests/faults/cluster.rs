@@ -4,11 +4,16 @@ use crate::support::fresh_postgres;
 use crate::support::nats::{NatsServer, bus_section};
 use crate::support::process::GatewayProcess;
 use crate::workload::{Shape, Workload, after_fault, assert_clean, rounds};
-use crate::{BURST, QUICK_HEARTBEATS, SETTLE, rotate, stall_store, store_behind_proxy};
+use crate::{
+    CLUSTER_BURST, KEEP_ALL, QUICK_HEARTBEATS, SETTLE, rotate, stall_store, store_behind_proxy,
+};
 
 /// Two nodes on `urls` sharing the store at `db`.
 async fn two_nodes(urls: &[String], replicas: usize, db: &str) -> (GatewayProcess, GatewayProcess) {
-    let sections = format!("{}[store]\nurl = {db:?}\n", bus_section(urls, replicas));
+    let sections = format!(
+        "{}[store]\nurl = {db:?}\n{KEEP_ALL}",
+        bus_section(urls, replicas)
+    );
     let a = GatewayProcess::start_with_server("a", QUICK_HEARTBEATS, &sections).await;
     let b = GatewayProcess::start_with_server("b", QUICK_HEARTBEATS, &sections).await;
     (a, b)
@@ -25,7 +30,7 @@ async fn a_nats_server_killed_and_restarted_loses_nothing_acknowledged() {
     let mut nats = NatsServer::single();
     let db = fresh_postgres().await;
     let (a, b) = two_nodes(&[nats.url()], 1, &db).await;
-    let w = workload("natskill", &[&a, &b], BURST).await;
+    let w = workload("natskill", &[&a, &b], CLUSTER_BURST).await;
     for _ in 0..rounds() {
         nats.kill();
         nats.start();
@@ -42,7 +47,7 @@ async fn one_of_three_nats_servers_killed_loses_nothing_acknowledged() {
     let urls: Vec<String> = servers.iter().map(NatsServer::url).collect();
     let db = fresh_postgres().await;
     let (a, b) = two_nodes(&urls, 3, &db).await;
-    let w = workload("natsone", &[&a, &b], BURST).await;
+    let w = workload("natsone", &[&a, &b], CLUSTER_BURST).await;
     for round in 0..rounds() {
         let server = &mut servers[round % 3];
         server.kill();
@@ -62,7 +67,7 @@ async fn a_gateway_node_killed_loses_nothing_acknowledged() {
     let nats = NatsServer::single();
     let db = fresh_postgres().await;
     let (mut a, b) = two_nodes(&[nats.url()], 1, &db).await;
-    let w = workload("nodekill", &[&a, &b], BURST).await;
+    let w = workload("nodekill", &[&a, &b], CLUSTER_BURST).await;
     for _ in 0..rounds() {
         a.kill().await;
         w.published(10).await;

@@ -23,6 +23,19 @@ use support::process::GatewayProcess;
 use support::*;
 use workload::{Shape, Workload, after_fault, assert_clean, rounds};
 
+/// Every event a run publishes stays in history: a cursor is never past
+/// retention, so any reset is a finding.
+pub const KEEP_ALL: &str = "history_retention = 10000000\n";
+
+/// In a cluster, each stream at most 100 events/s: an SSE stream of all
+/// 16 resuming after an outage of a few seconds stays within the store's
+/// 10,000-event replay limit.
+pub const CLUSTER_BURST: Shape = Shape {
+    streams: 16,
+    per_protocol: 2,
+    every: Duration::from_millis(10),
+};
+
 /// Many streams publishing as fast as they are acknowledged: a crash then
 /// falls among events in flight.
 pub const BURST: Shape = Shape {
@@ -44,6 +57,7 @@ async fn client_links_cut_blackholed_and_delayed_lose_nothing() {
     let mut config = config("");
     config.server.heartbeat_s = 1;
     config.server.heartbeat_timeout_s = 10;
+    config.store.history_retention = 10_000_000;
     let gw = TestGateway::start(config).await;
     let proxy = LinkProxy::start(&gw.addr.to_string()).await;
     let direct = gw.addr.to_string();
@@ -76,7 +90,13 @@ async fn client_links_cut_blackholed_and_delayed_lose_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_embedded_gateway_killed_loses_nothing_acknowledged() {
-    let mut gw = GatewayProcess::start_with_server("solo", QUICK_HEARTBEATS, "").await;
+    let dir = tempfile::tempdir().expect("dir");
+    let sqlite = dir.path().join("store.db");
+    let sections = format!(
+        "[store]\nurl = \"sqlite://{}\"\n{KEEP_ALL}",
+        sqlite.display()
+    );
+    let mut gw = GatewayProcess::start_with_server("solo", QUICK_HEARTBEATS, &sections).await;
     let addr = gw.addr().to_owned();
     let w = Workload::start("killed", vec![addr.clone()], |_| vec![addr.clone()], BURST).await;
     for _ in 0..rounds() {
@@ -120,7 +140,7 @@ pub fn rotate(nodes: &[String], by: usize) -> Vec<String> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_store_unreachable_on_the_local_bus_loses_nothing_acknowledged() {
     let (proxy, via_proxy) = store_behind_proxy().await;
-    let sections = format!("[store]\nurl = {via_proxy:?}\n");
+    let sections = format!("[store]\nurl = {via_proxy:?}\n{KEEP_ALL}");
     let gw = GatewayProcess::start_with_server("solo", QUICK_HEARTBEATS, &sections).await;
     let addr = gw.addr().to_owned();
     let w = Workload::start(

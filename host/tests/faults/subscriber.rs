@@ -303,6 +303,10 @@ impl Link {
             let headers: HashMap<&str, &str> = lines.filter_map(|l| l.split_once(':')).collect();
             match command {
                 "MESSAGE" if headers.get("event") == Some(&"reset") => self.reset(),
+                // A loss notice: resume from the cursors (this event's included).
+                "MESSAGE" if headers.contains_key("switchyard-dropped") => {
+                    return Err("dropped".into());
+                }
                 "MESSAGE" => {
                     let id = headers.get("message-id").copied().unwrap_or_default();
                     let topic = headers

@@ -156,6 +156,7 @@ impl Workload {
         for p in self.publishers {
             p.finish().await;
         }
+        let end = Instant::now();
         let acks = self.acks.lock().expect("acks").clone();
         let wanted: HashMap<String, u64> = acks
             .by_stream
@@ -172,7 +173,7 @@ impl Workload {
             let mut v = Verdict::default();
             for s in self.subscribers.iter().filter(|s| s.protocol == protocol) {
                 let seen = s.seen.lock().expect("seen").clone();
-                v.merge(check(&acks, &s.streams, &seen, self.start));
+                v.merge(check(&acks, &s.streams, &seen, (self.start, end)));
             }
             verdicts.push((protocol, v));
         }
