@@ -208,12 +208,12 @@ async fn main() -> anyhow::Result<()> {
         if name == "held" {
             let mut rows: Vec<Row> = Vec::new();
             for (label, kind, queued_acks) in [
+                ("switchyard, durable acks", Kind::Switchyard, false),
                 (
-                    "switchyard, delivered once committed",
+                    "switchyard, store.durable_ack = false",
                     Kind::Switchyard,
-                    false,
+                    true,
                 ),
-                ("switchyard, delivered once routed", Kind::Switchyard, true),
                 ("bare", Kind::Bare, false),
             ] {
                 eprintln!("running held: {label}");
