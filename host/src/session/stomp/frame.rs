@@ -124,8 +124,13 @@ impl fmt::Display for Frame {
 fn push_escaped(out: &mut Vec<u8>, s: &str, escape: bool) {
     if !escape {
         // CONNECT and CONNECTED have no escapes: a CR or LF would end the
-        // header line early (and forge the next one), so none is sent.
-        out.extend(s.bytes().filter(|b| !matches!(b, b'\r' | b'\n')));
+        // header line early (and forge the next one), so each becomes a
+        // space. Dropping them instead could join a name's pieces into
+        // another header (`content-\rlength`).
+        out.extend(
+            s.bytes()
+                .map(|b| if matches!(b, b'\r' | b'\n') { b' ' } else { b }),
+        );
         return;
     }
     for b in s.bytes() {
@@ -327,12 +332,15 @@ mod tests {
         // and a LF would have started a header of the value's choosing.
         let f = Frame::new("CONNECTED")
             .header("user-name", "ann\ninjected:yes\r")
+            .header("content-\rlength", "5")
             .header("version", "1.2");
         let back = parse_all(&f.encode()).expect("parses");
+        // Found by fuzzing too: a dropped CR joined `content-length`.
         assert_eq!(
             back[0].headers,
             [
-                ("user-name".to_owned(), "anninjected:yes".to_owned()),
+                ("user-name".to_owned(), "ann injected:yes ".to_owned()),
+                ("content- length".to_owned(), "5".to_owned()),
                 ("version".to_owned(), "1.2".to_owned())
             ]
         );
