@@ -33,6 +33,20 @@ pub struct Seen {
     pub reconnects: usize,
     /// Sessions that got as far as being subscribed to every topic.
     pub ready: usize,
+    /// The distinct sequence numbers received per stream, kept as they
+    /// come so that waiting for a count costs no pass over `events`.
+    pub distinct: HashMap<String, HashSet<u64>>,
+}
+
+impl Seen {
+    /// Records an event as it arrives.
+    pub fn push(&mut self, r: Received) {
+        self.distinct
+            .entry(r.stream.clone())
+            .or_default()
+            .insert(r.seq);
+        self.events.push(r);
+    }
 }
 
 /// The acknowledged events: per stream, sequence number → event id.

@@ -3,10 +3,8 @@
 use crate::support::fresh_postgres;
 use crate::support::nats::{NatsServer, bus_section};
 use crate::support::process::GatewayProcess;
-use crate::workload::{Shape, Workload, after_fault, assert_clean, rounds};
-use crate::{
-    CLUSTER_BURST, KEEP_ALL, QUICK_HEARTBEATS, SETTLE, rotate, stall_store, store_behind_proxy,
-};
+use crate::workload::{Shape, Workload, rounds};
+use crate::{CLUSTER_BURST, KEEP_ALL, QUICK_HEARTBEATS, rotate, stall_store, store_behind_proxy};
 
 /// Two nodes on `urls` sharing the store at `db`.
 async fn two_nodes(urls: &[String], replicas: usize, db: &str) -> (GatewayProcess, GatewayProcess) {
@@ -36,9 +34,7 @@ async fn a_nats_server_killed_and_restarted_loses_nothing_acknowledged() {
         nats.start();
         w.published(10).await;
     }
-    w.publish_for(after_fault()).await;
-    let verdicts = w.finish("nats-server SIGKILL and restart", SETTLE).await;
-    assert_clean("nats kill", &verdicts);
+    w.conclude("nats-server SIGKILL and restart").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -55,11 +51,8 @@ async fn one_of_three_nats_servers_killed_loses_nothing_acknowledged() {
         server.start();
         w.published(10).await;
     }
-    w.publish_for(after_fault()).await;
-    let verdicts = w
-        .finish("one of 3 nats-servers SIGKILL (replicas 3)", SETTLE)
+    w.conclude("one of 3 nats-servers SIGKILL (replicas 3)")
         .await;
-    assert_clean("one nats server", &verdicts);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -74,9 +67,7 @@ async fn a_gateway_node_killed_loses_nothing_acknowledged() {
         a.restart().await;
         w.published(10).await;
     }
-    w.publish_for(after_fault()).await;
-    let verdicts = w.finish("gateway node SIGKILL (2 nodes)", SETTLE).await;
-    assert_clean("node kill", &verdicts);
+    w.conclude("gateway node SIGKILL (2 nodes)").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -91,9 +82,7 @@ async fn a_drained_node_sends_its_sessions_elsewhere_without_loss() {
         a.restart().await;
         w.published(10).await;
     }
-    w.publish_for(after_fault()).await;
-    let verdicts = w.finish("drain (SIGTERM), reconnect storm", SETTLE).await;
-    assert_clean("drain", &verdicts);
+    w.conclude("drain (SIGTERM), reconnect storm").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -103,9 +92,5 @@ async fn the_store_unreachable_for_seconds_loses_nothing_acknowledged() {
     let (a, b) = two_nodes(&[nats.url()], 1, &via_proxy).await;
     let w = workload("store", &[&a, &b], Shape::default()).await;
     stall_store(&proxy, &w).await;
-    w.publish_for(after_fault()).await;
-    let verdicts = w
-        .finish("PostgreSQL unreachable for 3 s (NATS)", SETTLE)
-        .await;
-    assert_clean("store stall", &verdicts);
+    w.conclude("PostgreSQL unreachable for 3 s (NATS)").await;
 }

@@ -5,7 +5,7 @@
 //! address in turn, resuming from its cursor: `since` per topic over
 //! `switchyard.v1` and STOMP, `Last-Event-ID` over SSE.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -94,20 +94,14 @@ impl Subscriber {
         self.seen.lock().expect("seen").ready > 0
     }
 
-    /// Events received so far of `stream` (each counted once).
+    /// Whether it has received, for each of its streams, as many distinct
+    /// events as `wanted` says.
     pub fn has_all(&self, wanted: &HashMap<String, u64>) -> bool {
         let seen = self.seen.lock().expect("seen");
         self.streams.iter().all(|s| {
             let want = wanted.get(s).copied().unwrap_or(0);
-            let mut got: Vec<u64> = seen
-                .events
-                .iter()
-                .filter(|r| &r.stream == s)
-                .map(|r| r.seq)
-                .collect();
-            got.sort_unstable();
-            got.dedup();
-            got.len() as u64 >= want
+            let got = seen.distinct.get(s).map_or(0, HashSet::len);
+            got as u64 >= want
         })
     }
 }
@@ -154,7 +148,7 @@ impl Link {
         if let Some(topic) = topic {
             self.since.insert(topic.to_owned(), id.to_owned());
         }
-        self.seen.lock().expect("seen").events.push(Received {
+        self.seen.lock().expect("seen").push(Received {
             stream: stream.to_owned(),
             seq,
             id: id.to_owned(),

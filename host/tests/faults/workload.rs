@@ -182,6 +182,19 @@ impl Workload {
     }
 }
 
+impl Workload {
+    /// Publishes a while after the fault, then checks: every protocol must
+    /// show nothing lost, duplicated or reordered, and no reset.
+    pub async fn conclude(self, fault: &str) {
+        self.publish_for(after_fault()).await;
+        let verdicts = self.finish(fault, SETTLE).await;
+        assert_clean(fault, &verdicts);
+    }
+}
+
+/// How long subscribers may take to catch up once publishing stopped.
+pub const SETTLE: Duration = Duration::from_secs(30);
+
 /// Asserts nothing was lost, duplicated or reordered, and nothing reset.
 pub fn assert_clean(fault: &str, verdicts: &[(Protocol, Verdict)]) {
     for (protocol, v) in verdicts {
