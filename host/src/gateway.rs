@@ -421,10 +421,16 @@ impl Gateway {
 
     /// Publishes an event; the bus assigns its id.
     pub async fn publish(&self, event: Event) -> Result<crate::routing::EventId, PublishError> {
+        self.submit(event).await?.await
+    }
+
+    /// [`Gateway::publish`] in two steps: the event is taken in order now,
+    /// and answered by what this returns.
+    pub async fn submit(&self, event: Event) -> Result<crate::bus::Accepted, PublishError> {
         if self.draining.is_cancelled() {
             return Err(PublishError::Stopped);
         }
-        self.bus.publish(event).await
+        self.bus.submit(event).await
     }
 
     /// How long a client should wait before reconnecting after a drain:

@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 use super::id_blocks::{IdBlocks, Reserve};
 use super::recent_keys::{Claim, RecentKeys};
 use super::settled::{self, Settled};
-use super::{BusParts, LANES};
+use super::{Accepted, BusParts, LANES};
 use crate::hub::Hub;
 use crate::pipeline::durable::{self, AckWait};
 use crate::pipeline::{Edge, EventStats, Job, PublishError, Router, Stages};
@@ -115,10 +115,10 @@ impl LocalBus {
         })
     }
 
-    /// Assigns the id, queues the event for routing and, unless
-    /// `store.durable_ack` is off, answers once it is durable. A retry
-    /// with the idempotency key of a recent publish gets that one's id.
-    pub async fn publish(&self, mut event: Event) -> Result<EventId, PublishError> {
+    /// Assigns the id and queues the event for routing; the answer comes,
+    /// unless `store.durable_ack` is off, once it is durable. A retry with
+    /// the idempotency key of a recent publish gets that one's id.
+    pub async fn submit(&self, mut event: Event) -> Result<Accepted, PublishError> {
         let (ack, wait) = durable::pending();
         let id = match idempotency_key(&event) {
             Some(key) => match self
@@ -127,10 +127,10 @@ impl LocalBus {
             {
                 Claim::Fresh(id) => id,
                 Claim::Known(id, known) => {
-                    return match known {
-                        Some(w) => self.settled_in_time(id, w).await,
-                        None => Ok(id),
-                    };
+                    return Ok(match known {
+                        Some(w) => self.settled_in_time(id, w),
+                        None => Box::pin(std::future::ready(Ok(id))),
+                    });
                 }
             },
             None => self.next_id(),
@@ -168,9 +168,9 @@ impl LocalBus {
         self.stats.ingested.fetch_add(1, Ordering::Relaxed);
         if let Some(ack) = queued {
             ack.durable();
-            return Ok(id);
+            return Ok(Box::pin(std::future::ready(Ok(id))));
         }
-        self.settled_in_time(id, wait).await
+        Ok(self.settled_in_time(id, wait))
     }
 
     fn next_id(&self) -> EventId {
@@ -181,17 +181,20 @@ impl LocalBus {
     }
 
     /// `id` once `wait` says it is durable, within `store.ack_timeout_ms`.
-    async fn settled_in_time(&self, id: EventId, wait: AckWait) -> Result<EventId, PublishError> {
+    fn settled_in_time(&self, id: EventId, wait: AckWait) -> Accepted {
         let within = self.durability.ack_timeout;
-        match tokio::time::timeout(within, wait.settled()).await {
-            Ok(Ok(())) => Ok(id),
-            Ok(Err(e)) => Err(e),
-            Err(_) => {
-                self.stats.not_durable.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%id, "publish not committed in time");
-                Err(PublishError::NotDurable(within.as_millis() as u64))
+        let stats = self.stats.clone();
+        Box::pin(async move {
+            match tokio::time::timeout(within, wait.settled()).await {
+                Ok(Ok(())) => Ok(id),
+                Ok(Err(e)) => Err(e),
+                Err(_) => {
+                    stats.not_durable.fetch_add(1, Ordering::Relaxed);
+                    tracing::warn!(%id, "publish not committed in time");
+                    Err(PublishError::NotDurable(within.as_millis() as u64))
+                }
             }
-        }
+        })
     }
 
     /// Subscribers of `topic` here, which is everywhere.

@@ -48,6 +48,10 @@ use crate::hub::{Hub, Interest};
 use crate::pipeline::{EventStats, PublishError};
 use crate::routing::Event;
 
+/// The answer to a publish the bus took: its id once durable, or why not.
+pub type Accepted =
+    futures_util::future::BoxFuture<'static, Result<crate::routing::EventId, PublishError>>;
+
 /// Counters of the NATS bus.
 #[derive(Debug, Default)]
 pub struct BusStats {
@@ -231,11 +235,17 @@ impl Bus {
         })
     }
 
-    /// Accepts an event and returns its id.
+    /// Accepts an event and returns its id once it is durable.
     pub async fn publish(&self, event: Event) -> Result<crate::routing::EventId, PublishError> {
+        self.submit(event).await?.await
+    }
+
+    /// Takes an event in order and returns what answers it: its id once
+    /// durable, or why not. A caller with more to publish goes on meanwhile.
+    pub async fn submit(&self, event: Event) -> Result<Accepted, PublishError> {
         match self {
-            Bus::Local(b) => b.publish(event).await,
-            Bus::Nats(b) => b.publish(event).await,
+            Bus::Local(b) => b.submit(event).await,
+            Bus::Nats(b) => b.submit(event).await,
         }
     }
 

@@ -27,6 +27,7 @@ fn binary() -> &'static str {
 pub struct NatsServer {
     pub name: String,
     pub port: u16,
+    monitor: u16,
     args: Vec<String>,
     child: Option<Child>,
     _store: std::sync::Arc<tempfile::TempDir>,
@@ -92,7 +93,10 @@ impl NatsServer {
         extra: Vec<String>,
     ) -> Self {
         let dir: PathBuf = store.path().join(&name);
+        let monitor = free_port();
         let mut args = vec![
+            "-m".into(),
+            monitor.to_string(),
             "-a".into(),
             "127.0.0.1".into(),
             "-p".into(),
@@ -107,6 +111,7 @@ impl NatsServer {
         let mut s = NatsServer {
             name,
             port,
+            monitor,
             args,
             child: None,
             _store: store,
@@ -153,6 +158,33 @@ impl NatsServer {
                 .args(["-TERM", &c.id().to_string()])
                 .status();
             let _ = c.wait();
+        }
+    }
+
+    /// Waits until the server says it is healthy (`/healthz`: with
+    /// JetStream, current with the cluster's metadata and every stream
+    /// and consumer it replicates), as an operator restarting servers one
+    /// at a time waits before the next.
+    pub async fn healthy(&self) {
+        let url = format!("http://127.0.0.1:{}/healthz", self.monitor);
+        let http = reqwest::Client::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let ok = http
+                .get(&url)
+                .timeout(Duration::from_secs(2))
+                .send()
+                .await
+                .is_ok_and(|r| r.status().is_success());
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nats-server {} not healthy within 60 s",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 

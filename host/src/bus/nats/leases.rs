@@ -4,7 +4,7 @@
 //!
 //! A node takes a free slot with a create (only possible while the key is
 //! absent), a dead node's slot with a compare-and-set on the revision it
-//! last saw, and renews with compare-and-set every third of the TTL. The
+//! last saw, and renews with compare-and-set every third of the TTL (`kept_lease`). The
 //! revision at which it took the slot is the lease's term: every later
 //! holder has a higher one. [`LeaseTable`] follows the bucket, so every
 //! node knows who holds what.
@@ -187,6 +187,7 @@ impl Lease {
         ttl: Duration,
         may_take: impl Fn(&str) -> bool,
     ) -> Result<Lease, LeaseError> {
+        let sent = Instant::now();
         let key = slot.key();
         let unavailable = |e: &dyn std::fmt::Display| LeaseError::Unavailable(e.to_string());
         let revision = match kv.create(&key, node.to_owned().into()).await {
@@ -215,19 +216,26 @@ impl Lease {
             node: node.to_owned(),
             revision,
             term: revision,
-            renewed: Instant::now(),
+            renewed: sent,
             ttl,
         })
     }
 
-    /// How often to renew.
-    pub fn renew_every(&self) -> Duration {
-        self.ttl / 3
+    /// How long the lease lasts unrenewed.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
     }
 
-    /// Renews; `Err(Lost)` once another node took it, or once it could not
-    /// be renewed for the TTL (others may have taken it meanwhile).
-    pub async fn renew(&mut self) -> Result<(), LeaseError> {
+    /// When the last renewal that succeeded was sent (or the lease taken).
+    pub fn renewed(&self) -> Instant {
+        self.renewed
+    }
+
+    /// Renews once: `Err(Lost)` once another node took it,
+    /// `Err(Unavailable)` if NATS did not answer. The lease counts from
+    /// when the renewal was sent, which is before the store wrote it.
+    pub async fn try_renew(&mut self) -> Result<(), LeaseError> {
+        let sent = Instant::now();
         match self
             .kv
             .update(self.slot.key(), self.node.clone().into(), self.revision)
@@ -235,18 +243,11 @@ impl Lease {
         {
             Ok(r) => {
                 self.revision = r;
-                self.renewed = Instant::now();
+                self.renewed = sent;
                 Ok(())
             }
             Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LeaseError::Lost),
-            Err(e) if self.renewed.elapsed() >= self.ttl => {
-                tracing::warn!(error = %e, slot = ?self.slot, "lease not renewed in time");
-                Err(LeaseError::Lost)
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, slot = ?self.slot, "lease renewal failed; retrying");
-                Ok(())
-            }
+            Err(e) => Err(LeaseError::Unavailable(e.to_string())),
         }
     }
 

@@ -3,12 +3,14 @@
 //! subjects per topic and user for fan-out, repaired from history.
 
 mod assigned;
+mod backoff;
 mod backpressure;
 mod connect;
 mod consumers;
 mod cover;
 mod dispatch;
 mod interest;
+mod kept_lease;
 mod leases;
 mod members;
 mod outlet;
@@ -42,7 +44,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::wire::{self, Subjects};
-use super::{BusError, BusParts, BusStats, LANES};
+use super::{Accepted, BusError, BusParts, BusStats, LANES};
 use crate::config::Config;
 use crate::pipeline::{Edge, EventStats, PublishError, Router, Stages};
 use crate::routing::Event;
@@ -74,6 +76,13 @@ pub struct NatsBus {
     settled: Arc<crate::bus::settled::Settled>,
     stop: CancellationToken,
     tasks: TaskTracker,
+}
+
+/// Counts and logs a publish NATS did not take.
+fn refused(stats: &BusStats, e: &dyn std::fmt::Display) -> PublishError {
+    stats.publish_errors.fetch_add(1, Ordering::Relaxed);
+    tracing::warn!(error = %e, "event not accepted by NATS");
+    PublishError::BusUnavailable(e.to_string())
 }
 
 /// Router lanes: partitions are spread over them, so plugin calls of
@@ -347,9 +356,9 @@ impl NatsBus {
         })
     }
 
-    /// Publishes an event to its ingest subject; its id is the stream
-    /// sequence JetStream assigns.
-    pub async fn publish(&self, event: Event) -> Result<crate::routing::EventId, PublishError> {
+    /// Sends an event to its ingest subject; the answer is its id, the
+    /// stream sequence JetStream assigns, once JetStream has stored it.
+    pub async fn submit(&self, event: Event) -> Result<Accepted, PublishError> {
         // Refuse at once while disconnected: a publish buffered in the client
         // would go out on reconnect, after the caller was told it failed.
         if self.client.connection_state() != async_nats::connection::State::Connected {
@@ -368,33 +377,35 @@ impl NatsBus {
         }
         let headers = wire::encode_ingest(&event);
         let subject = self.subjects.partitioned(partition, event.topic.as_str());
-        let fail = |e: &dyn std::fmt::Display| {
-            self.stats.publish_errors.fetch_add(1, Ordering::Relaxed);
-            tracing::warn!(error = %e, "event not accepted by NATS");
-            PublishError::BusUnavailable(e.to_string())
-        };
+        // Asynchronous JetStream publishes are stored in the order sent.
         let ack = self
             .js
             .publish_with_headers(subject, headers, Bytes::from(event.data))
             .await
-            .map_err(|e| fail(&e))?
-            .await
-            .map_err(|e| {
-                fail(&format!(
-                    "{e} (the event may still have been taken: retry with the same idempotency key)"
-                ))
+            .map_err(|e| refused(&self.stats, &e))?;
+        let stats = self.stats.clone();
+        let events = self.events.clone();
+        let stream = self.ingest_stream.clone();
+        let epoch = self.epoch.clone();
+        Ok(Box::pin(async move {
+            let ack = ack.await.map_err(|e| {
+                refused(
+                    &stats,
+                    &format!("{e} (the event may still have been taken: retry with the same idempotency key)"),
+                )
             })?;
-        if ack.stream != self.ingest_stream {
-            return Err(fail(&format!(
-                "stream {} took the event instead of {}",
-                ack.stream, self.ingest_stream
-            )));
-        }
-        self.events.ingested.fetch_add(1, Ordering::Relaxed);
-        Ok(crate::routing::EventId {
-            epoch: self.epoch.load(Ordering::Relaxed),
-            seq: ack.sequence,
-        })
+            if ack.stream != stream {
+                return Err(refused(
+                    &stats,
+                    &format!("stream {} took the event instead of {stream}", ack.stream),
+                ));
+            }
+            events.ingested.fetch_add(1, Ordering::Relaxed);
+            Ok(crate::routing::EventId {
+                epoch: epoch.load(Ordering::Relaxed),
+                seq: ack.sequence,
+            })
+        }))
     }
 
     /// Waits (up to two seconds) until interest change number `upto` is

@@ -2,7 +2,7 @@
 //! partition's durable consumer with one of this lease's term (which shuts
 //! out a previous owner's pulls and acknowledgements and redelivers,
 //! oldest first, everything not yet acknowledged), pull in order, hand each event to the router stage
-//! stamped with the lease's term, renew the lease. A handover stops
+//! stamped with the lease's term, the lease renewed meanwhile. A handover stops
 //! pulling, waits until what was taken is acknowledged, then releases the
 //! lease for the next owner.
 
@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use tokio_util::sync::CancellationToken;
 
-use super::leases::Lease;
+use super::backoff::Backoff;
+use super::kept_lease::KeptLease;
+use super::leases::{Lease, LeaseError};
 use super::owned::{Owned, Owning};
 use super::puller::Puller;
 use super::settle::{Acks, InFlight};
@@ -25,6 +27,8 @@ use crate::routing::{EventId, Origin, Partition};
 /// A pull that receives nothing for this long while events wait is
 /// replaced (a server restart can lose it).
 const STALL: Duration = Duration::from_secs(5);
+/// How often a running pull checks for a reconnect or a stall.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a handover waits for what was taken to be acknowledged before
 /// releasing anyway (the next owner routes the rest again).
 const HANDOVER_BUDGET: Duration = Duration::from_secs(5);
@@ -63,12 +67,16 @@ enum Ended {
 /// or the lease is lost.
 pub async fn own(
     ctx: Arc<OwnerContext>,
-    mut lease: Lease,
+    lease: Lease,
     partition: Partition,
     handover: CancellationToken,
 ) {
+    // Renewed throughout on its own task, also while a lane is full and
+    // while handing over: a lease left to expire would let another node
+    // take the partition while this one still routes it.
+    let lease = KeptLease::keep(lease);
     let owning = Arc::new(Owning {
-        term: lease.term,
+        term: lease.term(),
         caught_up: AtomicBool::new(false),
         backlog_upto: AtomicU64::new(u64::MAX),
         last_seq: AtomicU64::new(0),
@@ -79,33 +87,19 @@ pub async fn own(
     });
     ctx.owned.insert(partition, owning.clone());
     ctx.stats.partitions_owned.fetch_add(1, Ordering::Relaxed);
-    tracing::info!(%partition, term = lease.term, "partition taken");
-    // Renewed throughout, also while a lane is full and while handing over:
-    // a lease left to expire would let another node take the partition
-    // while this one still routes it.
-    let mut renew = tokio::time::interval(lease.renew_every());
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    renew.tick().await;
-    let mut ended = route(&ctx, &mut lease, &mut renew, partition, &owning, &handover).await;
+    tracing::info!(%partition, term = lease.term(), "partition taken");
+    let mut ended = route(&ctx, &lease, partition, &owning, &handover).await;
     // Whether every event taken under this term was delivered and settled.
     let mut settled = false;
     if let Ended::HandedOver = ended {
-        let drained = owning.inflight.drained(HANDOVER_BUDGET);
-        tokio::pin!(drained);
-        loop {
-            tokio::select! {
-                all = &mut drained => {
-                    settled = all;
-                    if !all {
-                        tracing::warn!(%partition, left = owning.inflight.count(), "handing over with events not yet acknowledged; the next owner routes them again");
-                    }
-                    break;
+        tokio::select! {
+            all = owning.inflight.drained(HANDOVER_BUDGET) => {
+                settled = all;
+                if !all {
+                    tracing::warn!(%partition, left = owning.inflight.count(), "handing over with events not yet acknowledged; the next owner routes them again");
                 }
-                _ = renew.tick() => if lease.renew().await.is_err() {
-                    ended = Ended::Lost;
-                    break;
-                },
             }
+            () = lease.lost() => ended = Ended::Lost,
         }
     }
     ctx.owned.remove(partition);
@@ -118,7 +112,7 @@ pub async fn own(
                 ctx.outlet
                     .closing(Origin {
                         partition,
-                        term: lease.term,
+                        term: lease.term(),
                     })
                     .await;
             }
@@ -136,20 +130,30 @@ pub async fn own(
 
 async fn route(
     ctx: &OwnerContext,
-    lease: &mut Lease,
-    renew: &mut tokio::time::Interval,
+    lease: &KeptLease,
     partition: Partition,
     owning: &Arc<Owning>,
     handover: &CancellationToken,
 ) -> Ended {
-    let name = consumer_name(partition, lease.term);
+    let name = consumer_name(partition, lease.term());
     let mut first = true;
+    let mut retry = Backoff::default();
     loop {
         // Replacing the consumer deletes any other of the partition: only
         // a holder sure of its lease may do it (a deposed owner that woke
         // up would delete its successor's).
-        if !std::mem::take(&mut first) && lease.renew().await.is_err() {
-            return Ended::Lost;
+        if !std::mem::take(&mut first) {
+            match lease.confirm().await {
+                Ok(()) => {}
+                Err(LeaseError::Lost) => return Ended::Lost,
+                Err(e) => {
+                    tracing::debug!(%partition, error = %e, "lease not confirmed; retrying");
+                    if let Some(ended) = pause(retry.next(), lease, handover).await {
+                        return ended;
+                    }
+                    continue;
+                }
+            }
         }
         let links = ctx.stats.disconnects.load(Ordering::Relaxed);
         let mut last_message = Instant::now();
@@ -157,9 +161,11 @@ async fn route(
         let consumer = tokio::select! {
             c = fresh_consumer(ctx, partition, &name) => c,
             () = handover.cancelled() => return Ended::HandedOver,
+            () = lease.lost() => return Ended::Lost,
         };
         let mut messages = match consumer {
             Ok((m, waiting, last_seq)) => {
+                retry = Backoff::default();
                 // The backlog found at takeover is that of the first consumer.
                 let _ = owning.backlog_upto.compare_exchange(
                     u64::MAX,
@@ -170,22 +176,25 @@ async fn route(
                 if waiting == 0 {
                     owning.caught_up.store(true, Ordering::Release);
                 }
-                Some(m)
+                m
             }
             Err(e) => {
                 tracing::warn!(%partition, error = %e, "cannot consume the partition; retrying");
-                None
+                if let Some(ended) = pause(retry.next(), lease, handover).await {
+                    return ended;
+                }
+                continue;
             }
         };
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
         loop {
             tokio::select! {
-                _ = renew.tick() => {
-                    if lease.renew().await.is_err() {
-                        return Ended::Lost;
-                    }
+                _ = check.tick() => {
                     // After a reconnect, pull afresh: the server may have
                     // lost the pending pull with the old connection.
-                    if messages.is_none() || ctx.stats.disconnects.load(Ordering::Relaxed) != links {
+                    if ctx.stats.disconnects.load(Ordering::Relaxed) != links {
                         break;
                     }
                     if last_message.elapsed() >= STALL && waiting(ctx, &name).await {
@@ -193,7 +202,7 @@ async fn route(
                         break;
                     }
                 }
-                m = async { match messages.as_mut() { Some(s) => s.next().await, None => std::future::pending().await } } => {
+                m = messages.next() => {
                     match m {
                         Some(Ok(msg)) => {
                             last_message = Instant::now();
@@ -202,33 +211,36 @@ async fn route(
                                 break;
                             };
                             let Some(job) = job else { continue };
-                            // A full lane holds the submit: keep the lease meanwhile.
-                            let submit = ctx.router.submit(job);
-                            tokio::pin!(submit);
-                            loop {
-                                tokio::select! {
-                                    r = &mut submit => {
-                                        if r.is_err() {
-                                            tracing::debug!("router stopped; event left for the next owner");
-                                        }
-                                        // Time spent waiting for the lane is
-                                        // not a stalled pull.
-                                        last_message = Instant::now();
-                                        break;
+                            // A full lane holds the submit; the lease is kept meanwhile.
+                            tokio::select! {
+                                r = ctx.router.submit(job) => {
+                                    if r.is_err() {
+                                        tracing::debug!("router stopped; event left for the next owner");
                                     }
-                                    _ = renew.tick() => if lease.renew().await.is_err() {
-                                        return Ended::Lost;
-                                    },
+                                    // Time spent waiting for the lane is
+                                    // not a stalled pull.
+                                    last_message = Instant::now();
                                 }
+                                () = lease.lost() => return Ended::Lost,
                             }
                         }
                         Some(Err(e)) => tracing::debug!(%partition, error = %e, "partition pull hiccup"),
                         None => break,
                     }
                 }
+                () = lease.lost() => return Ended::Lost,
                 () = handover.cancelled() => return Ended::HandedOver,
             }
         }
+    }
+}
+
+/// Waits `d` before a retry; how the owner ended if it did meanwhile.
+async fn pause(d: Duration, lease: &KeptLease, handover: &CancellationToken) -> Option<Ended> {
+    tokio::select! {
+        () = tokio::time::sleep(d) => None,
+        () = lease.lost() => Some(Ended::Lost),
+        () = handover.cancelled() => Some(Ended::HandedOver),
     }
 }
 

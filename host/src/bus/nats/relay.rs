@@ -25,7 +25,9 @@ use futures_util::future::BoxFuture;
 use futures_util::stream::FuturesUnordered;
 use tokio_util::sync::CancellationToken;
 
-use super::leases::Lease;
+use super::backoff::Backoff;
+use super::kept_lease::KeptLease;
+use super::leases::{Lease, LeaseError};
 use super::puller::Puller;
 use crate::bus::BusStats;
 use crate::bus::delivery_order::DeliveryOrder;
@@ -34,6 +36,8 @@ use crate::routing::{Partition, partition_of};
 
 /// The relay's durable consumers are `relay-t<term>`.
 const CONSUMER: &str = "relay";
+/// How often a running relay checks its link.
+const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How long a handover waits for copies in flight and queued.
 const HANDOVER_BUDGET: Duration = Duration::from_secs(5);
 /// Copies in flight at most: fewer than the node's publish permits, since
@@ -53,44 +57,60 @@ pub struct RelayContext {
 }
 
 /// Relays under `lease` until `handover` or the lease is lost.
-pub async fn relay(ctx: Arc<RelayContext>, mut lease: Lease, handover: CancellationToken) {
+pub async fn relay(ctx: Arc<RelayContext>, lease: Lease, handover: CancellationToken) {
     ctx.stats.relay_owner.store(true, Ordering::Relaxed);
     tracing::info!(term = lease.term, "relay taken");
-    let mut renew = tokio::time::interval(lease.renew_every());
-    renew.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    renew.tick().await;
+    let lease = KeptLease::keep(lease);
     let client = ctx.js.client();
     let mut first = true;
+    let mut retry = Backoff::default();
     let lost = 'run: loop {
         // Replacing the consumer deletes any other relay's: only a holder
         // sure of its lease may do it.
-        if !std::mem::take(&mut first) && lease.renew().await.is_err() {
-            break 'run true;
+        if !std::mem::take(&mut first) {
+            match lease.confirm().await {
+                Ok(()) => {}
+                Err(LeaseError::Lost) => break 'run true,
+                Err(e) => {
+                    tracing::debug!(error = %e, "relay lease not confirmed; retrying");
+                    tokio::select! {
+                        () = tokio::time::sleep(retry.next()) => continue,
+                        () = lease.lost() => break 'run true,
+                        () = handover.cancelled() => break 'run false,
+                    }
+                }
+            }
         }
         let link = Link::now(&client);
         let messages = tokio::select! {
-            m = fresh_consumer(&ctx, lease.term) => m,
+            m = fresh_consumer(&ctx, lease.term()) => m,
             () = handover.cancelled() => break 'run false,
+            () = lease.lost() => break 'run true,
         };
         let mut messages = match messages {
-            Ok(m) => m,
+            Ok(m) => {
+                retry = Backoff::default();
+                m
+            }
             Err(e) => {
                 tracing::warn!(error = %e, "cannot consume raw publishes; retrying");
                 tokio::select! {
-                    _ = renew.tick() => if lease.renew().await.is_err() { break 'run true },
+                    () = tokio::time::sleep(retry.next()) => {}
+                    () = lease.lost() => break 'run true,
                     () = handover.cancelled() => break 'run false,
                 }
                 continue;
             }
         };
+        let mut check = tokio::time::interval(CHECK_EVERY);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        check.tick().await;
         let mut chains = Chains::default();
         let mut order = DeliveryOrder::default();
         let ended = loop {
             tokio::select! {
-                _ = renew.tick() => {
-                    if lease.renew().await.is_err() { break Some(true) }
-                    if !link.unbroken() { break None }
-                }
+                _ = check.tick() => if !link.unbroken() { break None },
+                () = lease.lost() => break Some(true),
                 m = messages.next(), if chains.in_flight.len() < COPIES_IN_FLIGHT => match m {
                     Some(Ok(msg)) => {
                         let Ok((delivery, seq)) = msg.info().map(|i| (i.consumer_sequence, i.stream_sequence)) else {
