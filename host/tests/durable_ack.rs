@@ -13,6 +13,7 @@ use futures_util::StreamExt;
 use futures_util::future::join_all;
 use serde_json::{Value, json};
 use support::clients::{Stomp, Ws};
+use support::link::{LinkProxy, Mode};
 use support::nats::{NatsServer, bus_section};
 use support::process::GatewayProcess;
 use support::*;
@@ -299,4 +300,62 @@ async fn a_publish_retried_with_its_key_after_a_crash_is_not_delivered_twice() {
         [("once".to_owned(), first)],
         "delivered once, under its id"
     );
+}
+
+/// A session publishes on while its last publish waits for its commit:
+/// with the store stalled, a second publish (and SEND) is routed to a
+/// subscriber although the first is still unanswered; once the store
+/// answers, both are acknowledged, in the order published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_publishes_on_while_its_last_publish_waits_for_its_commit() {
+    let db = fresh_postgres().await;
+    let proxy = LinkProxy::start("127.0.0.1:5432").await;
+    let url = db.replace("127.0.0.1:5432", &proxy.addr());
+    // Longer than the clients wait for a frame: a session that waited for
+    // the first commit would not route the second publish in time.
+    let sections = format!("[store]\nurl = {url:?}\nack_timeout_ms = 30000\n");
+    let gw = GatewayProcess::start("a", &sections).await;
+    let mut reader = Ws::connect(gw.addr(), &token(json!({ "sub": "reader" }))).await;
+    let ok = reader
+        .request(json!({ "op": "subscribe", "id": 1, "topic": "pipe.t" }))
+        .await;
+    assert_eq!(ok["op"], "ack", "{ok}");
+    let mut ws = Ws::connect(gw.addr(), &token(json!({ "sub": "writer" }))).await;
+    let mut stomp = Stomp::connect(gw.addr(), &token(json!({ "sub": "sender" }))).await;
+
+    proxy.set(Mode::Blackhole);
+    for (i, body) in ["ws-1", "ws-2"].iter().enumerate() {
+        ws.send(json!({ "op": "publish", "id": i + 1, "topic": "pipe.t", "data": body }))
+            .await;
+    }
+    for body in ["ws-1", "ws-2"] {
+        assert_eq!(reader.next_event().await["data"], body);
+    }
+    proxy.set(Mode::Pass);
+    for id in [1, 2] {
+        let ack = ws.next_json().await;
+        assert_eq!(
+            (&ack["op"], &ack["id"]),
+            (&json!("ack"), &json!(id)),
+            "{ack}"
+        );
+    }
+
+    proxy.set(Mode::Blackhole);
+    for (i, body) in ["stomp-1", "stomp-2"].iter().enumerate() {
+        stomp
+            .send(&format!(
+                "SEND\ndestination:/topic/pipe.t\nreceipt:r{i}\n\n{body}"
+            ))
+            .await;
+    }
+    for body in ["stomp-1", "stomp-2"] {
+        assert_eq!(reader.next_event().await["data"], body);
+    }
+    proxy.set(Mode::Pass);
+    for i in 0..2 {
+        let f = stomp.next_frame().await;
+        assert_eq!(f.command, "RECEIPT", "{f:?}");
+        assert_eq!(f.header("receipt-id"), Some(format!("r{i}").as_str()));
+    }
 }

@@ -10,6 +10,7 @@ pub mod json;
 pub mod queue;
 pub mod sse;
 pub mod stomp;
+pub mod unanswered;
 pub mod ws;
 
 use std::collections::HashSet;

@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tracing::Instrument;
 
 use super::json::{self, ClientFrame, ErrorCode};
+use super::unanswered::{MAX_UNANSWERED, Unanswered};
 use super::{CloseReason, Outbound, Protocol, SessionHandle};
 use crate::error::ApiError;
 use crate::gateway::{Gateway, Recovery};
@@ -247,15 +248,24 @@ async fn read_loop(
     ));
     tokio::pin!(expiry);
     let mut stream = stream.peekable();
+    let mut unanswered = Unanswered::new(MAX_UNANSWERED);
     loop {
         let msg = tokio::select! {
-            m = stream.next() => m,
+            m = stream.next(), if !unanswered.is_full() => m,
+            text = unanswered.next() => {
+                reply(session, text);
+                continue;
+            }
             () = &mut expiry => {
                 session.queue.close(CloseReason::Server(close::POLICY, "token expired".into()));
                 return;
             }
             () = gw.shutdown.cancelled() => {
-                // Drain: tell the client when to come back, then close.
+                // Drain: answer what was published, tell the client when
+                // to come back, then close.
+                for text in unanswered.finish().await {
+                    reply(session, text);
+                }
                 session.queue.push_control(Outbound::Control(json::reconnect(gw.reconnect_after_ms())));
                 session.queue.close(CloseReason::Server(close::GOING_AWAY, "server shutting down".into()));
                 return;
@@ -263,7 +273,14 @@ async fn read_loop(
         };
         session.seen();
         let text = match msg {
-            None | Some(Ok(Message::Close(_))) => return,
+            None => return,
+            // Closing after publishing: the answers still go out first.
+            Some(Ok(Message::Close(_))) => {
+                for text in unanswered.finish().await {
+                    reply(session, text);
+                }
+                return;
+            }
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {
                 reply(
@@ -301,7 +318,14 @@ async fn read_loop(
             }
         }
         // Boxed for the same reason: an idle session keeps only this loop.
-        Box::pin(handle_texts(gw, session, &texts, &mut publish_rate)).await;
+        Box::pin(handle_texts(
+            gw,
+            session,
+            &texts,
+            &mut publish_rate,
+            &mut unanswered,
+        ))
+        .await;
     }
 }
 
@@ -311,6 +335,7 @@ async fn handle_texts(
     session: &SessionHandle,
     texts: &[Utf8Bytes],
     publish_rate: &mut TokenBucket,
+    unanswered: &mut Unanswered<String>,
 ) {
     let frames: Vec<Result<ClientFrame, json::FrameError>> = texts
         .iter()
@@ -337,7 +362,7 @@ async fn handle_texts(
     }
     for (frame, decision) in frames.into_iter().zip(decisions) {
         match frame {
-            Ok(f) => handle_frame(gw, session, f, decision, publish_rate).await,
+            Ok(f) => handle_frame(gw, session, f, decision, publish_rate, unanswered).await,
             Err(e) => reply(session, json::error(e.id, e.code, &e.message)),
         }
     }
@@ -406,6 +431,7 @@ async fn handle_frame(
     frame: ClientFrame,
     decided: Option<AuthDecision>,
     publish_rate: &mut TokenBucket,
+    unanswered: &mut Unanswered<String>,
 ) {
     match frame {
         ClientFrame::Subscribe {
@@ -480,22 +506,29 @@ async fn handle_frame(
             event,
             data,
         } => {
+            // Every answer to a publish, a refusal too, keeps its place
+            // behind the answers of earlier publishes.
             if !publish_rate.try_take(Instant::now()) {
                 let limit = gw.config.limits.publish_rate;
-                return reply(
-                    session,
-                    json::error(
-                        id,
-                        ErrorCode::RateLimited,
-                        &format!("at most {limit} publishes per second"),
-                    ),
+                let text = json::error(
+                    id,
+                    ErrorCode::RateLimited,
+                    &format!("at most {limit} publishes per second"),
                 );
+                return unanswered.push(std::future::ready(text));
             }
             // The parsed text as it is: no copy.
             let data = Box::<str>::from(data).into_string().into_bytes();
             match publish_decided(gw, session, &topic, event, data, decided).await {
-                Ok(event_id) => reply(session, json::published(id, &event_id)),
-                Err((code, message)) => reply(session, json::error(id, code, &message)),
+                Ok(answer) => unanswered.push(async move {
+                    match answer.await {
+                        Ok(event_id) => json::published(id, &event_id),
+                        Err((code, message)) => json::error(id, code, &message),
+                    }
+                }),
+                Err((code, message)) => {
+                    unanswered.push(std::future::ready(json::error(id, code, &message)));
+                }
             }
         }
     }
@@ -535,8 +568,20 @@ pub(crate) async fn publish(
     topic: &str,
     name: Option<String>,
     data: Vec<u8>,
-) -> Result<String, (ErrorCode, String)> {
+) -> Result<Answer, (ErrorCode, String)> {
     publish_decided(gw, session, topic, name, data, None).await
+}
+
+/// The answer to a publish the bus took: the event's id once durable.
+pub(crate) type Answer =
+    futures_util::future::BoxFuture<'static, Result<String, (ErrorCode, String)>>;
+
+fn refusal(e: crate::pipeline::PublishError) -> (ErrorCode, String) {
+    let code = match e {
+        crate::pipeline::PublishError::Overloaded => ErrorCode::RateLimited,
+        _ => ErrorCode::Unavailable,
+    };
+    (code, e.to_string())
 }
 
 /// [`publish`], with the authorizer's decision when it was already asked.
@@ -547,7 +592,7 @@ async fn publish_decided(
     name: Option<String>,
     data: Vec<u8>,
     decided: Option<AuthDecision>,
-) -> Result<String, (ErrorCode, String)> {
+) -> Result<Answer, (ErrorCode, String)> {
     let topic = Topic::parse(topic).map_err(|e| (ErrorCode::InvalidTopic, e.to_string()))?;
     if let Some(name) = &name {
         crate::routing::published::check_name(name)
@@ -570,16 +615,10 @@ async fn publish_decided(
         event.name = name;
     }
     event.sender = Some(session.subject.user.clone());
-    gw.publish(event)
-        .await
-        .map(|id| id.to_string())
-        .map_err(|e| {
-            let code = match e {
-                crate::pipeline::PublishError::Overloaded => ErrorCode::RateLimited,
-                _ => ErrorCode::Unavailable,
-            };
-            (code, e.to_string())
-        })
+    let accepted = gw.submit(event).await.map_err(refusal)?;
+    Ok(Box::pin(async move {
+        accepted.await.map(|id| id.to_string()).map_err(refusal)
+    }))
 }
 
 async fn write_loop(gw: Arc<Gateway>, session: Arc<SessionHandle>, mut sink: Sink) {

@@ -21,6 +21,7 @@ use futures_util::{SinkExt, StreamExt};
 
 use self::frame::{Frame, HeartBeat, negotiate, parse_all, parse_heart_beat};
 use super::frame::DataKind;
+use super::unanswered::{MAX_UNANSWERED, Unanswered};
 use super::ws::close;
 use super::{CloseReason, EventFrame, Outbound, Protocol, SessionHandle};
 use crate::auth::Identity;
@@ -146,6 +147,7 @@ pub async fn run(gw: Arc<Gateway>, socket: WebSocket, pre: Option<Identity>) {
             gw.config.limits.publish_rate,
             Instant::now(),
         ),
+        unanswered: Unanswered::new(MAX_UNANSWERED),
     };
     tokio::select! {
         () = reader.run(&mut stream, heart, expires_at) => {
@@ -271,6 +273,7 @@ struct Reader<'a> {
     started: Instant,
     last_heard: &'a AtomicU64,
     publish_rate: TokenBucket,
+    unanswered: Unanswered<Result<Option<Frame>, String>>,
 }
 
 /// Why the reader stops: an ERROR was queued, or the client left.
@@ -291,7 +294,13 @@ impl Reader<'_> {
         let mut check = tokio::time::interval(dead_after.unwrap_or(Duration::from_secs(3600)));
         loop {
             let msg = tokio::select! {
-                m = stream.next() => m,
+                m = stream.next(), if !self.unanswered.is_full() => m,
+                answer = self.unanswered.next() => {
+                    if let Err(Stop::Error(code, why)) = self.answered(answer) {
+                        return self.fail(None, code, &why);
+                    }
+                    continue;
+                }
                 () = &mut expiry => return self.fail(None, close::POLICY, "token expired"),
                 _ = check.tick() => {
                     let heard = Duration::from_millis(self.last_heard.load(Ordering::Relaxed));
@@ -301,6 +310,9 @@ impl Reader<'_> {
                     continue;
                 }
                 () = self.gw.shutdown.cancelled() => {
+                    if let Err(Stop::Error(code, why)) = self.answer_all().await {
+                        return self.fail(None, code, &why);
+                    }
                     let after = self.gw.reconnect_after_ms();
                     let frame = error_frame(None, "server shutting down")
                         .header("reconnect-after-ms", after.to_string())
@@ -313,7 +325,12 @@ impl Reader<'_> {
             self.last_heard
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let bytes = match msg {
-                None | Some(Ok(Message::Close(_))) => return,
+                None => return,
+                Some(Ok(Message::Close(_))) => {
+                    // Closing after sending: the receipts still go out first.
+                    let _ = self.answer_all().await;
+                    return;
+                }
                 Some(Ok(Message::Text(t))) => Bytes::from(t),
                 Some(Ok(Message::Binary(b))) => b,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -339,7 +356,14 @@ impl Reader<'_> {
                 match self.handle(f).await {
                     Ok(()) => {}
                     Err(Stop::Done) => return,
-                    Err(Stop::Error(code, why)) => return self.fail(None, code, &why),
+                    Err(Stop::Error(code, why)) => {
+                        // SENDs before the fault are answered before its ERROR.
+                        let why = match self.answer_all().await {
+                            Err(Stop::Error(_, earlier)) => earlier,
+                            _ => why,
+                        };
+                        return self.fail(None, code, &why);
+                    }
                 }
             }
         }
@@ -367,6 +391,28 @@ impl Reader<'_> {
         }
     }
 
+    /// Sends the answer of a SEND: its RECEIPT, or the ERROR that ends
+    /// the session.
+    fn answered(&self, answer: Result<Option<Frame>, String>) -> Result<(), Stop> {
+        match answer {
+            Ok(receipt) => {
+                if let Some(frame) = receipt {
+                    self.control(frame);
+                }
+                Ok(())
+            }
+            Err(why) => Err(Stop::Error(close::POLICY, why)),
+        }
+    }
+
+    /// Every SEND still unanswered, answered in order.
+    async fn answer_all(&mut self) -> Result<(), Stop> {
+        for answer in self.unanswered.finish().await {
+            self.answered(answer)?;
+        }
+        Ok(())
+    }
+
     fn control(&self, frame: Frame) {
         self.session.queue.push_control(Outbound::Control(
             String::from_utf8_lossy(&frame.encode()).into_owned(),
@@ -375,6 +421,11 @@ impl Reader<'_> {
 
     async fn handle(&mut self, f: Frame) -> Result<(), Stop> {
         let refuse = |why: String| Stop::Error(close::POLICY, why);
+        // SENDs in a row are answered as they become durable; any other
+        // frame waits for those answers, so that receipts keep frame order.
+        if f.command != "SEND" {
+            self.answer_all().await?;
+        }
         match f.command.as_str() {
             "SUBSCRIBE" => {
                 let id = f
@@ -498,18 +549,23 @@ impl Reader<'_> {
                     return Err(refuse("publish rate exceeded".into()));
                 }
                 let name = f.get("event").map(str::to_owned);
-                let event_id =
-                    super::ws::publish(self.gw, self.session, topic, name, f.body.clone())
+                let answer = super::ws::publish(self.gw, self.session, topic, name, f.body.clone())
+                    .await
+                    .map_err(|(_, why)| refuse(format!("cannot SEND to {dest}: {why}")))?;
+                // Answered once durable, while the next frames are read.
+                let receipt = f.get("receipt").map(str::to_owned);
+                let dest = dest.to_owned();
+                self.unanswered.push(async move {
+                    let event_id = answer
                         .await
-                        .map_err(|(_, why)| refuse(format!("cannot SEND to {dest}: {why}")))?;
-                // The id the event is durable under, as HTTP and JSON answer.
-                if let Some(r) = f.get("receipt") {
-                    self.control(
+                        .map_err(|(_, why)| format!("cannot SEND to {dest}: {why}"))?;
+                    // The id the event is durable under, as HTTP and JSON answer.
+                    Ok(receipt.map(|r| {
                         Frame::new("RECEIPT")
                             .header("receipt-id", r)
-                            .header("event-id", event_id),
-                    );
-                }
+                            .header("event-id", event_id)
+                    }))
+                });
             }
             // Delivery is at most once with automatic acknowledgement.
             "ACK" | "NACK" | "BEGIN" | "COMMIT" | "ABORT" => self.receipt(&f, None),
