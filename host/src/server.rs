@@ -18,6 +18,20 @@ use crate::gateway::Gateway;
 /// when clients reconnect in bursts, and their connects then stall.
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// Request headers larger than this in all are refused with 431. Hyper's
+/// own limit is on its read buffer, and a head that arrives in one read
+/// can pass it: a 500-KB header was refused in one run and served in the
+/// next.
+pub const MAX_HEADER_BYTES: usize = 64 * 1024;
+
+/// The bytes of `headers` as sent, about (names, values, separators).
+fn header_bytes(headers: &axum::http::HeaderMap) -> usize {
+    headers
+        .iter()
+        .map(|(name, value)| name.as_str().len() + value.len() + 4)
+        .sum()
+}
+
 /// Binds `addr` with [`LISTEN_BACKLOG`].
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() {
@@ -104,7 +118,18 @@ async fn serve_connection(
         req.extensions_mut()
             .insert(axum::extract::ConnectInfo(peer));
         let mut app = app.clone();
-        async move { app.call(req.map(axum::body::Body::new)).await }
+        async move {
+            if header_bytes(req.headers()) > MAX_HEADER_BYTES {
+                use axum::response::IntoResponse as _;
+                let e = crate::error::ApiError::new(
+                    axum::http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "headers_too_large",
+                    format!("request headers over {MAX_HEADER_BYTES} bytes"),
+                );
+                return Ok(e.into_response());
+            }
+            app.call(req.map(axum::body::Body::new)).await
+        }
     });
     let timeout = std::time::Duration::from_secs(gateway.config.server.request_timeout_s);
     let conn = hyper::server::conn::http1::Builder::new()
