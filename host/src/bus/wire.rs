@@ -162,7 +162,7 @@ pub fn decode_ingest(
             reason: e.to_string(),
         })?;
         if let Some(name) = meta.event {
-            event.name = name;
+            event.name = checked_name(name)?;
         }
         event.sender = meta.sender;
         event.to_users = meta.to_users;
@@ -175,13 +175,7 @@ pub fn decode_ingest(
             continue;
         };
         if name.eq_ignore_ascii_case(H_EVENT) {
-            if value.trim().is_empty() {
-                return Err(WireError::Header {
-                    header: H_EVENT,
-                    reason: "empty event name".into(),
-                });
-            }
-            event.name = value.trim().to_owned();
+            event.name = checked_name(value.trim().to_owned())?;
         } else if name.eq_ignore_ascii_case(H_TO_USERS) {
             event.to_users = value
                 .split(',')
@@ -198,6 +192,16 @@ pub fn decode_ingest(
         }
     }
     Ok(event)
+}
+
+/// An event name from a service, held to what users may publish (a name
+/// the gateway uses for its own SSE events would pass for a reset).
+fn checked_name(name: String) -> Result<String, WireError> {
+    crate::routing::published::check_name(&name).map_err(|e| WireError::Header {
+        header: H_EVENT,
+        reason: e.to_string(),
+    })?;
+    Ok(name)
 }
 
 #[derive(Serialize, Deserialize)]
@@ -343,6 +347,26 @@ mod tests {
         let mut h = HeaderMap::new();
         h.insert("Sy-Event", " ");
         assert!(decode("sy.in.x", Some(&h)).is_err());
+        for reserved in ["reset", "dropped", "connected"] {
+            let mut h = HeaderMap::new();
+            h.insert("Sy-Event", reserved);
+            assert!(
+                matches!(
+                    decode("sy.in.x", Some(&h)),
+                    Err(WireError::Header {
+                        header: H_EVENT,
+                        ..
+                    })
+                ),
+                "{reserved}"
+            );
+            let mut h = HeaderMap::new();
+            h.insert("Sy-Meta", format!(r#"{{"event":"{reserved}"}}"#).as_str());
+            assert!(
+                decode("sy.in.x", Some(&h)).is_err(),
+                "{reserved} in Sy-Meta"
+            );
+        }
     }
 
     #[test]
