@@ -340,3 +340,56 @@ async fn a_cursor_ahead_of_every_id_is_a_reset_on_nats() {
     let gw = TestGateway::start(cluster_node("a", nats.url(), &db)).await;
     a_cursor_ahead_of_every_id_is_a_reset(&gw).await;
 }
+
+/// A replay the store cannot serve now is no reset: the client is told to
+/// come back with the same cursor. switchyard.v1 gets an `unavailable`
+/// error and close 1013, STOMP an ERROR saying so and close 1013, SSE a
+/// `retry:` and the end of its stream.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_the_store_cannot_serve_now_says_try_again_on_every_protocol() {
+    let proxy = support::link::LinkProxy::start("127.0.0.1:5432").await;
+    let db = fresh_postgres()
+        .await
+        .replace("127.0.0.1:5432", &proxy.addr());
+    let gw = TestGateway::start(config(&format!("[store]\nurl = {db:?}\n"))).await;
+    let ids = publish_n(&gw, "news.gone", 0, 2).await;
+    // Every store connection closed, and no new one let in.
+    drop(proxy);
+    let tok = token(json!({"sub": "u"}));
+
+    let mut ws = gw.ws(&tok).await;
+    let answer = ws
+        .request(json!({"op": "subscribe", "id": 1, "topic": "news.gone", "since": ids[0]}))
+        .await;
+    assert_eq!(
+        (&answer["op"], &answer["code"]),
+        (&json!("error"), &json!("unavailable")),
+        "{answer}"
+    );
+    assert_eq!(ws.closed().await.0, 1013);
+
+    let mut stomp = gw.stomp(&tok).await;
+    stomp
+        .send(&format!(
+            "SUBSCRIBE\nid:1\ndestination:/topic/news.gone\nsince:{}\n\n",
+            ids[0]
+        ))
+        .await;
+    let f = stomp.next_frame().await;
+    assert_eq!(f.command, "ERROR", "{f:?}");
+    assert!(
+        f.header("message")
+            .is_some_and(|m| m.contains("the same since")),
+        "{f:?}"
+    );
+    assert_eq!(stomp.closed().await, 1013);
+
+    let mut sse = gw
+        .sse_with_header("topic=news.gone", Some(&tok), ("last-event-id", &ids[0]))
+        .await;
+    let hello = sse.next_block().await;
+    assert_eq!(hello.event.as_deref(), Some("connected"), "{hello:?}");
+    let bye = sse.next_block().await;
+    assert!(bye.retry.is_some(), "{bye:?}");
+    assert!(sse.ended().await, "the stream ends after the retry hint");
+}

@@ -272,6 +272,18 @@ impl Sse {
         }
     }
 
+    /// Whether the server ends the stream within [`WAIT`] (what is still
+    /// buffered is dropped).
+    pub async fn ended(&mut self) -> bool {
+        loop {
+            match tokio::time::timeout(WAIT, self.resp.chunk()).await {
+                Ok(Ok(Some(_))) => continue,
+                Ok(Ok(None)) => return true,
+                Ok(Err(_)) | Err(_) => return false,
+            }
+        }
+    }
+
     /// The next named event (comments skipped).
     pub async fn next_event(&mut self) -> SseEvent {
         loop {
@@ -357,6 +369,22 @@ impl Stomp {
             .send(Message::Text(format!("{frame}\0").into()))
             .await
             .expect("stomp send");
+    }
+
+    /// Reads until the server closes the WebSocket; its close code (0 if
+    /// it gave none).
+    pub async fn closed(&mut self) -> u16 {
+        loop {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("close in time")
+            {
+                Some(Ok(Message::Close(Some(frame)))) => return frame.code.into(),
+                Some(Ok(Message::Close(None))) | None => return 0,
+                Some(Ok(_)) => continue,
+                Some(Err(e)) => panic!("error before close: {e}"),
+            }
+        }
     }
 
     /// The next frame (heart-beats skipped).
