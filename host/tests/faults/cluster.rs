@@ -50,9 +50,10 @@ async fn one_of_three_nats_servers_killed_loses_nothing_acknowledged() {
         w.published(10).await;
         server.start();
         // One fault at a time: the next server is killed only once this
-        // one has caught up (killing a second while the first still
-        // catches up leaves no quorum, which no gateway can route around).
-        server.healthy().await;
+        // one's streams have caught up (killing a second while the first
+        // still catches up leaves no quorum, which no gateway can route
+        // around).
+        server.caught_up().await;
         w.published(10).await;
     }
     w.conclude("one of 3 nats-servers SIGKILL (replicas 3)")

@@ -189,6 +189,7 @@ async fn route(
         let mut check = tokio::time::interval(CHECK_EVERY);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         check.tick().await;
+        let mut asked = Instant::now();
         loop {
             tokio::select! {
                 _ = check.tick() => {
@@ -197,7 +198,12 @@ async fn route(
                     if ctx.stats.disconnects.load(Ordering::Relaxed) != links {
                         break;
                     }
-                    if last_message.elapsed() >= STALL && waiting(ctx, &name).await {
+                    // Asked at most once per STALL: every idle partition asks.
+                    let ask = last_message.elapsed() >= STALL && asked.elapsed() >= STALL;
+                    if ask {
+                        asked = Instant::now();
+                    }
+                    if ask && waiting(ctx, &name).await {
                         tracing::warn!(%partition, "the partition's pull stalled with events waiting; pulling afresh");
                         break;
                     }
@@ -245,9 +251,9 @@ async fn pause(d: Duration, lease: &KeptLease, handover: &CancellationToken) -> 
 }
 
 /// Whether events wait in the partition for its owner while the server
-/// could deliver them: not when as many as the consumer allows are taken
-/// and not yet acknowledged (history is behind, and pulling afresh would
-/// only route them again).
+/// could deliver them, or the consumer cannot be asked: not when as many
+/// as the consumer allows are taken and not yet acknowledged (history is
+/// behind, and pulling afresh would only route them again).
 async fn waiting(ctx: &OwnerContext, consumer: &str) -> bool {
     let Ok(stream) = ctx.js.get_stream(&ctx.ingest_stream).await else {
         return false;
@@ -258,7 +264,9 @@ async fn waiting(ctx: &OwnerContext, consumer: &str) -> bool {
             info.num_ack_pending,
             info.config.max_ack_pending,
         ),
-        Err(_) => false,
+        // A consumer that cannot say (lost, or without a leader since a
+        // server died) will not deliver either: replace it.
+        Err(_) => true,
     }
 }
 
