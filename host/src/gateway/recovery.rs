@@ -12,6 +12,8 @@ use crate::store::ReplayStream;
 use crate::store::inbox::InboxCursor;
 use crate::subject::Subject;
 
+/// How long a replay may wait for the store.
+const REPLAY_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// What a reconnecting client's cursor yields.
 pub enum Recovery {
     /// Every missed event (transformed for the session), in order; live
@@ -93,15 +95,23 @@ impl Gateway {
                 floor: since.seq,
             });
         }
-        let replay = match self.store.replay_from(epoch, &cursor, &streams).await {
-            Ok(crate::store::Replay::Events(events)) => match inbox {
-                Some(cursor) => self
-                    .lagged_inbox(epoch, &subject.user, since, cursor)
-                    .await
-                    .map(|below| crate::store::Replay::Events(merged(events, below))),
-                None => Ok(crate::store::Replay::Events(events)),
-            },
-            other => other,
+        let read = async {
+            match self.store.replay_from(epoch, &cursor, &streams).await {
+                Ok(crate::store::Replay::Events(events)) => match inbox {
+                    Some(cursor) => self
+                        .lagged_inbox(epoch, &subject.user, since, cursor)
+                        .await
+                        .map(|below| crate::store::Replay::Events(merged(events, below))),
+                    None => Ok(crate::store::Replay::Events(events)),
+                },
+                other => other,
+            }
+        };
+        // An unreachable store would hold the client until the pool gives
+        // up (sqlx: 30 s); it is told to come back sooner.
+        let Ok(replay) = tokio::time::timeout(REPLAY_READ_TIMEOUT, read).await else {
+            tracing::warn!("history not read in time; cannot replay now");
+            return Recovery::Unavailable("history cannot be read now".into());
         };
         match replay {
             Ok(crate::store::Replay::Events(events)) => {

@@ -273,14 +273,9 @@ async fn read_loop(
         };
         session.seen();
         let text = match msg {
-            None => return,
-            // Closing after publishing: the answers still go out first.
-            Some(Ok(Message::Close(_))) => {
-                for text in unanswered.finish().await {
-                    reply(session, text);
-                }
-                return;
-            }
+            // Nothing can be sent after the client's Close: what was not
+            // answered yet is stored or not, unanswered.
+            None | Some(Ok(Message::Close(_))) => return,
             Some(Ok(Message::Text(t))) => t,
             Some(Ok(Message::Binary(_))) => {
                 reply(

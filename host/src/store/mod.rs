@@ -160,10 +160,6 @@ impl Params {
 pub(crate) fn recurring(n: usize, max: usize) -> bool {
     n <= 8 || n == max
 }
-/// How long a query waits for a PostgreSQL connection: while the database
-/// cannot be reached, a replay says "try again" after this rather than
-/// after sqlx's 30 s.
-const ACQUIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How long a PostgreSQL connection sits idle before it is pinged on its
 /// next use (a server restart is then noticed before a query fails).
@@ -278,7 +274,6 @@ impl Store {
             // every use doubles the round trips of single statements.
             let pool = PgPoolOptions::new()
                 .max_connections(8)
-                .acquire_timeout(ACQUIRE_TIMEOUT)
                 .test_before_acquire(false)
                 .before_acquire(|conn, meta| {
                     Box::pin(async move {

@@ -8,7 +8,7 @@
 //! [`KeptLease::lost`].
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
@@ -140,6 +140,8 @@ async fn keep(
             () = lost.cancelled() => return,
             () = tokio::time::sleep(wait) => {}
         }
+        // `confirm` may have renewed meanwhile.
+        let renewed = lease.lock().await.renewed();
         let expires = tokio::time::Instant::from_std(renewed + ttl);
         let attempt = async {
             let mut l = lease.lock().await;
@@ -164,7 +166,8 @@ async fn keep(
             },
             // A renewal still unanswered when the lease runs out cannot save it.
             () = tokio::time::sleep_until(expires.max(tokio::time::Instant::now())) => {
-                if Instant::now() >= renewed + ttl {
+                // The attempt is dropped by now: read what it left.
+                if lease.lock().await.renewed().elapsed() >= ttl {
                     tracing::warn!("lease not renewed in time");
                     lost.cancel();
                     return;

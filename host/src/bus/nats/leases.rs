@@ -246,7 +246,29 @@ impl Lease {
                 self.renewed = sent;
                 Ok(())
             }
-            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => Err(LeaseError::Lost),
+            Err(e) if e.kind() == kv::UpdateErrorKind::WrongLastRevision => {
+                self.landed_late().await
+            }
+            Err(e) => Err(LeaseError::Unavailable(e.to_string())),
+        }
+    }
+
+    /// After a refused renewal: an earlier one given up on may have been
+    /// written after all, under this node's name; the lease then goes on
+    /// from that revision (counted from the last renewal known to have
+    /// succeeded). Anyone else's name there means the lease is lost.
+    async fn landed_late(&mut self) -> Result<(), LeaseError> {
+        match self.kv.entry(self.slot.key()).await {
+            Ok(Some(entry))
+                if entry.value.as_ref() == self.node.as_bytes()
+                    && entry.revision > self.revision =>
+            {
+                self.revision = entry.revision;
+                Err(LeaseError::Unavailable(
+                    "an earlier renewal landed late; renewing from it".into(),
+                ))
+            }
+            Ok(_) => Err(LeaseError::Lost),
             Err(e) => Err(LeaseError::Unavailable(e.to_string())),
         }
     }

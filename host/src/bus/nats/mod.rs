@@ -387,7 +387,11 @@ impl NatsBus {
         let events = self.events.clone();
         let stream = self.ingest_stream.clone();
         let epoch = self.epoch.clone();
-        Ok(Box::pin(async move {
+        // Awaited on a task of its own: an unpolled acknowledgement keeps one
+        // of the node's in-flight permits, and a session busy submitting
+        // its next publish does not poll the answers it holds, so sessions
+        // waiting for permits would hold every permit between them.
+        let answer = tokio::spawn(async move {
             let ack = ack.await.map_err(|e| {
                 refused(
                     &stats,
@@ -404,6 +408,13 @@ impl NatsBus {
             Ok(crate::routing::EventId {
                 epoch: epoch.load(Ordering::Relaxed),
                 seq: ack.sequence,
+            })
+        });
+        Ok(Box::pin(async move {
+            answer.await.unwrap_or_else(|e| {
+                Err(PublishError::BusUnavailable(format!(
+                    "the acknowledgement was not awaited: {e}"
+                )))
             })
         }))
     }

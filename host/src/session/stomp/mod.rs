@@ -293,9 +293,15 @@ impl Reader<'_> {
         let dead_after = (heart.expect_ms > 0).then(|| Duration::from_millis(heart.expect_ms * 2));
         let mut check = tokio::time::interval(dead_after.unwrap_or(Duration::from_secs(3600)));
         loop {
+            // Not read while full: the client's silence meanwhile is ours.
+            let full = self.unanswered.is_full();
             let msg = tokio::select! {
-                m = stream.next(), if !self.unanswered.is_full() => m,
+                m = stream.next(), if !full => m,
                 answer = self.unanswered.next() => {
+                    if full {
+                        self.last_heard
+                            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+                    }
                     if let Err(Stop::Error(code, why)) = self.answered(answer) {
                         return self.fail(None, code, &why);
                     }
@@ -304,7 +310,7 @@ impl Reader<'_> {
                 () = &mut expiry => return self.fail(None, close::POLICY, "token expired"),
                 _ = check.tick() => {
                     let heard = Duration::from_millis(self.last_heard.load(Ordering::Relaxed));
-                    if dead_after.is_some_and(|d| self.started.elapsed().saturating_sub(heard) > d) {
+                    if !full && dead_after.is_some_and(|d| self.started.elapsed().saturating_sub(heard) > d) {
                         return self.fail(None, close::POLICY, "no heart-beat from the client");
                     }
                     continue;
@@ -326,11 +332,9 @@ impl Reader<'_> {
                 .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
             let bytes = match msg {
                 None => return,
-                Some(Ok(Message::Close(_))) => {
-                    // Closing after sending: the receipts still go out first.
-                    let _ = self.answer_all().await;
-                    return;
-                }
+                // Nothing can be sent after the client's Close: what was
+                // not answered yet is stored or not, unanswered.
+                Some(Ok(Message::Close(_))) => return,
                 Some(Ok(Message::Text(t))) => Bytes::from(t),
                 Some(Ok(Message::Binary(b))) => b,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
