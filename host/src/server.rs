@@ -19,9 +19,8 @@ use crate::gateway::Gateway;
 pub const LISTEN_BACKLOG: u32 = 4096;
 
 /// Request headers larger than this in all are refused with 431. Hyper's
-/// own limit is on its read buffer, and a head that arrives in one read
-/// can pass it: a 500-KB header was refused in one run and served in the
-/// next.
+/// own limit is on its read buffer, which a head arriving in one read can
+/// pass.
 pub const MAX_HEADER_BYTES: usize = 64 * 1024;
 
 /// The bytes of `headers` as sent, about (names, values, separators).

@@ -235,11 +235,6 @@ impl Bus {
         })
     }
 
-    /// Accepts an event and returns its id once it is durable.
-    pub async fn publish(&self, event: Event) -> Result<crate::routing::EventId, PublishError> {
-        self.submit(event).await?.await
-    }
-
     /// Takes an event in order and returns what answers it: its id once
     /// durable, or why not. A caller with more to publish goes on meanwhile.
     pub async fn submit(&self, event: Event) -> Result<Accepted, PublishError> {
